@@ -1,0 +1,155 @@
+"""The environment API every anyskill environment implements.
+
+An environment object holds only static settings (layout, dt, thresholds); everything that
+changes lives in a frozen pytree, :class:`State`. ``reset`` and ``step`` are pure functions of
+their inputs, so they can be ``jax.jit``-ed, ``jax.vmap``-ed and ``lax.scan``-ed freely.
+
+Goal-conditioning is part of the contract: every env says which slice of its observation the
+goal lives in (``goal_indices``), how close counts as success (``success_threshold``), how long
+an episode is (``episode_length``) and how fast it is controlled (``control_hz``).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class State:
+    """One environment's full state.
+
+    Shapes (unbatched; ``vmap`` adds a leading env axis):
+      physics:     env-specific pytree (e.g. position and velocity of the robot)
+      obs:         [obs_dim] float32, the observation after this step (after auto-reset, the
+                   first observation of the new episode)
+      goal:        [goal_dim] float32, the commanded goal, in the space ``obs[goal_indices]``
+      reward:      [] float32, sparse goal reward: 1.0 when within the threshold, else 0.0
+      terminated:  [] bool, the episode ended because of the task (never for the mazes)
+      truncated:   [] bool, the episode ended because it hit ``episode_length``
+      success:     [] bool, ``obs[goal_indices]`` is within ``success_threshold`` of ``goal``
+      final_obs:   [obs_dim] float32, the last observation of the episode that just ended
+                   (equals ``obs`` when no reset happened on this step)
+      final_goal:  [goal_dim] float32, the goal of the episode that just ended
+      t:           [] int32, steps taken in the current episode (0 right after reset)
+      key:         PRNG key used to draw the next episode's start and goal on auto-reset
+    """
+
+    physics: Any
+    obs: jax.Array
+    goal: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    success: jax.Array
+    final_obs: jax.Array
+    final_goal: jax.Array
+    t: jax.Array
+    key: jax.Array
+
+    @property
+    def done(self) -> jax.Array:
+        return jnp.logical_or(self.terminated, self.truncated)
+
+
+class Env(abc.ABC):
+    """Base class: subclasses implement ``_reset_physics``, ``_step_physics`` and ``observe``.
+
+    ``reset`` and ``step`` below are the public, pure API; ``step`` auto-resets: when an
+    episode ends, the returned state already belongs to the next episode, which starts from
+    a fresh start and a fresh goal drawn with a fresh key, while ``final_obs``/``final_goal``
+    and the ``terminated``/``truncated``/``success`` flags still describe the ended episode.
+    """
+
+    #: name in the registry (``anyskill.envs.make``)
+    name: str
+    obs_dim: int
+    goal_dim: int
+    action_dim: int
+    #: indices of ``obs`` that live in goal space
+    goal_indices: tuple[int, ...]
+    success_threshold: float
+    episode_length: int
+    control_hz: float
+
+    @property
+    def dt(self) -> float:
+        return 1.0 / self.control_hz
+
+    # ---- to implement -------------------------------------------------------------------
+    @abc.abstractmethod
+    def _reset_physics(self, key: jax.Array) -> tuple[Any, jax.Array]:
+        """Draw a start state and a goal: returns ``(physics, goal)``."""
+
+    @abc.abstractmethod
+    def _step_physics(self, physics: Any, action: jax.Array) -> Any:
+        """Advance the physics by one control step. ``action`` is already clipped to [-1, 1]."""
+
+    @abc.abstractmethod
+    def observe(self, physics: Any) -> jax.Array:
+        """Observation vector ``[obs_dim]`` of a physics state."""
+
+    # ---- public API ---------------------------------------------------------------------
+    def achieved_goal(self, obs: jax.Array) -> jax.Array:
+        """The part of an observation (any leading batch axes) that lives in goal space."""
+        return obs[..., jnp.asarray(self.goal_indices)]
+
+    def is_success(self, obs: jax.Array, goal: jax.Array) -> jax.Array:
+        dist = jnp.linalg.norm(self.achieved_goal(obs) - goal, axis=-1)
+        return dist < self.success_threshold
+
+    def reset(self, key: jax.Array) -> State:
+        key_episode, key_next = jax.random.split(key)
+        physics, goal = self._reset_physics(key_episode)
+        obs = self.observe(physics)
+        false = jnp.asarray(False)
+        return State(
+            physics=physics,
+            obs=obs,
+            goal=goal,
+            reward=jnp.asarray(0.0, jnp.float32),
+            terminated=false,
+            truncated=false,
+            success=self.is_success(obs, goal),
+            final_obs=obs,
+            final_goal=goal,
+            t=jnp.asarray(0, jnp.int32),
+            key=key_next,
+        )
+
+    def step(self, state: State, action: jax.Array) -> State:
+        action = jnp.clip(action, -1.0, 1.0)
+        physics = self._step_physics(state.physics, action)
+        obs = self.observe(physics)
+        success = self.is_success(obs, state.goal)
+        t = state.t + 1
+        terminated = jnp.asarray(False)
+        truncated = t >= self.episode_length
+        # Auto-reset with a fresh key: every episode gets its own start and goal.
+        key_reset, key_next = jax.random.split(state.key)
+        fresh = self.reset(key_reset)
+        done = jnp.logical_or(terminated, truncated)
+
+        def pick(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(done, a, b), new, old)
+
+        return State(
+            physics=pick(fresh.physics, physics),
+            obs=pick(fresh.obs, obs),
+            goal=pick(fresh.goal, state.goal),
+            reward=success.astype(jnp.float32),
+            terminated=terminated,
+            truncated=truncated,
+            success=success,
+            final_obs=obs,
+            final_goal=state.goal,
+            t=jnp.where(done, 0, t).astype(jnp.int32),
+            key=key_next,
+        )
+
+    def random_actions(self, key: jax.Array, shape: tuple[int, ...] = ()) -> jax.Array:
+        return jax.random.uniform(key, (*shape, self.action_dim), minval=-1.0, maxval=1.0)
