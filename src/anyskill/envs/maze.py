@@ -13,6 +13,7 @@ column index (D4RL's convention), and success means being within 0.5 of the goal
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 import jax
 import jax.numpy as jnp
@@ -138,21 +139,31 @@ class PointMaze(Env):
 
     def __post_init__(self):
         if self.layout_name not in LAYOUTS:
+            close = difflib.get_close_matches(self.layout_name, LAYOUTS, n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(
-                f"unknown maze layout {self.layout_name!r}; choose one of {sorted(LAYOUTS)}"
+                f"unknown maze layout {self.layout_name!r}.{hint} Known layouts: "
+                f"{', '.join(sorted(LAYOUTS))}"
             )
         layout, default_len = LAYOUTS[self.layout_name]
         if self.episode_length <= 0:
             object.__setattr__(self, "episode_length", default_len)
+        if not 0 < self.radius < self.cell_size / 2:
+            raise ValueError(
+                f"radius must be in (0, cell_size/2) = (0, {self.cell_size / 2}), "
+                f"got radius={self.radius}"
+            )
         # The sweep checks only the neighbouring cell: a step must not span a whole free cell.
         max_step = self.max_speed / self.control_hz
-        if max_step >= self.cell_size - 2 * self.radius:
+        free_width = self.cell_size - 2 * self.radius
+        if max_step >= free_width:
             raise ValueError(
-                f"max_speed / control_hz = {max_step} must be < cell_size - 2*radius = "
-                f"{self.cell_size - 2 * self.radius}; lower max_speed or raise control_hz"
+                f"max_speed={self.max_speed} is too fast for cell_size={self.cell_size}, "
+                f"radius={self.radius}, control_hz={self.control_hz}: one step moves up to "
+                f"max_speed / control_hz = {max_step} units, which must be < "
+                f"cell_size - 2*radius = {free_width}. Use max_speed < "
+                f"{free_width * self.control_hz} or raise control_hz."
             )
-        if not 0 < self.radius < self.cell_size / 2:
-            raise ValueError(f"radius must be in (0, cell_size/2), got {self.radius}")
         walls = np.array([[c == 1 for c in row] for row in layout], dtype=bool)
         starts = [(i, j) for i, row in enumerate(layout) for j, c in enumerate(row) if c == R]
         goals = [(i, j) for i, row in enumerate(layout) for j, c in enumerate(row) if c == G]
@@ -185,10 +196,15 @@ class PointMaze(Env):
 
     # ---- dynamics -----------------------------------------------------------------------
     def _reset_physics(self, key):
-        key_start, key_goal = jax.random.split(key)
-        noise = jax.random.uniform(key_start, (2,), minval=-1.0, maxval=1.0) * self.start_noise
+        # One draw of three uniforms in [0, 1): two for the start noise, one for the goal cell.
+        # Auto-reset runs this on every step of every env (under vmap it is a select, not a
+        # branch), and threefry hashes dominate the step cost: split + uniform + randint took
+        # 8 hashes, this takes 3 for the same distributions.
+        u = jax.random.uniform(key, (3,))
+        noise = (2.0 * u[:2] - 1.0) * self.start_noise
         pos = self.cell_center(jnp.asarray(self.start_cell)) + noise
-        idx = jax.random.randint(key_goal, (), 0, len(self.goal_cells))
+        n_goals = len(self.goal_cells)
+        idx = jnp.minimum(jnp.floor(u[2] * n_goals).astype(jnp.int32), n_goals - 1)
         goal = self.cell_center(jnp.asarray(self.goal_cells)[idx])
         return PointState(pos=pos, vel=jnp.zeros(2, jnp.float32)), goal
 
@@ -196,13 +212,13 @@ class PointMaze(Env):
         dt = self.dt
         # Semi-implicit Euler with linear damping, then the speed limit.
         vel = physics.vel + dt * (self.accel * action - self.damping * physics.vel)
-        speed = jnp.linalg.norm(vel)
+        # |vel| written out: XLA:CPU reduces a size-2 axis (jnp.linalg.norm) ~10x slower.
+        speed = jnp.sqrt(vel[0] ** 2 + vel[1] ** 2)
         vel = vel * jnp.minimum(1.0, self.max_speed / jnp.maximum(speed, 1e-8))
         uv = self.to_grid(physics.pos)
         du = vel * dt / self.cell_size
-        walls = jnp.asarray(self.walls)
-        u, hit_u = _sweep_axis(walls, uv[0], uv[1], du[0], self.radius / self.cell_size, 0)
-        v, hit_v = _sweep_axis(walls, uv[1], u, du[1], self.radius / self.cell_size, 1)
+        u, hit_u = _sweep_axis(self.walls, uv[0], uv[1], du[0], self.radius / self.cell_size, 0)
+        v, hit_v = _sweep_axis(self.walls, uv[1], u, du[1], self.radius / self.cell_size, 1)
         pos = self.to_world(jnp.stack([u, v]))
         # A collision is inelastic: the blocked velocity component is lost.
         vel = vel * jnp.stack([1.0 - hit_u, 1.0 - hit_v])
@@ -217,7 +233,23 @@ class PointMaze(Env):
 _SKIN = 1e-4
 
 
-def _sweep_axis(walls, a, b, da, half, axis):
+def _is_wall(walls: np.ndarray, i: jax.Array, j: jax.Array) -> jax.Array:
+    """``walls[i, j]`` for in-range integer arrays ``i``, ``j``, without a gather.
+
+    The static grid is packed row-major into 32-bit words (cell k = i * n_cols + j is bit
+    k % 32 of word k // 32), so a lookup is a select among a few constants and a shift.
+    XLA:CPU gathers cost more than the rest of the physics step together.
+    """
+    bytes_ = np.packbits(walls.ravel(), bitorder="little")
+    words = np.pad(bytes_, (0, -len(bytes_) % 4)).view("<u4")
+    k = (i * walls.shape[1] + j).astype(jnp.uint32)
+    word = jnp.uint32(words[0])
+    for w in range(1, len(words)):
+        word = jnp.where((k >> 5) == w, jnp.uint32(words[w]), word)
+    return ((word >> (k & 31)) & 1) == 1
+
+
+def _sweep_axis(walls: np.ndarray, a, b, da, half, axis):
     """Move a square body (half-size ``half``, grid units) by ``da`` along one grid axis.
 
     ``a`` is the coordinate along the moving axis, ``b`` along the other one. The body spans
@@ -229,9 +261,15 @@ def _sweep_axis(walls, a, b, da, half, axis):
     """
     direction = jnp.sign(da)
     lead = a + direction * half
-    new_lead = lead + da
-    cell_now = jnp.floor(lead)
-    cell_new = jnp.floor(new_lead)
+
+    # The cell just behind the leading face. A face lying exactly on a cell boundary belongs
+    # to the cell the body is in, not to the one it touches: ceil - 1 moving +, floor moving -
+    # (``floor`` alone would let a body touching a wall from below pass through it).
+    def face_cell(x):
+        return jnp.where(direction > 0, jnp.ceil(x) - 1.0, jnp.floor(x))
+
+    cell_now = face_cell(lead)
+    cell_new = face_cell(lead + da)
     crossed = cell_new != cell_now
     lo = jnp.floor(b - half + _SKIN).astype(jnp.int32)
     hi = jnp.floor(b + half - _SKIN).astype(jnp.int32)
@@ -240,9 +278,9 @@ def _sweep_axis(walls, a, b, da, half, axis):
     lo = jnp.clip(lo, 0, n_other - 1)
     hi = jnp.clip(hi, 0, n_other - 1)
     if axis == 0:
-        blocked = walls[c, lo] | walls[c, hi]
+        blocked = _is_wall(walls, c, lo) | _is_wall(walls, c, hi)
     else:
-        blocked = walls[lo, c] | walls[hi, c]
+        blocked = _is_wall(walls, lo, c) | _is_wall(walls, hi, c)
     blocked = blocked & crossed
     # Boundary that would be crossed: the upper face of cell_now moving +, its lower face -.
     boundary = jnp.where(direction > 0, cell_now + 1.0, cell_now)

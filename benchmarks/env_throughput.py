@@ -1,0 +1,152 @@
+"""Environment steps per second vs the number of parallel envs.
+
+What is timed: one ``jax.jit`` call running ``lax.scan`` over ``vmap(env.step)`` (auto-reset
+included) with actions drawn uniformly in [-1, 1] inside the scan, as a training loop's
+collection phase would. Compilation is done first and not timed; each repetition ends with
+``block_until_ready``. Prints a Markdown table and the machine it ran on.
+
+    python benchmarks/env_throughput.py
+    python benchmarks/env_throughput.py --env pointmaze-u pointmaze-hardest --num-envs 1 1024 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from anyskill.envs import REGISTRY, Env, make
+
+
+def make_rollout(env: Env, num_envs: int, num_steps: int):
+    """``rollout(state, key) -> state``: ``num_steps`` auto-resetting steps of ``num_envs``
+    envs under uniform random actions, jitted. (No buffer donation: a state fresh from
+    ``reset`` shares buffers between fields, e.g. ``obs`` and ``final_obs``, and the state is
+    small next to the work of one call.)"""
+
+    def rollout(state, key):
+        def body(state, t):
+            key_t = jax.random.fold_in(key, t)
+            actions = jax.random.uniform(key_t, (num_envs, env.action_dim), minval=-1.0, maxval=1.0)
+            return jax.vmap(env.step)(state, actions), None
+
+        state, _ = jax.lax.scan(body, state, jnp.arange(num_steps))
+        return state
+
+    return jax.jit(rollout)
+
+
+def measure(env: Env, num_envs: int, num_steps: int, repeats: int) -> dict:
+    key_reset, key_run = jax.random.split(jax.random.key(0))
+    state = jax.vmap(env.reset)(jax.random.split(key_reset, num_envs))
+    rollout = make_rollout(env, num_envs, num_steps)
+    t0 = time.perf_counter()
+    state = jax.block_until_ready(rollout(state, key_run))  # compile + first run
+    compile_s = time.perf_counter() - t0
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        state = jax.block_until_ready(rollout(state, jax.random.fold_in(key_run, r)))
+        times.append(time.perf_counter() - t0)
+    steps = num_envs * num_steps
+    return {
+        "best": steps / min(times),
+        "median": steps / statistics.median(times),
+        "scan_length": num_steps,
+        "compile_s": compile_s,
+    }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> list[str]:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return [
+        f"- command: `{' '.join(shlex.quote(a) for a in sys.argv)}`",
+        f"- CPU: {cpu_model()}; nproc {os.cpu_count()} (usable by this process: {usable})",
+        f"- jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}",
+        f"- python {platform.python_version()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+        f"- load average (1/5/15 min) at the end: {load} — other processes skew the numbers",
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--env",
+        nargs="+",
+        default=["pointmaze-u"],
+        choices=sorted(REGISTRY),
+        metavar="ENV",
+        help=f"registered env names; any of {', '.join(sorted(REGISTRY))}",
+    )
+    parser.add_argument(
+        "--num-envs",
+        nargs="+",
+        type=int,
+        default=[1, 16, 256, 1024, 4096, 16384],
+        help="numbers of parallel envs to measure",
+    )
+    parser.add_argument(
+        "--env-steps-per-call",
+        type=int,
+        default=2_000_000,
+        help="env steps per timed call; the scan length is this / num_envs, clipped to "
+        "[--min-scan, --max-scan]",
+    )
+    parser.add_argument("--min-scan", type=int, default=100, help="shortest scan length")
+    parser.add_argument("--max-scan", type=int, default=1000, help="longest scan length")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per setting")
+    args = parser.parse_args(argv)
+    for n in args.num_envs:
+        if n < 1:
+            parser.error(f"--num-envs must be >= 1, got {n}")
+
+    rows = []
+    for name in args.env:
+        env = make(name)
+        for n in args.num_envs:
+            steps = min(max(args.env_steps_per_call // n, args.min_scan), args.max_scan)
+            r = measure(env, n, steps, args.repeats)
+            rows.append((name, n, r))
+            print(
+                f"{name} num_envs={n}: best {r['best']:,.0f} steps/s, median "
+                f"{r['median']:,.0f} (scan {steps}, compile {r['compile_s']:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    print("| env | num_envs | steps/s (best) | steps/s (median) | scan length |")
+    print("|---|---:|---:|---:|---:|")
+    for name, n, r in rows:
+        print(f"| {name} | {n} | {r['best']:,.0f} | {r['median']:,.0f} | {r['scan_length']} |")
+    print()
+    print(
+        f"Best and median of {args.repeats} timed calls after compiling; each call is one jit of "
+        "lax.scan over vmap(env.step) with auto-reset and uniform random actions."
+    )
+    print("\n".join(machine_info()))
+
+
+if __name__ == "__main__":
+    main()

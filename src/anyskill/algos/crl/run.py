@@ -1,0 +1,275 @@
+"""Driving a CRL run on disk: config, metrics, checkpoints, plots, videos, resume.
+
+A run directory holds:
+
+    config.json        the CRLConfig (a run resumes with exactly this config)
+    metrics.jsonl      one line per epoch: env steps, wall time, losses, success_any, time_at_goal
+    checkpoint.msgpack the full training state (networks, optimisers, envs, replay buffer),
+                       written atomically after every evaluation
+    curves.png         learning curves
+    rollouts.gif       evaluation episodes drawn on the maze (``anyskill eval``)
+
+Python here only logs, checkpoints and draws progress; the work is in jitted functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from anyskill import checkpoint
+from anyskill.algos.crl.config import CRLConfig
+from anyskill.algos.crl.train import CRLTrainer, make_train
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.msgpack"
+CURVES_FILE = "curves.png"
+
+
+class RunError(ValueError):
+    """A run directory cannot be used as asked (not a run, already a run, diverged...)."""
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def is_run(run_dir: Path) -> bool:
+    return (Path(run_dir) / CONFIG_FILE).is_file()
+
+
+def load_config(run_dir: Path) -> CRLConfig:
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
+            f"create one with `anyskill train crl --run-dir {run_dir}`"
+        )
+    try:
+        fields = json.loads(path.read_text())
+        return CRLConfig(**fields)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise RunError(f"{path}: not a valid CRL config ({e})") from e
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a crash: everything after it is dropped
+    return rows
+
+
+def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    checkpoint.atomic_write_bytes(Path(run_dir) / METRICS_FILE, text.encode())
+
+
+def _to_python(metrics: dict) -> dict:
+    return {k: float(np.asarray(v)) for k, v in metrics.items()}
+
+
+def train_run(
+    config: CRLConfig,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+) -> list[dict]:
+    """Train (or resume) a run in ``run_dir``; returns all epochs' metrics."""
+    run_dir = Path(run_dir)
+    if resume:
+        config = load_config(run_dir)
+    elif is_run(run_dir):
+        raise RunError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+            f"--run-dir (nothing was overwritten)"
+        )
+    trainer = make_train(config)  # validates devices before any compilation
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = jax.random.PRNGKey(config.seed)
+    k_state, k_eval = jax.random.split(key)
+
+    init = jax.jit(trainer.init_state)
+    state = init(k_state)
+    shardings = trainer.state_sharding(state)
+    state = jax.device_put(state, shardings)
+    start_epoch, history, wall_offset = 0, [], 0.0
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    if resume and ckpt_path.is_file():
+        state, meta = checkpoint.load(ckpt_path, state)
+        state = jax.device_put(state, shardings)
+        start_epoch = int(meta["epoch"]) + 1
+        history = [r for r in _read_metrics(run_dir) if r["epoch"] < start_epoch]
+        _write_metrics(run_dir, history)
+        wall_offset = history[-1]["wall_time"] if history else 0.0
+        log(f"resuming {run_dir} after epoch {start_epoch - 1} ({int(state.env_steps)} env steps)")
+    else:
+        (run_dir / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        _write_metrics(run_dir, [])
+        state = jax.jit(trainer.prefill, donate_argnums=0, out_shardings=shardings)(state)
+
+    train_epoch = jax.jit(trainer.train_epoch, donate_argnums=0, out_shardings=(shardings, None))
+    evaluate = jax.jit(trainer.evaluate)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=config.prefill_steps + config.num_epochs * config.env_steps_per_epoch,
+            initial=int(state.env_steps),
+            unit="step",
+            unit_scale=True,
+            dynamic_ncols=True,
+            desc=f"crl {config.env} d{config.critic_depth}",
+        )
+    t0 = time.time()
+    try:
+        for epoch in range(start_epoch, config.num_epochs):
+            steps_before = int(state.env_steps)
+            t_epoch = time.time()
+            state, train_metrics = train_epoch(state)
+            eval_metrics = evaluate(state.params, jax.random.fold_in(k_eval, epoch))
+            row = {
+                "epoch": epoch,
+                "env_steps": int(state.env_steps),
+                "grad_steps": int(state.grad_steps),
+                "wall_time": wall_offset + time.time() - t0,
+                "env_steps_per_s": (int(state.env_steps) - steps_before) / (time.time() - t_epoch),
+                **_to_python(train_metrics),
+                **_to_python(eval_metrics),
+            }
+            bad = [
+                k for k in ("critic_loss", "actor_loss", "alpha_loss") if not math.isfinite(row[k])
+            ]
+            if bad:
+                raise NonFiniteLoss(
+                    f"non-finite {', '.join(f'{k}={row[k]}' for k in bad)} at epoch {epoch}; "
+                    f"stopped. The last good checkpoint ({len(history)} epochs) is kept in "
+                    f"{ckpt_path}. Try a lower --learning-rate or a different --seed."
+                )
+            history.append(row)
+            _write_metrics(run_dir, history)
+            checkpoint.save(
+                ckpt_path,
+                state,
+                {
+                    "epoch": epoch,
+                    "env_steps": row["env_steps"],
+                    "config": dataclasses.asdict(config),
+                },
+            )
+            plot_curves(history, run_dir / CURVES_FILE, title=f"CRL on {config.env}")
+            if bar is not None:
+                bar.update(row["env_steps"] - bar.n)
+                bar.set_postfix(
+                    success=f"{row['success_any']:.2f}",
+                    at_goal=f"{row['time_at_goal']:.1f}",
+                    sps=f"{row['env_steps_per_s']:.0f}",
+                )
+            else:
+                log(
+                    f"epoch {epoch}: {row['env_steps']} steps  success_any={row['success_any']:.3f}"
+                    f"  time_at_goal={row['time_at_goal']:.1f}  critic_loss={row['critic_loss']:.3f}"
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["env_steps"] for r in history]
+    panels = [
+        ("success_any", "success (any step at goal)"),
+        ("time_at_goal", "steps at goal per episode"),
+        ("critic_loss", "critic loss"),
+        ("categorical_accuracy", "contrastive accuracy"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        ax.plot(steps, [r.get(key, np.nan) for r in history], marker="o", ms=3)
+        ax.set_xlabel("env steps")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def load_trained(run_dir: Path) -> tuple[CRLTrainer, object, dict]:
+    """The trainer and parameters of a run's latest checkpoint."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    if not ckpt_path.is_file():
+        raise RunError(
+            f"{run_dir} has no checkpoint yet ({CHECKPOINT_FILE}); it is saved after the first "
+            f"evaluation — resume the run with `anyskill train crl --run-dir {run_dir} --resume`"
+        )
+    trainer = make_train(config)
+    template = jax.eval_shape(trainer.init_state, jax.random.PRNGKey(0))
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+    state, meta = checkpoint.load(ckpt_path, template)
+    return trainer, state, meta
+
+
+def eval_run(
+    run_dir: Path,
+    num_episodes: int = 256,
+    video: Path | None = None,
+    video_episodes: int = 8,
+    seed: int = 12345,
+    fps: int = 20,
+) -> dict:
+    """Evaluate a run's latest checkpoint on fresh goals; optionally write a rollout video."""
+    trainer, state, meta = load_trained(run_dir)
+    d = len(jax.local_devices())
+    num_episodes = max(d, num_episodes // d * d)
+    key = jax.random.PRNGKey(seed)
+    success, positions, goals = jax.jit(trainer.rollout, static_argnums=2)(
+        state.params, key, num_episodes
+    )
+    success = np.asarray(success)
+    result = {
+        "run_dir": str(run_dir),
+        "env": trainer.eval_env.name,
+        "epoch": int(meta["epoch"]),
+        "env_steps": int(meta["env_steps"]),
+        "episodes": num_episodes,
+        "success_any": float(success.any(axis=0).mean()),
+        "time_at_goal": float(success.sum(axis=0).mean()),
+        "final_success": float(success[-1].mean()),
+    }
+    if video is not None:
+        from anyskill.envs.render import render_maze_frames, save_video, tile_frames
+
+        positions, goals = np.asarray(positions), np.asarray(goals)
+        n = min(video_episodes, num_episodes)
+        clips = [render_maze_frames(trainer.eval_env, positions[:, i], goals[i]) for i in range(n)]
+        save_video(tile_frames(clips, cols=min(4, n)), video, fps=fps)
+        result["video"] = str(video)
+    return result
