@@ -151,33 +151,61 @@ def _check_env(name: str, field: str) -> None:
 
 #: Named presets. ``anyskill train crl --preset NAME`` starts from one; flags override fields.
 PRESETS: dict[str, CRLConfig] = {
-    # The README's main job: solves the U-maze on a 2-core laptop CPU in minutes.
-    "pointmaze-u": CRLConfig(env="pointmaze-u"),
-    # A tiny, fast run in the open arena (used by the end-to-end test).
-    "arena-smoke": CRLConfig(
-        env="pointmaze-arena",
-        total_env_steps=60_000,
+    # The README's main job: solves the U-maze on a 2-core laptop CPU in about 3 minutes
+    # (see BENCHMARKS.md). CPU-friendly width; high update-to-data ratio (20 env steps per
+    # gradient step) because gradient steps, not env steps, are the scarce resource on a CPU.
+    "pointmaze-u": CRLConfig(
+        env="pointmaze-u",
+        total_env_steps=500_000,
         num_envs=64,
         unroll_length=10,
-        updates_per_unroll=4,
+        updates_per_unroll=32,
+        replay_capacity=500,
+        min_replay_steps=100,
+        num_epochs=10,
+        critic_width=64,
+        actor_width=64,
+    ),
+    # A tiny, fast run in the open arena (the end-to-end test).
+    "arena-smoke": CRLConfig(
+        env="pointmaze-arena",
+        total_env_steps=40_000,
+        num_envs=32,
+        unroll_length=10,
+        updates_per_unroll=16,
         batch_size=128,
         replay_capacity=200,
         min_replay_steps=50,
         num_epochs=4,
-        critic_width=64,
-        actor_width=64,
+        critic_width=32,
+        actor_width=32,
         num_eval_envs=64,
     ),
     "pointmaze-big": CRLConfig(
-        env="pointmaze-big", total_env_steps=5_000_000, replay_capacity=1000, min_replay_steps=200
+        env="pointmaze-big",
+        total_env_steps=2_000_000,
+        num_envs=64,
+        unroll_length=10,
+        updates_per_unroll=32,
+        replay_capacity=1000,
+        min_replay_steps=200,
+        num_epochs=20,
+        critic_width=64,
+        actor_width=64,
     ),
     "pointmaze-hardest": CRLConfig(
         env="pointmaze-hardest",
-        total_env_steps=10_000_000,
+        total_env_steps=4_000_000,
+        num_envs=64,
+        unroll_length=10,
+        updates_per_unroll=32,
         replay_capacity=1000,
         min_replay_steps=300,
+        num_epochs=20,
+        critic_width=64,
+        actor_width=64,
     ),
-    # The paper's setting (JaxGCRL scale); meant for a GPU.
+    # The paper's setting (JaxGCRL scale: width 256, 512 envs, 62-step unrolls); for a GPU.
     "paper": CRLConfig(
         env="pointmaze-hardest",
         total_env_steps=100_000_000,
