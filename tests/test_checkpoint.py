@@ -7,21 +7,7 @@ import numpy as np
 import pytest
 
 from anyskill import checkpoint
-from anyskill.algos.crl.config import get_preset
 from anyskill.algos.crl.train import make_train
-
-TINY = dataclasses.replace(
-    get_preset("arena-smoke"),
-    num_envs=4,
-    batch_size=8,
-    replay_capacity=10,
-    min_replay_steps=4,
-    critic_width=8,
-    actor_width=8,
-    num_eval_envs=4,
-    total_env_steps=10_000,
-    num_epochs=1,
-)
 
 
 def _state(config, seed=0):
@@ -29,11 +15,11 @@ def _state(config, seed=0):
     return jax.jit(trainer.init_state)(jax.random.PRNGKey(seed))
 
 
-def test_round_trip_every_leaf(tmp_path):
-    state = _state(TINY)
+def test_round_trip_every_leaf(tmp_path, tiny_config):
+    state = _state(tiny_config)
     path = tmp_path / "ck.msgpack"
     checkpoint.save(path, state, {"epoch": 3})
-    template = _state(TINY, seed=1)
+    template = _state(tiny_config, seed=1)
     restored, meta = checkpoint.load(path, template)
     assert meta == {"epoch": 3}
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
@@ -41,23 +27,23 @@ def test_round_trip_every_leaf(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
 
 
-def test_different_config_is_named(tmp_path):
+def test_different_config_is_named(tmp_path, tiny_config):
     path = tmp_path / "ck.msgpack"
-    checkpoint.save(path, _state(TINY), {})
-    other = _state(dataclasses.replace(TINY, critic_width=16))
+    checkpoint.save(path, _state(tiny_config), {})
+    other = _state(dataclasses.replace(tiny_config, critic_width=16))
     with pytest.raises(checkpoint.CheckpointError, match="shape .* different config"):
         checkpoint.load(path, other)
-    deeper = _state(dataclasses.replace(TINY, critic_depth=0))
+    deeper = _state(dataclasses.replace(tiny_config, critic_depth=0))
     with pytest.raises(checkpoint.CheckpointError, match="different config"):
         checkpoint.load(path, deeper)
 
 
-def test_corrupt_and_missing(tmp_path):
+def test_corrupt_and_missing(tmp_path, tiny_config):
     path = tmp_path / "ck.msgpack"
-    checkpoint.save(path, _state(TINY), {})
+    checkpoint.save(path, _state(tiny_config), {})
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(checkpoint.CheckpointError, match="unreadable"):
-        checkpoint.load(path, _state(TINY))
+        checkpoint.load(path, _state(tiny_config))
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
-        checkpoint.load(tmp_path / "nope.msgpack", _state(TINY))
+        checkpoint.load(tmp_path / "nope.msgpack", _state(tiny_config))

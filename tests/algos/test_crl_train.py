@@ -1,42 +1,24 @@
 """The jitted training pieces: sharding over forced host devices, non-finite loss handling."""
 
-import dataclasses
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from conftest import TINY_OVERRIDES
 
 from anyskill import checkpoint
 from anyskill.algos.crl import run as crl_run
-from anyskill.algos.crl.config import get_preset
-
-TINY = dataclasses.replace(
-    get_preset("arena-smoke"),
-    num_envs=8,
-    batch_size=16,
-    replay_capacity=20,
-    min_replay_steps=10,
-    critic_width=16,
-    actor_width=16,
-    num_eval_envs=8,
-    total_env_steps=2_000,
-    num_epochs=2,
-    unroll_length=5,
-    updates_per_unroll=2,
-)
 
 SHARDED = textwrap.dedent(
     """
-    import dataclasses, jax, numpy as np
+    import dataclasses, json, sys, jax, numpy as np
     from anyskill.algos.crl.config import get_preset
     from anyskill.algos.crl.train import make_train
     assert jax.device_count() == 2, jax.devices()
-    cfg = dataclasses.replace(get_preset("arena-smoke"), num_envs=8, batch_size=16,
-        replay_capacity=20, min_replay_steps=10, critic_width=16, actor_width=16,
-        num_eval_envs=8, total_env_steps=2000, num_epochs=2, unroll_length=5,
-        updates_per_unroll=2)
+    cfg = dataclasses.replace(get_preset("arena-smoke"), **json.loads(sys.argv[1]))
     tr = make_train(cfg)
     state = jax.jit(tr.init_state)(jax.random.PRNGKey(0))
     sh = tr.state_sharding(state)
@@ -57,13 +39,17 @@ SHARDED = textwrap.dedent(
 def test_training_shards_over_forced_host_devices():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     out = subprocess.run(
-        [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", SHARDED, json.dumps(TINY_OVERRIDES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, tiny_config):
     real = crl_run._to_python
     calls = {"n": 0}
 
@@ -77,7 +63,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
     monkeypatch.setattr(crl_run, "_to_python", poisoned)
     with pytest.raises(crl_run.NonFiniteLoss, match="non-finite critic_loss=nan at epoch 1"):
-        crl_run.train_run(TINY, tmp_path, progress=False, log=lambda *_: None)
+        crl_run.train_run(tiny_config, tmp_path, progress=False, log=lambda *_: None)
     meta = checkpoint.load_meta(tmp_path / crl_run.CHECKPOINT_FILE)
     assert meta["epoch"] == 0
     lines = (tmp_path / crl_run.METRICS_FILE).read_text().splitlines()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
-
 from anyskill.envs.base import Env, State
 from anyskill.envs.maze import LAYOUTS, PointMaze
+from anyskill.names import unknown_name
 
 #: env name -> constructor. Names are what ``--env`` accepts.
 REGISTRY = {f"pointmaze-{name}": (lambda n=name: PointMaze(layout_name=n)) for name in LAYOUTS}
@@ -14,9 +13,7 @@ REGISTRY = {f"pointmaze-{name}": (lambda n=name: PointMaze(layout_name=n)) for n
 def make(name: str, **overrides) -> Env:
     """Build a registered environment, e.g. ``make("pointmaze-u")``."""
     if name not in REGISTRY:
-        close = difflib.get_close_matches(name, REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown env {name!r}.{hint} Known envs: {', '.join(sorted(REGISTRY))}")
+        raise unknown_name("env", name, REGISTRY)
     if overrides:
         layout = name.removeprefix("pointmaze-")
         return PointMaze(layout_name=layout, **overrides)

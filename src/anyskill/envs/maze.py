@@ -13,7 +13,6 @@ column index (D4RL's convention), and success means being within 0.5 of the goal
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ import numpy as np
 from flax import struct
 
 from anyskill.envs.base import Env
+from anyskill.names import unknown_name
 
 R, G = "r", "g"
 
@@ -139,12 +139,7 @@ class PointMaze(Env):
 
     def __post_init__(self):
         if self.layout_name not in LAYOUTS:
-            close = difflib.get_close_matches(self.layout_name, LAYOUTS, n=3)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(
-                f"unknown maze layout {self.layout_name!r}.{hint} Known layouts: "
-                f"{', '.join(sorted(LAYOUTS))}"
-            )
+            raise unknown_name("maze layout", self.layout_name, LAYOUTS)
         layout, default_len = LAYOUTS[self.layout_name]
         if self.episode_length <= 0:
             object.__setattr__(self, "episode_length", default_len)

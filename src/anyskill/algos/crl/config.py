@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Literal
 
 from anyskill.envs import REGISTRY as ENV_REGISTRY
 from anyskill.envs import eval_env_name
+from anyskill.names import unknown_name
 from anyskill.nets.residual import check_depth
 
 
@@ -142,11 +142,7 @@ class CRLConfig:
 
 def _check_env(name: str, field: str) -> None:
     if name not in ENV_REGISTRY:
-        close = difflib.get_close_matches(name, ENV_REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"unknown {field} {name!r}.{hint} Known: {', '.join(sorted(ENV_REGISTRY))}"
-        )
+        raise unknown_name(field, name, ENV_REGISTRY)
 
 
 #: Named presets. ``anyskill train crl --preset NAME`` starts from one; flags override fields.
@@ -225,7 +221,5 @@ PRESETS: dict[str, CRLConfig] = {
 
 def get_preset(name: str) -> CRLConfig:
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown preset {name!r}.{hint} Known presets: {', '.join(PRESETS)}")
+        raise unknown_name("preset", name, PRESETS)
     return PRESETS[name]

@@ -1,0 +1,25 @@
+import dataclasses
+
+import pytest
+
+from anyskill.algos.crl.config import CRLConfig, get_preset
+
+#: A CRL config small enough to compile and run in seconds: for plumbing tests, not learning.
+TINY_OVERRIDES = dict(
+    num_envs=8,
+    batch_size=16,
+    replay_capacity=20,
+    min_replay_steps=10,
+    critic_width=16,
+    actor_width=16,
+    num_eval_envs=8,
+    total_env_steps=2_000,
+    num_epochs=2,
+    unroll_length=5,
+    updates_per_unroll=2,
+)
+
+
+@pytest.fixture
+def tiny_config() -> CRLConfig:
+    return dataclasses.replace(get_preset("arena-smoke"), **TINY_OVERRIDES)
