@@ -1,8 +1,9 @@
-"""Depth study: time-at-goal at equal env steps for critic/actor depths on the harder mazes.
+"""Depth study: time-at-goal at equal env steps for critic depths on the harder mazes.
 
 For every (maze, depth) all seeds train at once, ``jax.vmap`` over the pure ``trainer.train``
 (the whole run is one jitted function). Every run gets the same env-step budget and the same
-update-to-data ratio; only depth changes. Evaluation uses the maze's far-goal variant.
+update-to-data ratio; only the critic's depth changes (the actor keeps depth 4 unless
+--actor-depth says otherwise). Evaluation uses the maze's far-goal variant.
 Results are appended to a JSON file as each setting finishes (a killed study keeps them).
 
     python benchmarks/depth_study.py --mazes big hardest --depths 4 8 16 32 --seeds 3
@@ -24,7 +25,7 @@ from anyskill.algos.crl.config import CRLConfig
 from anyskill.algos.crl.train import make_train
 
 
-def study_config(maze: str, depth: int, steps: int, width: int) -> CRLConfig:
+def study_config(maze: str, depth: int, steps: int, width: int, actor_depth: int) -> CRLConfig:
     return CRLConfig(
         env=f"pointmaze-{maze}",
         total_env_steps=steps,
@@ -38,7 +39,7 @@ def study_config(maze: str, depth: int, steps: int, width: int) -> CRLConfig:
         critic_width=width,
         actor_width=width,
         critic_depth=depth,
-        actor_depth=depth,
+        actor_depth=actor_depth,
         num_eval_envs=128,
     )
 
@@ -50,7 +51,13 @@ def main(argv=None):
     p.add_argument("--mazes", nargs="+", default=["big", "hardest"])
     p.add_argument("--depths", type=int, nargs="+", default=[4, 8, 16, 32])
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--env-steps", type=int, default=500_000)
+    p.add_argument("--env-steps", type=int, default=300_000)
+    p.add_argument(
+        "--actor-depth",
+        type=int,
+        default=4,
+        help="actor depth, fixed while the critic depth varies (-1: same as critic)",
+    )
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/depth_study.json"))
     args = p.parse_args(argv)
@@ -61,7 +68,8 @@ def main(argv=None):
         for depth in args.depths:
             if (maze, depth) in done:
                 continue
-            cfg = study_config(maze, depth, args.env_steps, args.width)
+            actor_depth = depth if args.actor_depth < 0 else args.actor_depth
+            cfg = study_config(maze, depth, args.env_steps, args.width, actor_depth)
             trainer = make_train(cfg)
             keys = jax.random.split(jax.random.PRNGKey(0), args.seeds)
             t0 = time.perf_counter()
