@@ -79,6 +79,7 @@ def main(argv=None):
             row = {
                 "maze": maze,
                 "depth": depth,
+                "actor_depth": actor_depth,
                 "width": args.width,
                 "seeds": args.seeds,
                 "env_steps": cfg.prefill_steps + cfg.num_epochs * cfg.env_steps_per_epoch,
