@@ -30,7 +30,7 @@ def test_round_trip_every_leaf(tmp_path, tiny_config):
 def test_different_config_is_named(tmp_path, tiny_config):
     path = tmp_path / "ck.msgpack"
     checkpoint.save(path, _state(tiny_config), {})
-    other = _state(dataclasses.replace(tiny_config, critic_width=16))
+    other = _state(dataclasses.replace(tiny_config, critic_width=2 * tiny_config.critic_width))
     with pytest.raises(checkpoint.CheckpointError, match="shape .* different config"):
         checkpoint.load(path, other)
     deeper = _state(dataclasses.replace(tiny_config, critic_depth=0))
