@@ -18,7 +18,7 @@ from typing import Annotated
 
 import tyro
 
-from anyskill.algos.crl.config import CRLConfig
+from anyskill.algos.crl.config import PRESETS, CRLConfig, get_preset
 
 USAGE = """usage: anyskill COMMAND ...
 
@@ -71,13 +71,6 @@ class Eval:
     """Seed for the evaluation goals."""
 
 
-def _lazy_imports():
-    # Keep `anyskill --help` fast: JAX is imported only by commands that need it.
-    from anyskill.algos.crl import config as crl_config
-
-    return crl_config
-
-
 def _split_preset(args: list[str], default: str) -> str:
     for i, a in enumerate(args):
         if a == "--preset" and i + 1 < len(args):
@@ -94,9 +87,8 @@ def cmd_train(args: list[str]) -> int:
     algo, rest = args[0], args[1:]
     if algo != "crl":
         raise ValueError(f"unknown algorithm {algo!r}; available: crl")
-    crl_config = _lazy_imports()
     preset_name = _split_preset(rest, "pointmaze-u")
-    preset = crl_config.get_preset(preset_name)
+    preset = get_preset(preset_name)
 
     parsed = tyro.cli(
         TrainCRL,
@@ -156,8 +148,7 @@ def cmd_envs(args: list[str]) -> int:
 
 
 def cmd_presets(args: list[str]) -> int:
-    crl_config = _lazy_imports()
-    for name, cfg in crl_config.PRESETS.items():
+    for name, cfg in PRESETS.items():
         print(
             f"crl/{name:18s} env={cfg.env} steps={cfg.total_env_steps:,} envs={cfg.num_envs} "
             f"depth={cfg.critic_depth}/{cfg.actor_depth} width={cfg.critic_width}"

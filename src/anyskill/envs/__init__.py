@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+
 from anyskill.envs.base import Env, State
 from anyskill.envs.maze import LAYOUTS, PointMaze
 from anyskill.names import unknown_name
 
-#: env name -> constructor. Names are what ``--env`` accepts.
-REGISTRY = {f"pointmaze-{name}": (lambda n=name: PointMaze(layout_name=n)) for name in LAYOUTS}
+#: env name -> constructor taking keyword overrides. Names are what ``--env`` accepts.
+REGISTRY = {f"pointmaze-{name}": functools.partial(PointMaze, layout_name=name) for name in LAYOUTS}
 
 
 def make(name: str, **overrides) -> Env:
     """Build a registered environment, e.g. ``make("pointmaze-u")``."""
     if name not in REGISTRY:
         raise unknown_name("env", name, REGISTRY)
-    if overrides:
-        layout = name.removeprefix("pointmaze-")
-        return PointMaze(layout_name=layout, **overrides)
-    return REGISTRY[name]()
+    return REGISTRY[name](**overrides)
 
 
 def eval_env_name(name: str) -> str:
