@@ -75,6 +75,8 @@ class Env(abc.ABC):
     success_threshold: float
     episode_length: int
     control_hz: float
+    #: end the episode (``terminated``) as soon as ``success`` holds
+    terminate_on_success: bool = False
 
     @property
     def dt(self) -> float:
@@ -92,6 +94,34 @@ class Env(abc.ABC):
     @abc.abstractmethod
     def observe(self, physics: Any) -> jax.Array:
         """Observation vector ``[obs_dim]`` of a physics state."""
+
+    # ---- hooks with defaults -------------------------------------------------------------
+    def task_success(self, physics: Any, obs: jax.Array, goal: jax.Array) -> jax.Array:
+        """The success predicate reported in ``State.success``; by default goal reaching."""
+        return self.is_success(obs, goal)
+
+    def episode_limit(self, physics: Any) -> jax.Array | int:
+        """Steps after which the current episode is truncated (may depend on the task)."""
+        return self.episode_length
+
+    def physics_ok(self, physics: Any) -> jax.Array | bool:
+        """False when a physics state is broken (e.g. non-finite): the episode is then
+        truncated and auto-reset, so a broken state never propagates."""
+        return True
+
+    def carry(self, old: Any, new: Any) -> Any:
+        """What survives an auto-reset: returns the physics of the next step given the ended
+        episode's ``old`` and the ``new`` one's physics (by default nothing carries over)."""
+        return new
+
+    def check_action(self, action: jax.Array) -> jax.Array:
+        """Validate the action's shape (at trace time) before it reaches the physics."""
+        if action.shape[-1:] != (self.action_dim,):
+            raise ValueError(
+                f"{self.name}: action must have shape ({self.action_dim},) per env, "
+                f"got {tuple(action.shape)}"
+            )
+        return action
 
     # ---- public API ---------------------------------------------------------------------
     def achieved_goal(self, obs: jax.Array) -> jax.Array:
@@ -117,7 +147,7 @@ class Env(abc.ABC):
             reward=jnp.asarray(0.0, jnp.float32),
             terminated=false,
             truncated=false,
-            success=self.is_success(obs, goal),
+            success=self.task_success(physics, obs, goal),
             final_obs=obs,
             final_goal=goal,
             t=jnp.asarray(0, jnp.int32),
@@ -125,13 +155,15 @@ class Env(abc.ABC):
         )
 
     def step(self, state: State, action: jax.Array) -> State:
-        action = jnp.clip(action, -1.0, 1.0)
+        action = jnp.clip(self.check_action(jnp.asarray(action)), -1.0, 1.0)
         physics = self._step_physics(state.physics, action)
         obs = self.observe(physics)
-        success = self.is_success(obs, state.goal)
+        success = self.task_success(physics, obs, state.goal)
         t = state.t + 1
-        terminated = jnp.asarray(False)
-        truncated = t >= self.episode_length
+        terminated = jnp.logical_and(success, self.terminate_on_success)
+        truncated = jnp.logical_and(t >= self.episode_limit(state.physics), ~terminated)
+        broken = ~jnp.asarray(self.physics_ok(physics))
+        truncated = jnp.logical_or(truncated, broken)
         # Auto-reset with a fresh key: the next episode is ``reset(state.key)``, its own start,
         # goal and key. ``state.key`` is new on every step (``fresh.key`` is handed on either
         # way), so every episode draws from a key no other episode used. Under vmap the fresh
@@ -143,14 +175,14 @@ class Env(abc.ABC):
             return jax.tree.map(lambda a, b: jnp.where(done, a, b), new, old)
 
         return State(
-            physics=pick(fresh.physics, physics),
+            physics=self.carry(physics, pick(fresh.physics, physics)),
             obs=pick(fresh.obs, obs),
             goal=pick(fresh.goal, state.goal),
             reward=success.astype(jnp.float32),
             terminated=terminated,
             truncated=truncated,
             success=success,
-            final_obs=obs,
+            final_obs=jnp.where(broken, jnp.nan_to_num(obs), obs),
             final_goal=state.goal,
             t=jnp.where(done, 0, t).astype(jnp.int32),
             key=fresh.key,
