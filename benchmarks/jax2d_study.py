@@ -9,11 +9,13 @@ Configs are spec strings: a base (``default`` = jax2d's StaticSimParams(), ``tri
 to the scene: 6 polygons, 2 circles, 1 joint, 1 thruster) followed by dash-separated knobs:
 ``it<n>`` solver iterations (default 10), ``ss<n>`` substeps per control step (default 6,
 i.e. jax2d's dt = 1/60), ``b<n>`` solver batch size (default 16), ``nows`` no warm starting,
-``kin`` for an infinite-mass pusher (default: a heavy dynamic pusher).
+``bg<pct>`` Baumgarte position-correction factor in % (jax2d: 20), ``pd<n>`` pusher density
+(default 10: pusher mass ~ object mass), ``kin`` for an infinite-mass pusher (default: a
+dynamic pusher whose velocity is re-imposed every substep).
 
 Sections: ``throughput`` (jit(scan(vmap(control_step))) over --control-steps, best of
 --repeats, compile time separate), ``phases`` (each engine phase jitted and timed on its own),
-``hlo`` (op census of the compiled batched substep), ``check`` (100 control steps of random or
+``profile`` (per-op time of one batched substep from a jax.profiler trace), ``check`` (100 control steps of random or
 object-seeking actions: interpenetration depths, escapes, NaNs). Results are merged into the
 JSON file, so the study can be run in short pieces.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -83,6 +86,7 @@ class Config:
     warm: bool = True
     kinematic: bool = False
     pusher_density: float = PUSHER_DENSITY
+    baumgarte: float = 0.2  # jax2d's SimParams.baumgarte_coefficient_collision
 
     @staticmethod
     def parse(spec: str) -> Config:
@@ -93,6 +97,8 @@ class Config:
         for k in knobs:
             if m := re.fullmatch(r"(it|ss|b)(\d+)", k):
                 kw[{"it": "iters", "ss": "substeps", "b": "batch"}[m[1]]] = int(m[2])
+            elif m := re.fullmatch(r"bg(\d+)", k):
+                kw["baumgarte"] = int(m[1]) / 100
             elif m := re.fullmatch(r"pd(\d+)", k):
                 kw["pusher_density"] = float(m[1])
             elif k == "nows":
@@ -125,7 +131,9 @@ class Config:
         )
 
     def params(self) -> SimParams:
-        return SimParams(dt=CONTROL_DT / self.substeps)
+        return SimParams(
+            dt=CONTROL_DT / self.substeps, baumgarte_coefficient_collision=self.baumgarte
+        )
 
 
 class PushScene:
@@ -164,9 +172,7 @@ class PushScene:
             ((-off, 0.0), (WALL, span)),
             ((off, 0.0), (WALL, span)),
         ):
-            st, _ = add_rectangle_to_scene(
-                st, ssp, jnp.array(pos), jnp.array(dims), fixated=True
-            )
+            st, _ = add_rectangle_to_scene(st, ssp, jnp.array(pos), jnp.array(dims), fixated=True)
         for dims in BOX_DIMS:
             st, _ = add_rectangle_to_scene(st, ssp, jnp.zeros(2), jnp.array(dims))
         st, _ = add_circle_to_scene(st, ssp, jnp.zeros(2), DISC_R)
@@ -218,7 +224,9 @@ class PushScene:
             lim = HALF - PUSHER_R
             c = st.circle
             st = st.replace(
-                circle=c.replace(position=c.position.at[PUSHER].set(jnp.clip(c.position[PUSHER], -lim, lim)))
+                circle=c.replace(
+                    position=c.position.at[PUSHER].set(jnp.clip(c.position[PUSHER], -lim, lim))
+                )
             )
         return st
 
@@ -240,6 +248,10 @@ def _coulomb_vec(v: jax.Array, dv: jax.Array) -> jax.Array:
 
 def _coulomb_scalar(w: jax.Array, dw: jax.Array) -> jax.Array:
     return w * jnp.maximum(0.0, 1.0 - dw / jnp.maximum(jnp.abs(w), 1e-9))
+
+
+def _xla_flags() -> str:
+    return os.environ.get("XLA_FLAGS", "")
 
 
 def batched_reset(scene: PushScene, n: int, seed: int = 0) -> SimState:
@@ -282,6 +294,15 @@ def run_throughput(cfg: Config, n: int, steps: int, repeats: int) -> dict[str, A
     def rollout(s: SimState, acts: jax.Array) -> SimState:
         return jax.lax.scan(lambda c, a: (step(c, a), None), s, acts)[0]
 
+    ndev = jax.device_count()
+    if ndev > 1:
+        # XLA:CPU runs this workload on one core (cpu/wall ~ 1); with
+        # --xla_force_host_platform_device_count each host "device" takes a slice of the envs.
+        mesh = jax.sharding.Mesh(np.array(jax.devices()), ("env",))
+        P = jax.sharding.PartitionSpec
+        rollout = jax.shard_map(
+            rollout, mesh=mesh, in_specs=(P("env"), P(None, "env")), out_specs=P("env")
+        )
     compile_s, walls, cpu = time_compiled(rollout, (states, actions), repeats)
     best = min(walls)
     return {
@@ -295,6 +316,8 @@ def run_throughput(cfg: Config, n: int, steps: int, repeats: int) -> dict[str, A
         "steps_per_s": n * steps / best,
         "substeps_per_s": n * steps * cfg.substeps / best,
         "cpu_per_wall": cpu,
+        "xla_flags": _xla_flags(),
+        "devices": ndev,
     }
 
 
@@ -310,7 +333,9 @@ def run_phases(cfg: Config, n: int, reps: int, repeats: int) -> dict[str, Any]:
     # Start from settled, contact-rich states rather than the reset layout.
     st = batched_reset(scene, n)
     acts = random_actions(20, n)
-    st = jax.jit(lambda s: jax.lax.scan(lambda c, a: (jax.vmap(scene.control_step)(c, a), None), s, acts)[0])(st)
+    st = jax.jit(
+        lambda s: jax.lax.scan(lambda c, a: (jax.vmap(scene.control_step)(c, a), None), s, acts)[0]
+    )(st)
     manif = jax.jit(jax.vmap(eng.calculate_collision_manifolds))(st)
     vel = jnp.zeros((n, 2))
 
@@ -378,8 +403,13 @@ def run_phases(cfg: Config, n: int, reps: int, repeats: int) -> dict[str, Any]:
     if cfg.warm:
         phases.append(("warm starting", warm, (st, manif), 1))
     for part in ("joints", "poly-poly", "circle-poly", "circle-circle"):
-        phases.append((f"solver: {part} x{cfg.iters} iters", solver_part(part), (st, manif), cfg.iters))
-    phases += [("Euler + clip_state", integrate, st, 1), ("ours: ground friction + pusher", ours, st, 1)]
+        phases.append(
+            (f"solver: {part} x{cfg.iters} iters", solver_part(part), (st, manif), cfg.iters)
+        )
+    phases += [
+        ("Euler + clip_state", integrate, st, 1),
+        ("ours: ground friction + pusher", ours, st, 1),
+    ]
 
     rows = []
     for name, fn, arg, mult in phases:
@@ -390,28 +420,75 @@ def run_phases(cfg: Config, n: int, reps: int, repeats: int) -> dict[str, Any]:
 
         compile_s, walls, _ = time_compiled(looped, (arg,), repeats)
         per_call = min(walls) / reps
-        rows.append({"phase": name, "ms_per_substep": 1e3 * per_call * mult, "compile_s": compile_s})
+        rows.append(
+            {"phase": name, "ms_per_substep": 1e3 * per_call * mult, "compile_s": compile_s}
+        )
     return {"config": cfg.spec, "num_envs": n, "reps": reps, "rows": rows}
 
 
-def run_hlo(cfg: Config, n: int) -> dict[str, Any]:
-    """Op census of the optimised HLO for one batched substep (loop bodies counted once)."""
+def _op_kind(name: str) -> str:
+    """Group XLA:CPU thunk names (``sort.91``, ``ynn_fusion.7``, ``bitcast_gather_fusion.3``)."""
+    base = re.sub(r"\.\d+$", "", name)
+    if base in ("sort", "dot", "dot_general", "ynn_fusion"):
+        return base
+    for word in ("scatter", "gather", "dynamic-update-slice", "copy", "concatenate"):
+        if word in base:
+            return f"other {word}"
+    return "other fusion" if "fusion" in base else base
+
+
+def run_profile(cfg: Config, n: int, calls: int = 3) -> dict[str, Any]:
+    """Per-op time of one batched substep from a jax.profiler trace (XLA:CPU thunk events).
+
+    Events are summed over XLA's worker threads; loop containers (``while``) are skipped so
+    only leaf ops count. Tracing adds overhead per op, so read the split, not the absolute.
+    """
+    import tempfile
+
+    from jax.profiler import ProfileData
+
     scene = PushScene(cfg)
     st = batched_reset(scene, n)
     f = jax.jit(jax.vmap(scene.substep))
-    text = f.lower(st, jnp.zeros((n, 2))).compile().as_text()
-    ops = Counter(re.findall(r"=\s*\S+\s+([a-z][\w-]*)\(", text))
-    keep = ("fusion", "scatter", "gather", "sort", "while", "dynamic-slice", "dynamic-update-slice", "copy")
-    counts = {k: ops.get(k, 0) for k in keep}
-    counts["total"] = sum(ops.values())
-    return {"config": cfg.spec, "num_envs": n, "ops": counts}
+    vel = jnp.zeros((n, 2))
+    st = jax.block_until_ready(f(st, vel))
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            for _ in range(calls):
+                st = jax.block_until_ready(f(st, vel))
+        pb = next(Path(d).rglob("*.xplane.pb"))
+        prof = ProfileData.from_file(str(pb))
+    ns: Counter[str] = Counter()
+    count: Counter[str] = Counter()
+    for plane in prof.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLA"):
+                continue
+            for ev in line.events:
+                if ev.name.startswith(("ThunkExecutor", "while")):
+                    continue
+                k = _op_kind(ev.name)
+                ns[k] += ev.duration_ns
+                count[k] += 1
+    total = sum(ns.values())
+    rows = [
+        {"kind": k, "ms": t / calls / 1e6, "share": t / total, "ops": count[k] / calls}
+        for k, t in ns.most_common()
+    ]
+    return {"config": cfg.spec, "num_envs": n, "xla_flags": _xla_flags(), "rows": rows}
+
+
+def _any_active(m: Any, mask: list[bool]) -> jax.Array:
+    """Whether any manifold slot selected by `mask` is in contact (poly-poly slots hold 2)."""
+    active = m.active.reshape(m.active.shape[0], -1).any(axis=1)
+    return (active & jnp.asarray(mask)).any()
 
 
 def run_check(cfg: Config, n: int, steps: int, policy: str) -> dict[str, Any]:
     """Roll out `steps` control steps and track contact quality after each of them."""
     scene = PushScene(cfg)
-    eng, ssp = scene.engine, scene.ssp
-    npoly = ssp.num_polygons
+    eng = scene.engine
+
     # Classify every manifold slot by what it touches: wall (poly < 4), object, pusher.
     def kind_poly(i: int) -> str:
         return "wall" if i < N_WALLS else ("obj" if i in BOX_SLOTS else "unused")
@@ -423,8 +500,12 @@ def run_check(cfg: Config, n: int, steps: int, policy: str) -> dict[str, Any]:
         return "-".join(sorted((a, b)))
 
     rr_cat = [cat(kind_poly(int(a)), kind_poly(int(b))) for a, b in np.asarray(eng.poly_poly_pairs)]
-    cr_cat = [cat(kind_circ(int(a)), kind_poly(int(b))) for a, b in np.asarray(eng.circle_poly_pairs)]
-    cc_cat = [cat(kind_circ(int(a)), kind_circ(int(b))) for a, b in np.asarray(eng.circle_circle_pairs)]
+    cr_cat = [
+        cat(kind_circ(int(a)), kind_poly(int(b))) for a, b in np.asarray(eng.circle_poly_pairs)
+    ]
+    cc_cat = [
+        cat(kind_circ(int(a)), kind_circ(int(b))) for a, b in np.asarray(eng.circle_circle_pairs)
+    ]
     cats = ["obj-obj", "obj-wall", "obj-pusher", "pusher-wall"]
 
     def metrics(st: SimState) -> dict[str, jax.Array]:
@@ -446,9 +527,7 @@ def run_check(cfg: Config, n: int, steps: int, policy: str) -> dict[str, Any]:
         verts = jax.vmap(lambda pos, rot, v: pos + v @ rmat(rot).T)(
             p.position[boxes], p.rotation[boxes], p.vertices[boxes]
         )
-        reach_obj = jnp.maximum(
-            jnp.abs(verts).max(), (jnp.abs(c.position[DISC]) + DISC_R).max()
-        )
+        reach_obj = jnp.maximum(jnp.abs(verts).max(), (jnp.abs(c.position[DISC]) + DISC_R).max())
         out["geom wall depth obj"] = jnp.maximum(0.0, reach_obj - HALF)
         out["geom wall depth pusher"] = jnp.maximum(
             0.0, (jnp.abs(c.position[PUSHER]) + PUSHER_R).max() - HALF
@@ -457,9 +536,10 @@ def run_check(cfg: Config, n: int, steps: int, policy: str) -> dict[str, Any]:
         out["escaped"] = (jnp.abs(centres) > HALF).any()
         out["nonfinite"] = ~jnp.isfinite(jnp.concatenate([centres.ravel(), p.rotation])).all()
         out["pusher contact"] = jnp.stack(
-            [m.active.reshape(m.active.shape[0], -1).any(1)[np.array([x == "obj-pusher" for x in cs])].any()
-             if any(x == "obj-pusher" for x in cs) else jnp.zeros((), bool)
-             for m, cs in ((rr, rr_cat), (cr, cr_cat), (cc, cc_cat))]
+            [
+                _any_active(m, [x == "obj-pusher" for x in cs])
+                for m, cs in ((rr, rr_cat), (cr, cr_cat), (cc, cc_cat))
+            ]
         ).any()
         speeds = jnp.concatenate(
             [jnp.linalg.norm(p.velocity[boxes], axis=-1), jnp.linalg.norm(c.velocity[DISC])[None]]
@@ -472,7 +552,9 @@ def run_check(cfg: Config, n: int, steps: int, policy: str) -> dict[str, Any]:
         if policy == "random":
             return noise
         # "seek": drive at one object (and beyond it) to force pushes and wall pinning.
-        objs = jnp.concatenate([st.polygon.position[jnp.array(BOX_SLOTS)], st.circle.position[DISC][None]])
+        objs = jnp.concatenate(
+            [st.polygon.position[jnp.array(BOX_SLOTS)], st.circle.position[DISC][None]]
+        )
         d = objs[target] - st.circle.position[PUSHER]
         return d / jnp.maximum(jnp.linalg.norm(d), 1e-6) + 0.3 * noise
 
@@ -497,7 +579,12 @@ def run_check(cfg: Config, n: int, steps: int, policy: str) -> dict[str, Any]:
 
     ms, moved = jax.jit(jax.vmap(env_rollout))(jax.random.split(jax.random.PRNGKey(7), n))
     ms = {k: np.asarray(v) for k, v in ms.items()}
-    res: dict[str, Any] = {"config": cfg.spec, "policy": policy, "num_envs": n, "control_steps": steps}
+    res: dict[str, Any] = {
+        "config": cfg.spec,
+        "policy": policy,
+        "num_envs": n,
+        "control_steps": steps,
+    }
     for k, v in ms.items():
         if k.startswith(("pen", "geom")):
             res[f"max {k}"] = float(v.max())
@@ -526,10 +613,13 @@ def markdown(data: dict[str, Any]) -> str:
             "| config | substeps | iters | envs | control steps/s | substeps/s | compile s | walls s | cpu/wall |",
             "|---|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
-        for r in sorted(data["throughput"], key=lambda r: (r["config"], r["num_envs"])):
+        for r in sorted(
+            data["throughput"], key=lambda r: (r["config"], r["xla_flags"], r["num_envs"])
+        ):
             walls = ", ".join(f"{w:.2f}" for w in r["walls_s"])
+            name = r["config"] + (f" + `XLA_FLAGS={r['xla_flags']}`" if r["xla_flags"] else "")
             out.append(
-                f"| {r['config']} | {r['substeps']} | {r['iters']} | {r['num_envs']} | "
+                f"| {name} | {r['substeps']} | {r['iters']} | {r['num_envs']} | "
                 f"{r['steps_per_s']:,.0f} | {r['substeps_per_s']:,.0f} | {r['compile_s']:.1f} | "
                 f"{walls} | {r['cpu_per_wall']:.2f} |"
             )
@@ -543,19 +633,24 @@ def markdown(data: dict[str, Any]) -> str:
             "|---|---:|---:|",
         ]
         for r in ph["rows"]:
-            out.append(f"| {r['phase']} | {r['ms_per_substep']:.2f} | {100 * r['ms_per_substep'] / total:.0f}% |")
+            out.append(
+                f"| {r['phase']} | {r['ms_per_substep']:.2f} | {100 * r['ms_per_substep'] / total:.0f}% |"
+            )
         out.append("")
-    if data.get("hlo"):
-        keys = list(data["hlo"][0]["ops"])
+    for pr in data.get("profile", []):
         out += [
-            "### Optimised HLO op census of one batched substep",
+            f"### Profile: {pr['config']}, {pr['num_envs']} envs, XLA_FLAGS={pr['xla_flags']!r}"
+            " (leaf XLA:CPU ops of one batched substep)",
             "",
-            "| config | envs | " + " | ".join(keys) + " |",
-            "|---|---:|" + "---:|" * len(keys),
+            "| op kind | ms / substep | share | ops executed / substep |",
+            "|---|---:|---:|---:|",
         ]
-        for r in data["hlo"]:
-            out.append(f"| {r['config']} | {r['num_envs']} | " + " | ".join(str(r["ops"][k]) for k in keys) + " |")
-        out.append("")
+        for r in pr["rows"][:12]:
+            out.append(
+                f"| {r['kind']} | {r['ms']:.1f} | {100 * r['share']:.0f}% | {r['ops']:.0f} |"
+            )
+        total = sum(r["ops"] for r in pr["rows"])
+        out += [f"| all | {sum(r['ms'] for r in pr['rows']):.1f} | 100% | {total:.0f} |", ""]
     if data.get("check"):
         cols = [
             "max pen obj-obj",
@@ -577,9 +672,7 @@ def markdown(data: dict[str, Any]) -> str:
             "|---|---|---|" + "---:|" * len(cols),
         ]
         for r in sorted(data["check"], key=lambda r: (r["config"], r["policy"])):
-            vals = [
-                f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols
-            ]
+            vals = [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
             out.append(
                 f"| {r['config']} | {r['policy']} | {r['num_envs']}x{r['control_steps']} | "
                 + " | ".join(vals)
@@ -597,9 +690,11 @@ def main(argv: list[str] | None = None) -> None:
         "--sections",
         nargs="+",
         default=["throughput"],
-        choices=["throughput", "phases", "hlo", "check"],
+        choices=["throughput", "phases", "profile", "check"],
     )
-    p.add_argument("--configs", nargs="+", default=["default", "trim", "trim-it4-ss3", "trim-it2-ss2"])
+    p.add_argument(
+        "--configs", nargs="+", default=["default", "trim", "trim-it4-ss3", "trim-it2-ss2"]
+    )
     p.add_argument("--num-envs", type=int, nargs="+", default=[256, 1024, 4096])
     p.add_argument("--control-steps", type=int, default=50, help="scan length of a timed rollout")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per measurement (best kept)")
@@ -617,7 +712,7 @@ def main(argv: list[str] | None = None) -> None:
     data: dict[str, Any] = (
         json.loads(args.out.read_text()) if args.out.exists() and not args.fresh else {}
     )
-    for k in ("throughput", "phases", "hlo", "check"):
+    for k in ("throughput", "phases", "profile", "check"):
         data.setdefault(k, [])
 
     def save() -> None:
@@ -628,16 +723,23 @@ def main(argv: list[str] | None = None) -> None:
         if "throughput" in args.sections:
             for n in args.num_envs:
                 r = run_throughput(cfg, n, args.control_steps, args.repeats)
-                print(f"{cfg.spec} n={n}: {r['steps_per_s']:,.0f} steps/s (compile {r['compile_s']:.1f}s)", flush=True)
-                merge(data["throughput"], r, ("config", "num_envs"))
+                print(
+                    f"{cfg.spec} n={n}: {r['steps_per_s']:,.0f} steps/s (compile {r['compile_s']:.1f}s)",
+                    flush=True,
+                )
+                merge(data["throughput"], r, ("config", "num_envs", "xla_flags"))
                 save()
         if "phases" in args.sections:
             r = run_phases(cfg, args.phase_envs, args.phase_reps, args.repeats)
             print(f"{cfg.spec}: phases done", flush=True)
             merge(data["phases"], r, ("config", "num_envs"))
             save()
-        if "hlo" in args.sections:
-            merge(data["hlo"], run_hlo(cfg, args.phase_envs), ("config", "num_envs"))
+        if "profile" in args.sections:
+            merge(
+                data["profile"],
+                run_profile(cfg, args.phase_envs),
+                ("config", "num_envs", "xla_flags"),
+            )
             save()
         if "check" in args.sections:
             for pol in args.policies:

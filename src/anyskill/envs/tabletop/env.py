@@ -40,6 +40,9 @@ from anyskill.envs.tabletop.physics import Bodies, PhysicsParams, box_inertia, c
 ZONE_CENTRE = 0.72
 ZONE_HALF = 0.2
 PUSHER_RADIUS = 0.06
+#: much heavier than an object (mass 1): contact corrections move the object, so a pusher
+#: pushes at its commanded speed; it still stalls against jams (see physics._project)
+PUSHER_MASS = 20.0
 #: spawn grid: objects and the pusher start on distinct cells of a 3x3 grid, jittered
 SPAWN_SPACING = 0.42
 SPAWN_JITTER = 0.04
@@ -175,9 +178,9 @@ class Tabletop(Env):
         family = row[T.FAMILY]
         min_obj = jnp.asarray([T.MIN_OBJECTS[f] for f in T.FAMILIES])[family]
         min_obj = jnp.maximum(min_obj, 1)
-        n_present = min_obj + jnp.floor(
-            jax.random.uniform(k_n) * (n - min_obj + 1)
-        ).astype(jnp.int32)
+        n_present = min_obj + jnp.floor(jax.random.uniform(k_n) * (n - min_obj + 1)).astype(
+            jnp.int32
+        )
         n_present = jnp.minimum(n_present, n)
         present = jnp.arange(n) < n_present
         # Colours: a random permutation, then the named colours swapped into random present
@@ -206,7 +209,7 @@ class Tabletop(Env):
         geom = jnp.asarray(T.SHAPE_GEOMETRY, jnp.float32)[jnp.maximum(shapes, 0)]
         half = jnp.concatenate([jnp.zeros((1, 2)), geom[:, :2]]).astype(jnp.float32)
         radius = jnp.concatenate([jnp.array([PUSHER_RADIUS]), geom[:, 2]]).astype(jnp.float32)
-        mass = jnp.ones(n + 1, jnp.float32)
+        mass = jnp.ones(n + 1, jnp.float32).at[0].set(PUSHER_MASS)
         bodies = Bodies(
             pos=pos,
             angle=angle,

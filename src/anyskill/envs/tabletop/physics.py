@@ -185,7 +185,7 @@ def wall_contact(b: dict, nx, ny, table_half: float):
 # ---- the contact graph: constant incidence matrices --------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def contact_graph(num_bodies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Incidence of every candidate contact: all body pairs, then every body against each wall.
 
@@ -296,6 +296,8 @@ def substep(bodies: Bodies, pusher_vel: jax.Array, params: PhysicsParams) -> Bod
     y = y0 + h * vel[:, 1]
     th = th0 + h * bodies.angvel
     depth0, nx, ny, rax, ray, rbx, rby = detect(bodies, x, y, th, params.table_half)
+    # Inactive pairs report -inf; keep them finite so 0 * depth stays 0 in the sweeps.
+    depth0 = jnp.maximum(depth0, -1.0)
     world = jnp.zeros((1,), jnp.float32)
     im = jnp.concatenate([bodies.inv_mass, world])
     ii = jnp.concatenate([bodies.inv_inertia, world])
@@ -325,9 +327,7 @@ def substep(bodies: Bodies, pusher_vel: jax.Array, params: PhysicsParams) -> Bod
         residual = depth0 - (move[num_c:] - move[:num_c])
         return jnp.maximum(lam + residual * inv_w, 0.0)
 
-    lam = jax.lax.fori_loop(
-        0, params.iterations, sweep, jnp.zeros_like(depth0), unroll=True
-    )
+    lam = jax.lax.fori_loop(0, params.iterations, sweep, jnp.zeros_like(depth0), unroll=True)
     dx, dy, dth = displacement(lam)[:, :n]
     th = th + dth
     x, y = _project(bodies, x + dx, y + dy, th, params.table_half)

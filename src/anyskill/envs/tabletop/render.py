@@ -61,8 +61,14 @@ def render_table(physics, size: int, table_half: float = 1.0) -> jax.Array:
     b = physics.bodies
     for k in range(physics.colour.shape[-1]):
         sdf = rounded_box_sdf(
-            px, py, b.pos[k + 1, 0], b.pos[k + 1, 1], b.angle[k + 1],
-            b.half[k + 1, 0], b.half[k + 1, 1], b.radius[k + 1],
+            px,
+            py,
+            b.pos[k + 1, 0],
+            b.pos[k + 1, 1],
+            b.angle[k + 1],
+            b.half[k + 1, 0],
+            b.half[k + 1, 1],
+            b.radius[k + 1],
         )
         sdf = jnp.where(physics.colour[k] >= 0, sdf, jnp.inf)
         img = paint(img, sdf, colours[jnp.maximum(physics.colour[k], 0)])

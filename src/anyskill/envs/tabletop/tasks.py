@@ -22,7 +22,7 @@ COLOURS = ("red", "green", "blue", "yellow")
 COLOUR_RGB = np.array([[214, 48, 49], [46, 160, 67], [38, 98, 217], [232, 185, 20]], np.uint8)
 SHAPES = ("block", "disc", "bar")
 #: (half extent x, half extent y, rounding radius) of each shape's collision body
-SHAPE_GEOMETRY = np.array([[0.085, 0.085, 0.015], [0.0, 0.0, 0.1], [0.15, 0.045, 0.015]])
+SHAPE_GEOMETRY = np.array([[0.085, 0.085, 0.015], [0.0, 0.0, 0.1], [0.13, 0.045, 0.015]])
 #: radius of the disc that bounds each shape (for spawning and gather distances)
 SHAPE_BOUND = np.hypot(SHAPE_GEOMETRY[:, 0], SHAPE_GEOMETRY[:, 1]) + SHAPE_GEOMETRY[:, 2]
 
@@ -114,7 +114,7 @@ def _family_rows(family: str) -> list[tuple[int, ...]]:
 SPLITS = ("train", "heldout", "all")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def task_table(families: tuple[str, ...], split: str) -> tuple[np.ndarray, np.ndarray]:
     """All instances of ``families`` in ``split``: ``(rows [R, 7] int32, family_offsets
     [len(families) + 1])``; rows of family ``i`` are ``rows[offsets[i]:offsets[i + 1]]``."""
