@@ -2,6 +2,7 @@
 
     anyskill train crl [--preset NAME] [--env ENV] [--depth D] [--run-dir DIR] [--resume] ...
     anyskill eval RUN_DIR [--episodes N] [--video PATH]
+    anyskill render --env ENV [--policy expert|random|zero|RUN_DIR] [--out PATH]
     anyskill envs        list environments
     anyskill presets     list training presets
 
@@ -25,6 +26,7 @@ USAGE = """usage: anyskill COMMAND ...
 commands:
   train crl   train goal-conditioned contrastive RL (self-supervised, no reward)
   eval        evaluate a run's latest checkpoint and write a rollout video
+  render      write a video of a policy or scripted expert on any task
   envs        list the built-in environments
   presets     list the training presets
 
@@ -69,6 +71,30 @@ class Eval:
     """Episodes drawn side by side in the video."""
     seed: int = 12345
     """Seed for the evaluation goals."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Render:
+    """Write a GIF/MP4 of a policy or scripted expert on any built-in task."""
+
+    env: str | None = None
+    """Environment (see `anyskill envs`); default: the run's env when --policy is a run."""
+    policy: str = "expert"
+    """'expert' (tabletop tasks), 'random', 'zero', or a run directory of `anyskill train crl`."""
+    out: Path = Path("render.mp4")
+    """Output video (.mp4 or .gif)."""
+    episodes: int = 4
+    """Episodes drawn side by side."""
+    size: int = 192
+    """Pixels per episode tile."""
+    steps: int | None = None
+    """Steps to run (default: the env's episode length)."""
+    split: str | None = None
+    """Tabletop task split: train, heldout or all."""
+    noise: float = 0.1
+    """Action noise of the scripted expert."""
+    seed: int = 0
+    fps: float = 10.0
 
 
 def _split_preset(args: list[str], default: str) -> str:
@@ -134,6 +160,47 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_render(args: list[str]) -> int:
+    parsed = tyro.cli(Render, args=args, prog="anyskill render")
+    import jax
+
+    from anyskill import envs
+    from anyskill.envs import video
+
+    if parsed.episodes < 1 or parsed.size < 16:
+        raise ValueError(
+            f"--episodes must be >= 1 and --size >= 16, got {parsed.episodes} and {parsed.size}"
+        )
+    overrides = {} if parsed.split is None else {"split": parsed.split}
+    policy_path = Path(parsed.policy)
+    if parsed.policy not in video.POLICIES and policy_path.is_dir():
+        from anyskill.algos.crl import run as crl_run
+
+        trainer, state, _ = crl_run.load_trained(policy_path)
+        env = envs.make(parsed.env, **overrides) if parsed.env else trainer.eval_env
+        if env.obs_dim != trainer.env.obs_dim or env.goal_dim != trainer.env.goal_dim:
+            raise ValueError(
+                f"run {policy_path} was trained on {trainer.env.name} (obs {trainer.env.obs_dim},"
+                f" goal {trainer.env.goal_dim}); {env.name} has obs {env.obs_dim}, goal "
+                f"{env.goal_dim}"
+            )
+        params = state.params
+
+        def policy(s, key):
+            return trainer.act(params, key, s.obs[None], s.goal[None], deterministic=True)[0]
+    else:
+        if parsed.env is None:
+            raise ValueError("--env is required unless --policy is a run directory")
+        env = envs.make(parsed.env, **overrides)
+        policy = video.builtin_policy(env, parsed.policy, noise=parsed.noise)
+    frames, summary = video.render_rollouts(
+        env, policy, jax.random.key(parsed.seed), parsed.episodes, parsed.size, parsed.steps
+    )
+    summary["video"] = str(video.save_rollout_video(frames, parsed.out, fps=parsed.fps))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_envs(args: list[str]) -> int:
     from anyskill import envs
 
@@ -156,7 +223,13 @@ def cmd_presets(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "envs": cmd_envs, "presets": cmd_presets}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "render": cmd_render,
+    "envs": cmd_envs,
+    "presets": cmd_presets,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

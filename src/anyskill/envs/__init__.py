@@ -6,10 +6,18 @@ import functools
 
 from anyskill.envs.base import Env, State
 from anyskill.envs.maze import LAYOUTS, PointMaze
+from anyskill.envs.tabletop import FAMILIES, Tabletop
 from anyskill.names import unknown_name
 
 #: env name -> constructor taking keyword overrides. Names are what ``--env`` accepts.
 REGISTRY = {f"pointmaze-{name}": functools.partial(PointMaze, layout_name=name) for name in LAYOUTS}
+#: tabletop: one env per task family, and "tabletop" drawing from all of them; each takes
+#: ``split="train" | "heldout" | "all"``, ``num_objects``, ``image_size`` ... as overrides.
+REGISTRY["tabletop"] = functools.partial(Tabletop, families=FAMILIES, name="tabletop")
+for _family in FAMILIES:
+    REGISTRY[f"tabletop-{_family}"] = functools.partial(
+        Tabletop, families=(_family,), name=f"tabletop-{_family}"
+    )
 
 
 def make(name: str, **overrides) -> Env:
@@ -24,4 +32,4 @@ def eval_env_name(name: str) -> str:
     return name if name.endswith("-eval") or f"{name}-eval" not in REGISTRY else f"{name}-eval"
 
 
-__all__ = ["Env", "State", "PointMaze", "REGISTRY", "make", "eval_env_name"]
+__all__ = ["Env", "State", "PointMaze", "Tabletop", "REGISTRY", "make", "eval_env_name"]
