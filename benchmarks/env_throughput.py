@@ -23,7 +23,7 @@ from common import machine_info
 from anyskill.envs import REGISTRY, Env, make
 
 
-def make_rollout(env: Env, num_envs: int, num_steps: int):
+def make_rollout(env: Env, num_envs: int, num_steps: int, image_size: int = 0):
     """``rollout(state, key) -> state``: ``num_steps`` auto-resetting steps of ``num_envs``
     envs under uniform random actions, jitted. (No buffer donation: a state fresh from
     ``reset`` shares buffers between fields, e.g. ``obs`` and ``final_obs``, and the state is
@@ -33,25 +33,31 @@ def make_rollout(env: Env, num_envs: int, num_steps: int):
         def body(state, t):
             key_t = jax.random.fold_in(key, t)
             actions = jax.random.uniform(key_t, (num_envs, env.action_dim), minval=-1.0, maxval=1.0)
-            return jax.vmap(env.step)(state, actions), None
+            state = jax.vmap(env.step)(state, actions)
+            if image_size:
+                # Render every env's camera after every step; the checksum keeps XLA from
+                # dropping the images as unused.
+                imgs = jax.vmap(lambda p: env.render_image(p, image_size))(state.physics)
+                return state, jnp.sum(imgs[:, ::7, ::7].astype(jnp.int32))
+            return state, jnp.int32(0)
 
-        state, _ = jax.lax.scan(body, state, jnp.arange(num_steps))
-        return state
+        state, check = jax.lax.scan(body, state, jnp.arange(num_steps))
+        return state, check
 
     return jax.jit(rollout)
 
 
-def measure(env: Env, num_envs: int, num_steps: int, repeats: int) -> dict:
+def measure(env: Env, num_envs: int, num_steps: int, repeats: int, image_size: int = 0) -> dict:
     key_reset, key_run = jax.random.split(jax.random.key(0))
     state = jax.vmap(env.reset)(jax.random.split(key_reset, num_envs))
-    rollout = make_rollout(env, num_envs, num_steps)
+    rollout = make_rollout(env, num_envs, num_steps, image_size)
     t0 = time.perf_counter()
-    state = jax.block_until_ready(rollout(state, key_run))  # compile + first run
+    state, _ = jax.block_until_ready(rollout(state, key_run))  # compile + first run
     compile_s = time.perf_counter() - t0
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
-        state = jax.block_until_ready(rollout(state, jax.random.fold_in(key_run, r)))
+        state, _ = jax.block_until_ready(rollout(state, jax.random.fold_in(key_run, r)))
         times.append(time.perf_counter() - t0)
     steps = num_envs * num_steps
     return {
@@ -92,20 +98,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-scan", type=int, default=100, help="shortest scan length")
     parser.add_argument("--max-scan", type=int, default=1000, help="longest scan length")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per setting")
+    parser.add_argument(
+        "--image-size",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="also render an RGB camera image of this size after every step (0: no images; "
+        "tabletop envs only)",
+    )
     args = parser.parse_args(argv)
     for n in args.num_envs:
         if n < 1:
             parser.error(f"--num-envs must be >= 1, got {n}")
 
     rows = []
-    for name in args.env:
+    for name, image_size in [(e, i) for e in args.env for i in args.image_size]:
         env = make(name)
+        if image_size and not hasattr(env, "render_image"):
+            parser.error(f"{name} has no camera; --image-size needs a tabletop env")
+        label = f"{name} + {image_size}px image" if image_size else name
         for n in args.num_envs:
             steps = min(max(args.env_steps_per_call // n, args.min_scan), args.max_scan)
-            r = measure(env, n, steps, args.repeats)
-            rows.append((name, n, r))
+            r = measure(env, n, steps, args.repeats, image_size)
+            rows.append((label, n, r))
             print(
-                f"{name} num_envs={n}: best {r['best']:,.0f} steps/s, median "
+                f"{label} num_envs={n}: best {r['best']:,.0f} steps/s, median "
                 f"{r['median']:,.0f} (scan {steps}, compile {r['compile_s']:.1f}s)",
                 file=sys.stderr,
                 flush=True,
