@@ -340,6 +340,7 @@ class Tabletop(Env):
         return jnp.select(
             [row[T.FAMILY] == T.FAMILIES.index(f) for f in T.FAMILIES],
             [reach, push, sort, gather],
+            default=False,  # an int default would promote State.success to int32
         )
 
     # ---- host-side helpers ----------------------------------------------------------------
