@@ -56,6 +56,17 @@ def _has_instruction(env: Env) -> bool:
     return callable(getattr(env, "instruction", None))
 
 
+def _render_modes(env: Env, render_mode: str | None) -> list[str]:
+    """The env's render modes; raises if ``render_mode`` is not one of them."""
+    modes = ["rgb_array"] if _can_render(env) else []
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(
+            f"render_mode={render_mode!r} is not supported by {type(env).__name__}; "
+            f"supported: {modes or 'none (the env has no render_image)'}"
+        )
+    return modes
+
+
 def _can_render(env: Env) -> bool:
     return callable(getattr(env, "render_image", None)) or isinstance(env, PointMaze)
 
@@ -325,13 +336,8 @@ class GymnasiumEnv(gym.Env):
         self._programs = _programs(self.env)
         self.observation_space = observation_space(self.env)
         self.action_space = spaces.Box(-1.0, 1.0, (self.env.action_dim,), np.float32)
-        modes = ["rgb_array"] if _can_render(self.env) else []
+        modes = _render_modes(self.env, render_mode)
         self.metadata = {"render_modes": modes, "render_fps": self.env.control_hz}
-        if render_mode is not None and render_mode not in modes:
-            raise ValueError(
-                f"render_mode={render_mode!r} is not supported by {type(self.env).__name__}; "
-                f"supported: {modes or 'none (the env has no render_image)'}"
-            )
         self.render_mode = render_mode
         self.render_size = render_size
         self._images = _has_images(self.env)
@@ -459,17 +465,12 @@ class GymnasiumVectorEnv(gym.vector.VectorEnv):
             self.single_observation_space, num_envs
         )
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        modes = ["rgb_array"] if _can_render(self.env) else []
+        modes = _render_modes(self.env, render_mode)
         self.metadata = {
             "autoreset_mode": AutoresetMode.SAME_STEP,
             "render_modes": modes,
             "render_fps": self.env.control_hz,
         }
-        if render_mode is not None and render_mode not in modes:
-            raise ValueError(
-                f"render_mode={render_mode!r} is not supported by {type(self.env).__name__}; "
-                f"supported: {modes or 'none (the env has no render_image)'}"
-            )
         self.render_mode = render_mode
         self.render_size = render_size
         self._images = _has_images(self.env)

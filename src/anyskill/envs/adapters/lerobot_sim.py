@@ -117,6 +117,22 @@ class LeRobotSimEnv(gym.Wrapper):
         )
 
 
+def _agent_and_environment_state(raw: gym.spaces.Dict):
+    """Space and converter for ``{agent_pos, environment_state}`` observations (PushT's
+    keypoint mode and gym-hil's state mode share this layout)."""
+    space = gym.spaces.Dict(
+        {STATE_KEY: _box32(raw["agent_pos"]), ENV_STATE_KEY: _box32(raw["environment_state"])}
+    )
+
+    def convert(obs):
+        return {
+            STATE_KEY: np.asarray(obs["agent_pos"], np.float32),
+            ENV_STATE_KEY: np.asarray(obs["environment_state"], np.float32),
+        }
+
+    return space, convert
+
+
 # ---- gym-pusht --------------------------------------------------------------------------
 def make_pusht(obs_type: str = "state", image_size: int = 96, **kwargs: Any) -> LeRobotSimEnv:
     """gym-pusht's ``PushT-v0`` (300-step limit) in the adapters' convention.
@@ -152,15 +168,7 @@ def make_pusht(obs_type: str = "state", image_size: int = 96, **kwargs: Any) -> 
             return {STATE_KEY: np.asarray(obs, np.float32)}
 
     elif obs_type == "environment_state_agent_pos":
-        space = gym.spaces.Dict(
-            {STATE_KEY: _box32(raw["agent_pos"]), ENV_STATE_KEY: _box32(raw["environment_state"])}
-        )
-
-        def convert(obs):
-            return {
-                STATE_KEY: np.asarray(obs["agent_pos"], np.float32),
-                ENV_STATE_KEY: np.asarray(obs["environment_state"], np.float32),
-            }
+        space, convert = _agent_and_environment_state(raw)
 
     else:
         image_key = IMAGE_KEY_PREFIX + "top"
@@ -287,15 +295,7 @@ def make_gym_hil(
             }
 
     else:
-        space = gym.spaces.Dict(
-            {STATE_KEY: _box32(raw["agent_pos"]), ENV_STATE_KEY: _box32(raw["environment_state"])}
-        )
-
-        def convert(obs):
-            return {
-                STATE_KEY: np.asarray(obs["agent_pos"], np.float32),
-                ENV_STATE_KEY: np.asarray(obs["environment_state"], np.float32),
-            }
+        space, convert = _agent_and_environment_state(raw)
 
     return LeRobotSimEnv(
         env,

@@ -139,9 +139,7 @@ class Tabletop(Env):
             raise ValueError(f"families {empty} have no task instance in split {self.split!r}")
         object.__setattr__(self, "_rows", rows)
         object.__setattr__(self, "_offsets", offsets)
-        lengths = np.array([T.EPISODE_LENGTH[f] for f in fams], np.int32)
-        object.__setattr__(self, "_lengths", lengths)
-        object.__setattr__(self, "episode_length", int(lengths.max()))
+        object.__setattr__(self, "episode_length", max(T.EPISODE_LENGTH[f] for f in fams))
 
     # ---- sizes ----------------------------------------------------------------------------
     @property
@@ -253,10 +251,7 @@ class Tabletop(Env):
         return physics.replace(bodies=bodies)
 
     def episode_limit(self, physics: TabletopPhysics):
-        fam_index = {f: i for i, f in enumerate(self.families)}
-        lengths = jnp.asarray(
-            [T.EPISODE_LENGTH[f] if f in fam_index else 0 for f in T.FAMILIES], jnp.int32
-        )
+        lengths = jnp.asarray([T.EPISODE_LENGTH[f] for f in T.FAMILIES], jnp.int32)
         return lengths[physics.task[T.FAMILY]]
 
     # ---- observation, goal, success -------------------------------------------------------

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from anyskill.envs.base import State
 from anyskill.envs.tabletop import tasks as T
 from anyskill.envs.tabletop.env import PUSHER_RADIUS, ZONE_HALF, Tabletop, TabletopPhysics
+from anyskill.envs.tabletop.physics import support_radius
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +49,8 @@ def _reach(physics: TabletopPhysics, k, ux, uy):
     """Support radius of object slot ``k`` along the unit direction ``u``."""
     b = physics.bodies
     c, s = jnp.cos(b.angle[1 + k]), jnp.sin(b.angle[1 + k])
-    return (
-        b.half[1 + k, 0] * jnp.abs(ux * c + uy * s)
-        + b.half[1 + k, 1] * jnp.abs(-ux * s + uy * c)
-        + b.radius[1 + k]
+    return support_radius(
+        b.half[1 + k, 0], b.half[1 + k, 1], b.radius[1 + k], (c, s), (-s, c), ux, uy
     )
 
 

@@ -98,7 +98,7 @@ def _axes(b: dict):
     return (b["c"], b["s"]), (-b["s"], b["c"])
 
 
-def _reach(hx, hy, r, e1, e2, ux, uy):
+def support_radius(hx, hy, r, e1, e2, ux, uy):
     """Half-width of a rounded box projected on the unit axis ``u`` (its support radius)."""
     return hx * jnp.abs(ux * e1[0] + uy * e1[1]) + hy * jnp.abs(ux * e2[0] + uy * e2[1]) + r
 
@@ -151,8 +151,8 @@ def pair_contact(a: dict, b: dict):
         sep = dx * ux + dy * uy
         sign = jnp.where(sep >= 0.0, 1.0, -1.0)
         overlap = (
-            _reach(a["hx"], a["hy"], a["r"], ea1, ea2, ux, uy)
-            + _reach(b["hx"], b["hy"], b["r"], eb1, eb2, ux, uy)
+            support_radius(a["hx"], a["hy"], a["r"], ea1, ea2, ux, uy)
+            + support_radius(b["hx"], b["hy"], b["r"], eb1, eb2, ux, uy)
             - jnp.abs(sep)
         )
         if ok is not None:
