@@ -292,10 +292,7 @@ class Tabletop(Env):
         anchor = obj[jnp.maximum(t2, 0)]
         away = obj[jnp.maximum(t1, 0)] - anchor
         away = away / jnp.maximum(jnp.sqrt(away[0] ** 2 + away[1] ** 2), 1e-6)
-        bound = jnp.asarray(T.SHAPE_BOUND, jnp.float32)
-        gap = bound[jnp.maximum(physics.shape[jnp.maximum(t1, 0)], 0)]
-        gap = gap + bound[jnp.maximum(physics.shape[jnp.maximum(t2, 0)], 0)] + 0.01
-        gather_goal = jnp.where(is_t1[:, None], anchor + away * gap, obj)
+        gather_goal = jnp.where(is_t1[:, None], _gather_spot(b, t1, t2, away), obj)
         fam = lambda name: family == T.FAMILIES.index(name)  # noqa: E731
         obj_goal = jnp.where(fam("push"), push_goal, obj)
         obj_goal = jnp.where(fam("sort"), sort_goal, obj_goal)
@@ -374,6 +371,33 @@ def _place(colours, shapes, slot, colour, shape):
     colours = jnp.where(has, swapped, colours)
     shapes = jnp.where(has, shapes.at[slot].set(jnp.maximum(shape, 0)), shapes)
     return colours, shapes
+
+
+def _gather_spot(b: Bodies, t1, t2, away):
+    """Where object ``t1`` goes to lie beside object ``t2`` along the unit direction ``away``,
+    both keeping their orientation: at a surface gap of GATHER_GAP / 2.
+
+    Starts where the two support radii along ``away`` meet, then slides along ``away`` until
+    the surface gap (the gather predicate's own measure) is the target. Each correction moves
+    every axis' separation by at most its own size, so the gap never undershoots the target.
+    """
+    from anyskill.envs.tabletop.physics import support_radius
+
+    i, j = 1 + jnp.maximum(t1, 0), 1 + jnp.maximum(t2, 0)
+    anchor = b.pos[j]
+    target = 0.5 * GATHER_GAP
+
+    def reach(k):
+        c, s = jnp.cos(b.angle[k]), jnp.sin(b.angle[k])
+        return support_radius(
+            b.half[k, 0], b.half[k, 1], b.radius[k], (c, s), (-s, c), away[0], away[1]
+        )
+
+    dist = reach(i) + reach(j) + target
+    for _ in range(4):
+        gap = _gap(b.replace(pos=b.pos.at[i].set(anchor + away * dist)), i, j)
+        dist = dist - jnp.maximum(gap - target, 0.0)
+    return anchor + away * dist
 
 
 def _gap(b: Bodies, i, j):

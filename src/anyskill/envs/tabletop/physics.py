@@ -175,10 +175,15 @@ WALLS = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], np.float32)
 
 
 def wall_contact(b: dict, nx, ny, table_half: float):
-    """Penetration of body ``b`` into the wall with inward normal ``n``, and the contact point."""
+    """Penetration of body ``b`` into the wall with inward normal ``n``, and the contact point.
+
+    The depth uses the exact support radius; the contact point (only a lever arm for the
+    solver) uses the face-smoothed support, so resting contact does not jitter.
+    """
     e1, e2 = _axes(b)
+    reach = support_radius(b["hx"], b["hy"], b["r"], e1, e2, nx, ny)
+    depth = -table_half - (b["x"] * nx + b["y"] * ny) + reach
     sx, sy = _support(b["x"], b["y"], b["hx"], b["hy"], b["r"], e1, e2, -nx, -ny)
-    depth = -table_half - (sx * nx + sy * ny)
     return jnp.where(b["on"], depth, -jnp.inf), sx, sy
 
 
@@ -255,30 +260,37 @@ def detect(bodies: Bodies, x, y, th, table_half: float):
     return depth, nx, ny, rax, ray, rbx, rby
 
 
+def _out_of_walls(f: dict, table_half: float):
+    # A translation along one wall's normal does not change the depth into the perpendicular
+    # walls, so after the four walls none is left.
+    x, y = f["x"], f["y"]
+    for nx, ny in WALLS.tolist():
+        depth, _, _ = wall_contact(dict(f, x=x, y=y), nx, ny, table_half)
+        push = jnp.where(depth > 0.0, depth, 0.0)
+        x, y = x + push * nx, y + push * ny
+    return x, y
+
+
 def _project(bodies: Bodies, x, y, th, table_half: float):
     """Exact final projections that end every substep, translation only:
 
-    1. the pusher backs out of every object (objects held fixed): an end-effector cannot
+    1. every body moves out of every wall;
+    2. the pusher backs out of every object (objects held fixed): an end-effector cannot
        squeeze objects into each other or into a wall, it stalls, as a compliant arm would;
-    2. every body moves out of every wall (a translation along one wall's normal does not
-       change the depth into the perpendicular walls, so after the four walls none is left).
+    3. the pusher moves out of the walls again. Only when the gap between an object and a
+       wall is narrower than the pusher can step 3 leave the pusher touching that object.
     """
     f = _fields(bodies, x, y, th)
+    x, y = _out_of_walls(f, table_half)
     n = bodies.angle.shape[-1]
-    pusher = {k: v[0] for k, v in f.items()}
-    px, py = pusher["x"], pusher["y"]
+    pusher = {k: v[0] for k, v in f.items()} | {"x": x[0], "y": y[0]}
     for j in range(1, n):
-        depth, nx, ny, _, _ = pair_contact(pusher, {k: v[j] for k, v in f.items()})
+        other = {k: v[j] for k, v in f.items()} | {"x": x[j], "y": y[j]}
+        depth, nx, ny, _, _ = pair_contact(pusher, other)
         push = jnp.where(depth > 0.0, depth, 0.0)
-        px, py = px - push * nx, py - push * ny
-        pusher = dict(pusher, x=px, y=py)
-    x, y = f["x"].at[0].set(px), f["y"].at[0].set(py)
-    f = dict(f, x=x, y=y)
-    for nx, ny in WALLS.tolist():
-        depth, _, _ = wall_contact(f, nx, ny, table_half)
-        push = jnp.where(depth > 0.0, depth, 0.0)
-        f["x"], f["y"] = f["x"] + push * nx, f["y"] + push * ny
-    return f["x"], f["y"]
+        pusher = dict(pusher, x=pusher["x"] - push * nx, y=pusher["y"] - push * ny)
+    px, py = _out_of_walls(pusher, table_half)
+    return x.at[0].set(px), y.at[0].set(py)
 
 
 def substep(bodies: Bodies, pusher_vel: jax.Array, params: PhysicsParams) -> Bodies:
