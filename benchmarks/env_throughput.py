@@ -7,6 +7,9 @@ collection phase would. Compilation is done first and not timed; each repetition
 
     python benchmarks/env_throughput.py
     python benchmarks/env_throughput.py --env pointmaze-u pointmaze-hardest --num-envs 1 1024 16384
+
+With several local devices (e.g. ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` on a
+2-core CPU) the envs are split over them, one thread each.
 """
 
 from __future__ import annotations
@@ -47,10 +50,35 @@ def make_rollout(env: Env, num_envs: int, num_steps: int, image_size: int = 0):
     return jax.jit(rollout)
 
 
+def make_sharded_rollout(env: Env, num_envs: int, num_steps: int, image_size: int = 0):
+    """The same rollout with the env axis split over every local device (``shard_map``).
+
+    XLA:CPU runs one batched env step on about one core; started with
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` each of N host "devices" steps its
+    own slice of the envs on its own thread."""
+    ndev = jax.device_count()
+    if ndev == 1:
+        return make_rollout(env, num_envs, num_steps, image_size)
+    if num_envs % ndev:
+        raise SystemExit(f"--num-envs {num_envs} is not a multiple of the {ndev} devices")
+    local = make_rollout(env, num_envs // ndev, num_steps, image_size).__wrapped__
+    mesh = jax.sharding.Mesh(jax.devices(), ("env",))
+    P = jax.sharding.PartitionSpec
+
+    def rollout(state, key):
+        key = jax.random.fold_in(key, jax.lax.axis_index("env"))
+        state, check = local(state, key)
+        return state, jax.lax.psum(check, "env")
+
+    return jax.jit(
+        jax.shard_map(rollout, mesh=mesh, in_specs=(P("env"), P()), out_specs=(P("env"), P()))
+    )
+
+
 def measure(env: Env, num_envs: int, num_steps: int, repeats: int, image_size: int = 0) -> dict:
     key_reset, key_run = jax.random.split(jax.random.key(0))
     state = jax.vmap(env.reset)(jax.random.split(key_reset, num_envs))
-    rollout = make_rollout(env, num_envs, num_steps, image_size)
+    rollout = make_sharded_rollout(env, num_envs, num_steps, image_size)
     t0 = time.perf_counter()
     state, _ = jax.block_until_ready(rollout(state, key_run))  # compile + first run
     compile_s = time.perf_counter() - t0
@@ -135,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         f"Best and median of {args.repeats} timed calls after compiling; each call is one jit of "
-        "lax.scan over vmap(env.step) with auto-reset and uniform random actions."
+        "lax.scan over vmap(env.step) with auto-reset and uniform random actions"
+        f", envs split over {jax.device_count()} device(s)."
     )
     print("\n".join(machine_info()))
 

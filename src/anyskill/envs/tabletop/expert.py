@@ -5,7 +5,7 @@ corrector that takes over a failing policy.
 The expert is stateless: each action is computed from the current physics state alone.
 Diversity comes from a per-episode *style* drawn from the episode's seed (pushing speed,
 approach clearance, which side to walk around an object, the push point's lateral offset,
-which unsorted object to take first) plus Gaussian action noise on every step.
+which unsorted object to take first: the lowest slot or the one nearest its zone) plus Gaussian action noise on every step.
 
 Pushing follows the classic quasi-static strategy for a point pusher: get behind the object
 on the line from the goal through the object (walking around it if the pusher is in front),
@@ -102,8 +102,10 @@ class ScriptedExpert:
         present = physics.colour >= 0
         inside = jnp.all(jnp.abs(obj - own) < ZONE_HALF * 0.8, axis=-1)
         todo = present & ~inside
-        d_pusher = jnp.sum((obj - p) ** 2, axis=-1)
-        order = jnp.where(style["nearest_first"], d_pusher, jnp.arange(obj.shape[0]) * 1.0)
+        # The order must not depend on where the pusher is: a stateless expert that retargets
+        # whenever another object becomes nearer to it walks back and forth between objects.
+        d_zone = jnp.sum((obj - own) ** 2, axis=-1)
+        order = jnp.where(style["nearest_first"], d_zone, jnp.arange(obj.shape[0]) * 1.0)
         k_sort = jnp.argmin(jnp.where(todo, order, jnp.inf))
         is_f = [family == T.FAMILIES.index(f) for f in T.FAMILIES]
         k = jnp.select(is_f[1:], [t1, k_sort, t1], default=0)
