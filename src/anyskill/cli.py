@@ -5,6 +5,9 @@
     anyskill render --env ENV [--policy expert|random|zero|RUN_DIR] [--out PATH]
     anyskill envs        list environments
     anyskill presets     list training presets
+    anyskill data info|validate|stats|render|merge|split|record ...   episode store
+    anyskill serve [CKPT | --policy NAME] [--port P] [--max-batch N] ...   policy server
+    anyskill run-robot --server ws://HOST:PORT [--task T] [--latency-ms MS] ...
 
 Every subcommand has ``--help``.
 """
@@ -20,6 +23,7 @@ from typing import Annotated
 import tyro
 
 from anyskill.algos.crl.config import PRESETS, CRLConfig, get_preset
+from anyskill.names import unknown_name
 
 USAGE = """usage: anyskill COMMAND ...
 
@@ -29,6 +33,9 @@ commands:
   render      write a video of a policy or scripted expert on any task
   envs        list the built-in environments
   presets     list the training presets
+  data        episode store (LeRobot v3.0): info, validate, stats, render, merge, split, record
+  serve       serve a policy over websocket (openpi protocol), batching concurrent clients
+  run-robot   run a simulated robot in real time against a policy server
 
 `anyskill COMMAND --help` describes each command.
 """
@@ -95,6 +102,187 @@ class Render:
     """Action noise of the scripted expert."""
     seed: int = 0
     fps: float = 10.0
+
+
+# --------------------------------------------------------------------------- anyskill data
+
+DATA_USAGE = """usage: anyskill data SUBCOMMAND PATH ...
+
+subcommands:
+  info       episodes, frames, tasks and success rate by source
+  validate   check every invariant; names the first broken file and field
+  stats      normalization statistics (mean, std, min, max, q01, q99); --write saves them
+  render     write a video of chosen episodes
+  merge      concatenate datasets into a NEW dataset
+  split      write NEW train/val datasets
+  record     record scripted-expert demonstrations of a tabletop task
+
+`anyskill data SUBCOMMAND --help` describes each.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """Summarise a dataset: episodes, frames, tasks, success rate by source."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset root (the folder holding meta/ and data/)."""
+    tasks: bool = False
+    """Also list every task string."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataValidate:
+    """Check every invariant of a dataset; exit 2 naming the first broken file and field."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset root."""
+    deep: bool = False
+    """Also decode every video and check its frame count and size."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataStats:
+    """Print exact per-feature statistics computed from the full columns."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset root."""
+    write: bool = False
+    """Replace meta/stats.json with these exact statistics (atomic)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRender:
+    """Write a GIF/MP4 of episodes: stored camera video, else redrawn by the recording env."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset root."""
+    episodes: tuple[int, ...] = (0,)
+    """Episode indices, drawn side by side."""
+    out: Path = Path("episodes.mp4")
+    """Output video (.mp4 or .gif)."""
+    camera: str | None = None
+    """Camera feature to show (default: the first)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataMerge:
+    """Concatenate datasets with the same features into a NEW dataset (inputs untouched)."""
+
+    paths: tyro.conf.Positional[tuple[Path, ...]]
+    """Input dataset roots, in order."""
+    out: Path
+    """Output dataset root; must not exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSplit:
+    """Write OUT/train and OUT/val as NEW datasets (input untouched)."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset root."""
+    out: Path
+    """Output folder; must not exist."""
+    val_fraction: float = 0.1
+    """Fraction of episodes drawn (seeded) into val."""
+    val_episodes: tuple[int, ...] | None = None
+    """Explicit val episodes (overrides --val-fraction)."""
+    seed: int = 0
+    """Seed of the random split."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRecord:
+    """Record scripted-expert demonstrations of a tabletop task into a dataset."""
+
+    out: Path
+    """Dataset root; a new one is created, or an existing recording is continued."""
+    env: str = "tabletop-push"
+    """A tabletop environment (see `anyskill envs`)."""
+    episodes: int = 10
+    """Episodes to record."""
+    images: bool = False
+    """Also record the camera (observation.images.top, MP4)."""
+    image_size: int = 64
+    """Camera image side in pixels."""
+    noise: float = 0.1
+    """Action noise of the scripted expert."""
+    seed: int = 0
+    """Seed of the episodes (episode i starts from fold_in(key(seed), i))."""
+
+
+DATA_COMMANDS = {
+    "info": DataInfo,
+    "validate": DataValidate,
+    "stats": DataStats,
+    "render": DataRender,
+    "merge": DataMerge,
+    "split": DataSplit,
+    "record": DataRecord,
+}
+
+
+def cmd_data(args: list[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print(DATA_USAGE)
+        return 0
+    sub, rest = args[0], args[1:]
+    if sub not in DATA_COMMANDS:
+        raise unknown_name("data subcommand", sub, DATA_COMMANDS)
+    parsed = tyro.cli(DATA_COMMANDS[sub], args=rest, prog=f"anyskill data {sub}")
+    from anyskill.data import ops
+    from anyskill.data.reader import Dataset
+
+    if isinstance(parsed, DataInfo):
+        ds = Dataset.open(parsed.path)
+        summary = ds.summary()
+        if parsed.tasks:
+            summary["task_list"] = ds.tasks
+        print(json.dumps(summary, indent=2))
+    elif isinstance(parsed, DataValidate):
+        from anyskill.data.validate import validate
+
+        report = validate(parsed.path, deep=parsed.deep)
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+        print(f"ok: {report.episodes} episodes, {report.frames} frames", file=sys.stderr)
+    elif isinstance(parsed, DataStats):
+        ds = Dataset.open(parsed.path)
+        stats = ops.exact_stats(ds)
+        if parsed.write:
+            ops.write_stats(ds, stats)
+        print(json.dumps({k: v.to_json() for k, v in stats.items()}, indent=1))
+    elif isinstance(parsed, DataRender):
+        ds = Dataset.open(parsed.path)
+        path = ops.render(ds, list(parsed.episodes), parsed.out, camera=parsed.camera)
+        print(json.dumps({"video": str(path), "episodes": list(parsed.episodes)}))
+    elif isinstance(parsed, DataMerge):
+        ds = ops.merge(list(parsed.paths), parsed.out)
+        print(json.dumps({"out": str(parsed.out), "episodes": ds.num_episodes}))
+    elif isinstance(parsed, DataSplit):
+        tr, va = ops.split(
+            parsed.path, parsed.out, parsed.val_fraction, parsed.seed, parsed.val_episodes
+        )
+        print(
+            json.dumps({"train": tr.num_episodes, "val": va.num_episodes, "out": str(parsed.out)})
+        )
+    elif isinstance(parsed, DataRecord):
+        from tqdm import tqdm
+
+        from anyskill.data.record import record_expert
+
+        with tqdm(total=parsed.episodes, desc="recording", unit="ep") as bar:
+            rec = record_expert(
+                parsed.out,
+                env_name=parsed.env,
+                episodes=parsed.episodes,
+                images=parsed.images,
+                image_size=parsed.image_size,
+                noise=parsed.noise,
+                seed=parsed.seed,
+                progress=bar.update,
+            )
+        print(json.dumps(dataclasses.asdict(rec), indent=2))
+    return 0
 
 
 def _split_preset(args: list[str], default: str) -> str:
@@ -201,6 +389,136 @@ def cmd_render(args: list[str]) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- anyskill serve
+
+
+@dataclasses.dataclass(frozen=True)
+class Serve:
+    """Serve a policy over websocket (openpi's wire protocol; openpi-client works unchanged).
+
+    Give a checkpoint directory (CKPT) or a built-in with --policy."""
+
+    checkpoint: tyro.conf.Positional[Annotated[str | None, tyro.conf.arg(metavar="CKPT")]] = None
+    """Checkpoint directory of a trained policy (or a built-in policy name)."""
+    policy: str | None = None
+    """Built-in policy: expert:tabletop-reach (scripted stand-in) or random-mlp (compute load)."""
+    host: str = "127.0.0.1"
+    """Interface to bind (loopback by default; 0.0.0.0 accepts other machines)."""
+    port: int = 8000
+    """TCP port (0 picks a free one)."""
+    max_batch: int = 16
+    """Most concurrent requests merged into one forward pass."""
+    batch_wait_ms: float = 2.0
+    """Longest a request waits for others to join its batch."""
+    no_batching: bool = False
+    """One forward pass per request (same as --max-batch 1)."""
+    max_request_mb: float = 4.0
+    """Requests larger than this get an error reply."""
+    width: int | None = None
+    """random-mlp only: hidden units per layer."""
+    depth: int | None = None
+    """random-mlp only: hidden layers."""
+    verbose: bool = False
+    """Log every connection and failure (INFO)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRobot:
+    """Run a simulated robot in real time against a policy server, with injected faults."""
+
+    server: str = "ws://127.0.0.1:8000"
+    """Policy server URL."""
+    task: str = "tabletop-reach"
+    """A tabletop task (see `anyskill envs`)."""
+    episodes: int = 10
+    """Episodes to run."""
+    latency_ms: float = 0.0
+    """Delay injected into every reply."""
+    jitter_ms: float = 0.0
+    """Std of Gaussian noise on the injected delay."""
+    disconnect_every: float = 0.0
+    """Drop the connection after about this many seconds connected (0: never)."""
+    disconnect_for: float = 1.0
+    """Seconds the link stays down after each injected drop."""
+    fallback: str = "hold"
+    """Local policy when no chunk is ready: 'hold' (stand still) or 'expert' (scripted)."""
+    lead: int = 3
+    """Request the next chunk when this many actions of the current one remain."""
+    blend_steps: int = 3
+    """Steps over which a new chunk is cross-faded in."""
+    execute_horizon: int | None = None
+    """Actions of each chunk to execute (default: the whole chunk)."""
+    image_size: int = 64
+    """Camera size rendered when the policy asks for observation/image."""
+    record: Path | None = None
+    """Append executed episodes to this episode store (created if missing)."""
+    seed: int = 0
+    """Seed of the episodes."""
+
+
+def cmd_serve(args: list[str]) -> int:
+    parsed = tyro.cli(Serve, args=args, prog="anyskill serve")
+    import logging
+
+    from anyskill.policies import registry
+    from anyskill.serve.server import ServerConfig, run_server
+
+    logging.basicConfig(level=logging.INFO if parsed.verbose else logging.WARNING)
+    if (parsed.checkpoint is None) == (parsed.policy is None):
+        raise ValueError(
+            "give exactly one of CKPT (a checkpoint directory) or --policy NAME "
+            f"({', '.join(registry.BUILTIN_POLICIES)}); got "
+            f"CKPT={parsed.checkpoint!r}, --policy={parsed.policy!r}"
+        )
+    overrides = {k: v for k in ("width", "depth") if (v := getattr(parsed, k)) is not None}
+    policy = registry.resolve(parsed.policy or parsed.checkpoint, **overrides)
+    config = ServerConfig(
+        host=parsed.host,
+        port=parsed.port,
+        max_batch=1 if parsed.no_batching else parsed.max_batch,
+        batch_wait_ms=parsed.batch_wait_ms,
+        max_request_bytes=int(parsed.max_request_mb * (1 << 20)),
+        hard_limit_bytes=max(16 << 20, 2 * int(parsed.max_request_mb * (1 << 20))),
+    )
+    run_server(policy, config)
+    return 0
+
+
+def cmd_run_robot(args: list[str]) -> int:
+    parsed = tyro.cli(RunRobot, args=args, prog="anyskill run-robot")
+    from anyskill.serve.robot import run_robot
+    from anyskill.serve.runtime import LinkFaults, RuntimeConfig
+
+    faults = LinkFaults(
+        latency_ms=parsed.latency_ms,
+        jitter_ms=parsed.jitter_ms,
+        disconnect_every_s=parsed.disconnect_every,
+        disconnect_for_s=parsed.disconnect_for,
+        seed=parsed.seed,
+    )
+    runtime = RuntimeConfig(
+        execute_horizon=parsed.execute_horizon, lead=parsed.lead, blend_steps=parsed.blend_steps
+    )
+    try:
+        result = run_robot(
+            parsed.server,
+            task=parsed.task,
+            image_size=parsed.image_size,
+            episodes=parsed.episodes,
+            faults=faults,
+            runtime=runtime,
+            fallback=parsed.fallback,
+            seed=parsed.seed,
+            record=parsed.record,
+            progress=True,
+        )
+    except ConnectionError as e:
+        print(f"anyskill: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(dataclasses.asdict(result), indent=2))
+    return 0
+
+
 def cmd_envs(args: list[str]) -> int:
     from anyskill import envs
 
@@ -229,6 +547,9 @@ COMMANDS = {
     "render": cmd_render,
     "envs": cmd_envs,
     "presets": cmd_presets,
+    "data": cmd_data,
+    "serve": cmd_serve,
+    "run-robot": cmd_run_robot,
 }
 
 
