@@ -2,6 +2,8 @@
 
     anyskill train crl [--preset NAME] [--env ENV] [--depth D] [--run-dir DIR] [--resume] ...
     anyskill eval RUN_DIR [--episodes N] [--video PATH]
+    anyskill train policy --data PATH [--model.arch vla|mlp-bc|mlp-flow] [--run-dir DIR] ...
+    anyskill eval policy RUN_DIR [--episodes N] [--split train heldout] [--video PATH]
     anyskill render --env ENV [--policy expert|random|zero|RUN_DIR] [--out PATH]
     anyskill envs        list environments
     anyskill presets     list training presets
@@ -30,6 +32,8 @@ USAGE = """usage: anyskill COMMAND ...
 commands:
   train crl   train goal-conditioned contrastive RL (self-supervised, no reward)
   eval        evaluate a run's latest checkpoint and write a rollout video
+  train policy  train the π0-style VLA (or an MLP baseline) from an episode store
+  eval policy   closed-loop success of a trained policy per task family
   render      write a video of a policy or scripted expert on any task
   envs        list the built-in environments
   presets     list the training presets
@@ -296,11 +300,16 @@ def _split_preset(args: list[str], default: str) -> str:
 
 def cmd_train(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
-        print("usage: anyskill train crl [--help] [flags]\n\nalgorithms:\n  crl   contrastive RL")
+        print(
+            "usage: anyskill train {crl,policy} [--help] [flags]\n\nalgorithms:\n"
+            "  crl      contrastive RL\n  policy   π0-style VLA or MLP baseline from demonstrations"
+        )
         return 0
     algo, rest = args[0], args[1:]
+    if algo == "policy":
+        return cmd_train_policy(rest)
     if algo != "crl":
-        raise ValueError(f"unknown algorithm {algo!r}; available: crl")
+        raise ValueError(f"unknown algorithm {algo!r}; available: crl, policy")
     preset_name = _split_preset(rest, "pointmaze-u")
     preset = get_preset(preset_name)
 
@@ -332,7 +341,73 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalPolicy:
+    """Closed-loop success of a trained policy per task family, in the simulator it was
+    trained for (chunks executed with replanning)."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """A run directory written by `anyskill train policy`."""
+    episodes: int = 64
+    """Episodes per task family and split."""
+    split: tuple[str, ...] = ("train", "heldout")
+    """Task splits: train (seen combinations and phrasings), heldout."""
+    replan_every: int | None = None
+    """Actions executed per chunk (default: the run's)."""
+    num_steps: int | None = None
+    """Euler steps per chunk (default: the model's)."""
+    seed: int = 123
+
+
+def cmd_train_policy(args: list[str]) -> int:
+    from anyskill.algos.vla.config import TrainConfig
+    from anyskill.algos.vla.train import train
+
+    cfg = tyro.cli(TrainConfig, args=args, prog="anyskill train policy")
+    if not cfg.data and not cfg.resume:
+        raise ValueError("--data PATH is required: an episode store (see `anyskill data record`)")
+    result = train(cfg)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_eval_policy(args: list[str]) -> int:
+    parsed = tyro.cli(EvalPolicy, args=args, prog="anyskill eval policy")
+    from anyskill.algos.vla.evaluate import Evaluator
+    from anyskill.algos.vla.train import chunk_fn_for, load_run, make_eval_env, source_env
+
+    cfg, model, normalizer, params, meta = load_run(parsed.run_dir)
+    m = cfg.model
+    env = make_eval_env(source_env(cfg.data[0]), m.image_size) if cfg.data else None
+    if env is None:
+        raise ValueError(
+            f"{parsed.run_dir}: its data was not recorded from a built-in tabletop env, so there "
+            "is no simulator to evaluate it in"
+        )
+    ev = Evaluator(
+        env,
+        chunk_fn_for(model, normalizer, parsed.num_steps),
+        parsed.split,
+        parsed.episodes,
+        parsed.replan_every or cfg.replan_every,
+        m.image_size,
+        m.num_cameras,
+        m.max_text_len,
+    )
+    import jax
+
+    result = {
+        "run_dir": str(parsed.run_dir),
+        "step": meta.get("step"),
+        **ev(params, jax.random.key(parsed.seed)),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_eval(args: list[str]) -> int:
+    if args and args[0] == "policy":
+        return cmd_eval_policy(args[1:])
     parsed = tyro.cli(Eval, args=args, prog="anyskill eval")
     from anyskill.algos.crl import run as crl_run
 

@@ -1,0 +1,87 @@
+"""Configs of the generalist policy (π0-style VLA) and its MLP baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+ARCHS = ("vla", "mlp-bc", "mlp-flow")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture. The CPU default is ~2M parameters; every size is a flag."""
+
+    arch: Literal["vla", "mlp-bc", "mlp-flow"] = "vla"
+    """vla: π0-style transformer + flow-matching action expert; mlp-bc: MLP regressing the
+    chunk; mlp-flow: MLP flow-matching policy (both baselines read the same inputs)."""
+    horizon: int = 10
+    """H: actions per chunk."""
+    num_steps: int = 10
+    """Euler steps when sampling a chunk."""
+    image_size: int = 32
+    """Camera images are resized to this (square) before the encoder (32: 16 patch tokens,
+    enough for the tabletop's coloured shapes and cheap on a CPU)."""
+    patch_size: int = 8
+    """Side of an image patch (one prefix token per patch)."""
+    width: int = 128
+    """Prefix (backbone) width."""
+    depth: int = 4
+    """Transformer blocks (MLP baselines: hidden layers)."""
+    heads: int = 4
+    head_dim: int = 32
+    action_width: int = 96
+    """Action expert width (its own weights; attention shared with the prefix)."""
+    max_text_len: int = 16
+    """Longest instruction, in words."""
+    mlp_width: int = 512
+    """Hidden width of the MLP baselines."""
+    # Filled from the data, not by hand:
+    state_dim: int = 0
+    action_dim: int = 0
+    num_cameras: int = 1
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        for name in ("horizon", "num_steps", "image_size", "patch_size", "width", "heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Multi-task training from episode stores."""
+
+    data: tuple[Path, ...] = ()
+    """Episode store(s) (LeRobot v3.0 layout) to train on."""
+    model: ModelConfig = ModelConfig()
+    run_dir: Path | None = None
+    """Where config, metrics, checkpoints, curves go (default runs/policy-ARCH-sSEED)."""
+    steps: int = 3000
+    """Gradient steps (the run also stops at --time-budget-min)."""
+    time_budget_min: float = 0.0
+    """Stop after this many minutes of training (0: no limit)."""
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    """EMA decay of the weights used for evaluation and deployment."""
+    replan_every: int = 5
+    """Execute this many actions of each chunk before sampling the next."""
+    eval_every: int = 500
+    """Gradient steps between evaluations in the simulator (0: only at the end)."""
+    eval_episodes: int = 32
+    """Episodes per task family per evaluation."""
+    eval_split: tuple[str, ...] = ("train", "heldout")
+    seed: int = 0
+    resume: bool = False
+    """Continue the run in --run-dir from its last checkpoint."""
+    progress: bool = True

@@ -1,0 +1,161 @@
+"""From an episode store to model batches: normalization, instruction tokens, camera frames."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from anyskill.algos.vla.config import ModelConfig
+from anyskill.algos.vla.model import Batch, Obs
+from anyskill.data.reader import Dataset
+from anyskill.data.sampler import Sampler, SamplerConfig
+from anyskill.nets.transformer import tokenize
+
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+STD_FLOOR = 1e-2
+CLIP = 10.0
+
+
+@struct.dataclass
+class Normalizer:
+    """Per-feature ``(x - mean) / std`` for state and action (std floored at 1e-2, normalized
+    state clipped to ±10 so a feature constant in the data cannot explode at test time)."""
+
+    state_mean: jnp.ndarray
+    state_std: jnp.ndarray
+    action_mean: jnp.ndarray
+    action_std: jnp.ndarray
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> Normalizer:
+        st = ds.stats
+        for k in (STATE_KEY, ACTION_KEY):
+            if k not in st:
+                raise ValueError(f"{ds.root}: meta/stats.json has no statistics for {k!r}")
+
+        def arr(k, f):
+            return jnp.asarray(np.asarray(getattr(st[k], f), np.float32).reshape(-1))
+
+        return cls(
+            state_mean=arr(STATE_KEY, "mean"),
+            state_std=jnp.maximum(arr(STATE_KEY, "std"), STD_FLOOR),
+            action_mean=arr(ACTION_KEY, "mean"),
+            action_std=jnp.maximum(arr(ACTION_KEY, "std"), STD_FLOOR),
+        )
+
+    def state(self, x):
+        return jnp.clip((x - self.state_mean) / self.state_std, -CLIP, CLIP)
+
+    def action(self, a):
+        return (a - self.action_mean) / self.action_std
+
+    def unaction(self, a):
+        return a * self.action_std + self.action_mean
+
+
+def camera_keys(ds: Dataset) -> list[str]:
+    return list(ds.info.video_keys)
+
+
+def decode_cameras(ds: Dataset, image_size: int, progress=None) -> np.ndarray | None:
+    """All camera frames ``[N, C, S, S, 3] uint8`` in global frame order, decoded once per
+    dataset version and image size and kept (memory-mapped) in the dataset cache dir."""
+    keys = camera_keys(ds)
+    if not keys:
+        return None
+    from anyskill.data.reader import _fingerprint, default_cache_dir
+
+    cache = default_cache_dir() / (
+        f"frames-{_fingerprint(ds.root, ds.info, ds._rows)}-{image_size}.npy"
+    )
+    if cache.exists():
+        frames = np.load(cache, mmap_mode="r")
+        if frames.shape == (ds.num_frames, len(keys), image_size, image_size, 3):
+            return frames
+    out = _decode(ds, keys, image_size, progress)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, out)
+    os.replace(tmp, cache)
+    return out
+
+
+def _decode(ds: Dataset, keys: list[str], image_size: int, progress=None) -> np.ndarray:
+    out = np.zeros((ds.num_frames, len(keys), image_size, image_size, 3), np.uint8)
+    for e in range(ds.num_episodes):
+        s, t = int(ds.episodes.start[e]), int(ds.episodes.stop[e])
+        for c, k in enumerate(keys):
+            frames = ds.episode_video(e, k)
+            if frames.shape[1:3] != (image_size, image_size):
+                frames = resize(frames, image_size)
+            out[s:t, c] = frames[: t - s]
+        if progress:
+            progress(1)
+    return out
+
+
+def resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of ``[T, H, W, 3]`` frames to ``size``×``size``."""
+    h, w = frames.shape[1:3]
+    ys = (np.arange(size) * h // size).astype(int)
+    xs = (np.arange(size) * w // size).astype(int)
+    return frames[:, ys][:, :, xs]
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """A dataset prepared for one model: sampler, task tokens, decoded frames, normalizer."""
+
+    ds: Dataset
+    sampler: Sampler
+    task_tokens: np.ndarray  # [num_tasks, L]
+    frames: np.ndarray | None  # [N, C, S, S, 3]
+    normalizer: Normalizer
+
+    @classmethod
+    def build(cls, ds: Dataset, model: ModelConfig, batch_size: int, seed: int, progress=None):
+        for k in (STATE_KEY, ACTION_KEY):
+            if k not in ds.columns:
+                raise ValueError(
+                    f"{ds.root}: no {k!r} feature (has {sorted(ds.columns)}); the policy "
+                    "trains on observation.state, action and the cameras"
+                )
+        sampler = Sampler(
+            ds,
+            SamplerConfig(
+                batch_size=batch_size, chunk=model.horizon, state_key=STATE_KEY, seed=seed
+            ),
+        )
+        tokens, _ = tokenize(list(ds.tasks) or [""], model.max_text_len)
+        return cls(
+            ds,
+            sampler,
+            tokens,
+            decode_cameras(ds, model.image_size, progress),
+            Normalizer.from_dataset(ds),
+        )
+
+    def batch(self) -> Batch:
+        b = self.sampler.sample()
+        idx = b.index
+        tokens = self.task_tokens[np.maximum(b.task_index, 0)]
+        if self.frames is None:
+            images = np.zeros((len(idx), 0, 1, 1, 3), np.uint8)
+        else:
+            images = self.frames[idx]
+        n = self.normalizer
+        return Batch(
+            obs=Obs(
+                state=n.state(jnp.asarray(b.state[:, -1])),
+                images=jnp.asarray(images),
+                tokens=jnp.asarray(tokens),
+                text_mask=jnp.asarray(tokens != 0),
+            ),
+            actions=n.action(jnp.asarray(b.action)),
+            action_mask=jnp.asarray(b.action_mask),
+        )

@@ -1,0 +1,143 @@
+"""Closed-loop evaluation of a chunking policy in the built-in tabletop simulator.
+
+Every env renders its camera, the policy samples an action chunk, the first ``replan_every``
+actions are executed, and so on; success is the instruction's predicate at the end of each
+env's first episode. All envs run in one jitted ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from anyskill.algos.vla.model import Obs
+from anyskill.envs.tabletop import tasks as T
+from anyskill.envs.tabletop.env import Tabletop
+from anyskill.nets.transformer import tokenize
+
+#: ``chunk_fn(params, key, obs) -> [B, H, A]`` actions in env units; ``obs.state`` is the raw
+#: env observation (the policy normalizes it), the other fields are model inputs.
+ChunkFn = Callable[[Any, jax.Array, Obs], jax.Array]
+
+
+def instruction_tokens(env: Tabletop, max_len: int, suffix: str = ""):
+    """Rows of ``env``'s task table and their instruction tokens, for lookup inside jit."""
+    rows, _ = T.task_table(env.families, env.split)
+    texts = [T.instruction(r) + suffix for r in rows]
+    tokens, _ = tokenize(texts, max_len)
+    return jnp.asarray(rows), jnp.asarray(tokens)
+
+
+def lookup_tokens(rows, tokens, task_row):
+    """Tokens of the instruction whose row equals ``task_row`` ([B, ROW_WIDTH])."""
+    match = jnp.all(task_row[:, None, :] == rows[None], axis=-1)  # [B, R]
+    return tokens[jnp.argmax(match, axis=1)]
+
+
+def make_rollout(
+    env: Tabletop,
+    chunk_fn: ChunkFn,
+    num_envs: int,
+    replan_every: int,
+    image_size: int,
+    num_cameras: int,
+    max_text_len: int,
+    prompt_suffix: str = "",
+):
+    """``rollout(params, key) -> (success, family, steps)``, each ``[num_envs]``, jitted once.
+
+    Every env runs its first episode to the end (the longest family's episode length);
+    ``family`` is the index in ``tasks.FAMILIES`` of the task it drew."""
+    rows, tokens = instruction_tokens(env, max_text_len, prompt_suffix)
+    horizon = int(max(T.EPISODE_LENGTH[f] for f in env.families))
+    n_plans = -(-horizon // replan_every)
+
+    def observe(state):
+        if num_cameras:
+            img = jax.vmap(lambda p: env.render_image(p, image_size))(state.physics)
+            images = jnp.repeat(img[:, None], num_cameras, axis=1)
+        else:
+            images = jnp.zeros((num_envs, 0, 1, 1, 3), jnp.uint8)
+        tok = lookup_tokens(rows, tokens, state.physics.task)
+        return Obs(state=state.obs, images=images, tokens=tok, text_mask=tok != 0)
+
+    @jax.jit
+    def rollout(params, key):
+        k_reset, k_run = jax.random.split(key)
+        state = jax.vmap(env.reset)(jax.random.split(k_reset, num_envs))
+        family = state.physics.task[:, T.FAMILY]
+        done = jnp.zeros(num_envs, bool)
+        success = jnp.zeros(num_envs, bool)
+        steps = jnp.zeros(num_envs, jnp.int32)
+
+        def plan(carry, k):
+            state, done, success, steps = carry
+            chunk = chunk_fn(params, k, observe(state))[:, :replan_every]
+
+            def act(c, a):
+                state, done, success, steps = c
+                nxt = jax.vmap(env.step)(state, a)
+                ended = nxt.terminated | nxt.truncated
+                success = jnp.where(done, success, nxt.success & ended)
+                steps = steps + (~done).astype(jnp.int32)
+                return (nxt, done | ended, success, steps), None
+
+            c, _ = jax.lax.scan(act, (state, done, success, steps), chunk.swapaxes(0, 1))
+            return c, None
+
+        (state, done, success, steps), _ = jax.lax.scan(
+            plan, (state, done, success, steps), jax.random.split(k_run, n_plans)
+        )
+        return success, family, steps
+
+    return rollout
+
+
+@dataclasses.dataclass
+class Evaluator:
+    """Success per ``split/family`` of a chunking policy; compiles one rollout per split once
+    and reuses it for every evaluation of a run."""
+
+    env: Tabletop
+    chunk_fn: ChunkFn
+    splits: tuple[str, ...]
+    episodes_per_family: int
+    replan_every: int
+    image_size: int
+    num_cameras: int
+    max_text_len: int
+    prompt_suffix: str = ""
+
+    def __post_init__(self):
+        n = self.episodes_per_family * len(self.env.families)
+        self._rollouts = {
+            s: make_rollout(
+                dataclasses.replace(self.env, split=s),
+                self.chunk_fn,
+                n,
+                self.replan_every,
+                self.image_size,
+                self.num_cameras,
+                self.max_text_len,
+                self.prompt_suffix,
+            )
+            for s in self.splits
+        }
+
+    def __call__(self, params, key) -> dict[str, float]:
+        out = {}
+        for i, (split, roll) in enumerate(self._rollouts.items()):
+            success, family, _ = (np.asarray(x) for x in roll(params, jax.random.fold_in(key, i)))
+            rates = []
+            for f in self.env.families:
+                sel = family == T.FAMILIES.index(f)
+                if sel.any():
+                    out[f"{split}/{f}"] = float(success[sel].mean())
+                    rates.append(out[f"{split}/{f}"])
+            out[f"{split}/mean"] = float(np.mean(rates)) if rates else float("nan")
+        return out

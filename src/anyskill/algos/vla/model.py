@@ -1,0 +1,257 @@
+"""A small π0-style vision-language-action model and the MLP baselines, behind one interface.
+
+``PolicyModel`` (built by ``make_model(config)``) offers ``init(key)``,
+``loss(params, key, batch) -> (scalar, metrics)`` and ``sample(params, key, obs)`` on
+normalized inputs; :mod:`anyskill.algos.vla.policy` adds normalization and tokenization.
+
+Flow matching (π0 / openpi conventions): ``x_t = t * noise + (1 - t) * actions`` with
+``t = 0.999 * Beta(1.5, 1) + 0.001``; the network regresses the velocity
+``u = noise - actions``; sampling integrates from ``t = 1`` (pure noise) to ``t = 0`` with
+``N`` Euler steps ``x <- x - v / N``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from anyskill.algos.vla.config import ModelConfig
+from anyskill.nets.transformer import VOCAB, PatchEncoder, TwoStreamBlock, sincos_embedding
+
+
+@struct.dataclass
+class Obs:
+    """Normalized model inputs for a batch.
+
+    state:     [B, S] float32, normalized robot/scene state
+    images:    [B, C, H, W, 3] uint8, one image per camera
+    tokens:    [B, L] int32 instruction bytes (+1), 0 = padding
+    text_mask: [B, L] bool
+    """
+
+    state: jax.Array
+    images: jax.Array
+    tokens: jax.Array
+    text_mask: jax.Array
+
+
+@struct.dataclass
+class Batch:
+    """A training batch: observation, normalized action chunk ``[B, H, A]`` and its mask
+    ``[B, H]`` (False past the episode end)."""
+
+    obs: Obs
+    actions: jax.Array
+    action_mask: jax.Array
+
+
+def sample_time(key, shape):
+    return 0.999 * jax.random.beta(key, 1.5, 1.0, shape) + 0.001
+
+
+def euler(velocity, x1: jax.Array, num_steps: int) -> jax.Array:
+    """Integrate ``dx/dt = velocity(x, t)`` from ``t = 1`` to ``t = 0`` in ``num_steps`` steps."""
+    dt = 1.0 / num_steps
+
+    def step(x, i):
+        t = 1.0 - i * dt
+        return x - dt * velocity(x, jnp.full(x.shape[:1], t, x.dtype)), None
+
+    x0, _ = jax.lax.scan(step, x1, jnp.arange(num_steps))
+    return x0
+
+
+# ---- the π0-style transformer ---------------------------------------------------------------
+
+
+class VLA(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self):
+        c = self.cfg
+        self.patches = [
+            PatchEncoder(c.width, c.patch_size, name=f"camera{i}") for i in range(c.num_cameras)
+        ]
+        self.text_embed = nn.Embed(VOCAB, c.width)
+        self.text_pos = self.param(
+            "text_pos", nn.initializers.normal(0.02), (c.max_text_len, c.width)
+        )
+        self.state_proj = nn.Dense(c.width)
+        self.blocks = [
+            TwoStreamBlock(c.width, c.action_width, c.heads, c.head_dim, name=f"block{i}")
+            for i in range(c.depth)
+        ]
+        self.action_in = nn.Dense(c.action_width)
+        self.time_mlp1 = nn.Dense(c.action_width)
+        self.time_mlp2 = nn.Dense(c.action_width)
+        self.action_pos = self.param(
+            "action_pos", nn.initializers.normal(0.02), (c.horizon, c.action_width)
+        )
+        self.action_norm = nn.LayerNorm()
+        self.action_out = nn.Dense(c.action_dim)
+        self.prefix_norm = nn.LayerNorm()
+
+    def embed_prefix(self, obs: Obs):
+        b = obs.state.shape[0]
+        parts = [enc(obs.images[:, i]) for i, enc in enumerate(self.patches)]
+        masks = [jnp.ones(p.shape[:2], bool) for p in parts]
+        parts.append(self.text_embed(obs.tokens) + self.text_pos[None, : obs.tokens.shape[1]])
+        masks.append(obs.text_mask)
+        parts.append(self.state_proj(obs.state)[:, None])
+        masks.append(jnp.ones((b, 1), bool))
+        return jnp.concatenate(parts, axis=1), jnp.concatenate(masks, axis=1)
+
+    def embed_actions(self, x_t, t):
+        a = self.action_in(x_t)
+        tt = jnp.broadcast_to(sincos_embedding(t, self.cfg.action_width)[:, None], a.shape)
+        h = self.time_mlp2(nn.swish(self.time_mlp1(jnp.concatenate([a, tt], axis=-1))))
+        return h + self.action_pos[None]
+
+    def velocity_joint(self, obs: Obs, x_t, t):
+        """One pass over the joint sequence (training; the uncached reference)."""
+        hp, mask = self.embed_prefix(obs)
+        ha = self.embed_actions(x_t, t)
+        for blk in self.blocks:
+            hp, ha = blk.joint(hp, ha, mask)
+        return self.action_out(self.action_norm(ha))
+
+    def encode(self, obs: Obs):
+        """The prefix alone: per-block key/value cache, prefix mask, final prefix features."""
+        hp, mask = self.embed_prefix(obs)
+        cache = []
+        for blk in self.blocks:
+            hp, kv = blk.prefix(hp, mask)
+            cache.append(kv)
+        return cache, mask, self.prefix_norm(hp)
+
+    def velocity_cached(self, cache, mask, x_t, t):
+        ha = self.embed_actions(x_t, t)
+        for blk, kv in zip(self.blocks, cache, strict=True):
+            ha = blk.action(ha, kv, mask)
+        return self.action_out(self.action_norm(ha))
+
+    def __call__(self, obs: Obs, x_t, t):
+        return self.velocity_joint(obs, x_t, t)
+
+    def init_all(self, obs: Obs, x_t, t):
+        """Touches every parameter (``encode``'s prefix_norm is not on the training path)."""
+        self.encode(obs)
+        return self.velocity_joint(obs, x_t, t)
+
+
+# ---- MLP baselines ----------------------------------------------------------------------------
+
+
+class MLPPolicyNet(nn.Module):
+    """The baselines' network: the same inputs, pooled into one feature vector (mean of patch
+    embeddings per camera, mean of byte embeddings, state), then an MLP. ``kind="bc"``
+    regresses the chunk; ``kind="flow"`` predicts the flow-matching velocity."""
+
+    cfg: ModelConfig
+    kind: str
+
+    @nn.compact
+    def __call__(self, obs: Obs, x_t=None, t=None):
+        c = self.cfg
+        feats = []
+        for i in range(c.num_cameras):
+            feats.append(
+                PatchEncoder(c.width, c.patch_size, name=f"camera{i}")(obs.images[:, i]).mean(1)
+            )
+        emb = nn.Embed(VOCAB, c.width)(obs.tokens)
+        m = obs.text_mask[..., None].astype(jnp.float32)
+        feats.append((emb * m).sum(1) / jnp.maximum(m.sum(1), 1.0))
+        feats.append(obs.state)
+        h = jnp.concatenate(feats, axis=-1)
+        b = h.shape[0]
+        if self.kind == "flow":
+            h = jnp.concatenate(
+                [h, x_t.reshape(b, -1), sincos_embedding(t, c.action_width)], axis=-1
+            )
+        for _ in range(c.depth):
+            h = nn.swish(nn.LayerNorm()(nn.Dense(c.mlp_width)(h)))
+        return nn.Dense(c.horizon * c.action_dim)(h).reshape(b, c.horizon, c.action_dim)
+
+
+# ---- one interface --------------------------------------------------------------------------
+
+
+def _masked_mse(pred, target, mask):
+    err = jnp.mean((pred - target) ** 2, axis=-1)  # [B, H]
+    m = mask.astype(jnp.float32)
+    return jnp.sum(err * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyModel:
+    """``init``, ``loss`` and ``sample`` for one of the architectures (``cfg.arch``)."""
+
+    cfg: ModelConfig
+
+    @property
+    def net(self) -> nn.Module:
+        if self.cfg.arch == "vla":
+            return VLA(self.cfg)
+        return MLPPolicyNet(self.cfg, "bc" if self.cfg.arch == "mlp-bc" else "flow")
+
+    def fake_obs(self, batch_size: int = 2) -> Obs:
+        c = self.cfg
+        return Obs(
+            state=jnp.zeros((batch_size, c.state_dim)),
+            images=jnp.zeros((batch_size, c.num_cameras, c.image_size, c.image_size, 3), jnp.uint8),
+            tokens=jnp.ones((batch_size, c.max_text_len), jnp.int32),
+            text_mask=jnp.ones((batch_size, c.max_text_len), bool),
+        )
+
+    def init(self, key) -> Any:
+        obs = self.fake_obs()
+        x = jnp.zeros((2, self.cfg.horizon, self.cfg.action_dim))
+        if self.cfg.arch == "mlp-bc":
+            return self.net.init(key, obs)
+        if self.cfg.arch == "vla":
+            return self.net.init(key, obs, x, jnp.zeros((2,)), method=VLA.init_all)
+        return self.net.init(key, obs, x, jnp.zeros((2,)))
+
+    def loss(self, params, key, batch: Batch):
+        if self.cfg.arch == "mlp-bc":
+            pred = self.net.apply(params, batch.obs)
+            loss = _masked_mse(pred, batch.actions, batch.action_mask)
+            return loss, {"loss": loss}
+        k_noise, k_t = jax.random.split(key)
+        noise = jax.random.normal(k_noise, batch.actions.shape)
+        t = sample_time(k_t, batch.actions.shape[:1])
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * batch.actions
+        v = self.net.apply(params, batch.obs, x_t, t)
+        loss = _masked_mse(v, noise - batch.actions, batch.action_mask)
+        return loss, {"loss": loss}
+
+    def sample(self, params, key, obs: Obs, num_steps: int | None = None, cached: bool = True):
+        """Action chunks ``[B, H, A]`` (normalized). ``cached``: the prefix's keys/values are
+        computed once and reused at every Euler step (VLA only; the MLPs have no prefix)."""
+        c = self.cfg
+        n = num_steps or c.num_steps
+        b = obs.state.shape[0]
+        if c.arch == "mlp-bc":
+            return self.net.apply(params, obs)
+        x1 = jax.random.normal(key, (b, c.horizon, c.action_dim))
+        if c.arch == "vla" and cached:
+            cache, mask, _ = self.net.apply(params, obs, method=VLA.encode)
+
+            def vel(x, t):
+                return self.net.apply(params, cache, mask, x, t, method=VLA.velocity_cached)
+
+        else:
+
+            def vel(x, t):
+                return self.net.apply(params, obs, x, t)
+
+        return euler(vel, x1, n)
+
+    def prefix_features(self, params, obs: Obs) -> jax.Array:
+        """``[B, P, width]`` final prefix features (the value function's shared encoder)."""
+        return self.net.apply(params, obs, method=VLA.encode)[2]

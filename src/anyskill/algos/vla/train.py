@@ -1,0 +1,294 @@
+"""Multi-task training of the VLA (or a baseline) from an episode store.
+
+AdamW with linear warmup + cosine decay, global-norm gradient clipping, EMA weights (used
+for evaluation and deployment), atomic checkpoints with resume, a progress bar, periodic
+closed-loop evaluation in the simulator (success per task family, seen and held-out),
+``metrics.jsonl`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from anyskill import checkpoint
+from anyskill.algos.vla.config import ModelConfig, TrainConfig
+from anyskill.algos.vla.data import Normalizer, TrainingData
+from anyskill.algos.vla.evaluate import Evaluator
+from anyskill.algos.vla.model import Obs, PolicyModel
+
+CKPT = "checkpoint.msgpack"
+
+
+@struct.dataclass
+class TrainState:
+    params: dict
+    ema: dict
+    opt_state: optax.OptState
+    step: jax.Array
+    key: jax.Array
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, max(1, cfg.warmup_steps), max(cfg.steps, cfg.warmup_steps + 1), cfg.lr * 0.05
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.adamw(schedule, weight_decay=cfg.weight_decay),
+    )
+
+
+def make_train_step(model: PolicyModel, opt: optax.GradientTransformation, ema: float):
+    @jax.jit
+    def train_step(ts: TrainState, batch):
+        key, k = jax.random.split(ts.key)
+        (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(ts.params, k, batch)
+        updates, opt_state = opt.update(grads, ts.opt_state, ts.params)
+        params = optax.apply_updates(ts.params, updates)
+        new_ema = jax.tree.map(lambda e, p: ema * e + (1 - ema) * p, ts.ema, params)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        return TrainState(params, new_ema, opt_state, ts.step + 1, key), metrics
+
+    return train_step
+
+
+def chunk_fn_for(model: PolicyModel, normalizer: Normalizer, num_steps: int | None = None):
+    """``chunk_fn(params, key, obs_with_raw_state) -> [B, H, A]`` actions in env units."""
+
+    def chunk_fn(params, key, obs: Obs):
+        obs = obs.replace(state=normalizer.state(obs.state))
+        return normalizer.unaction(model.sample(params, key, obs, num_steps))
+
+    return chunk_fn
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"policy-{cfg.model.arch}-s{cfg.seed}"
+
+
+def source_env(data_root: Path) -> dict | None:
+    from anyskill.data.writer import load_source_env
+
+    return load_source_env(data_root)
+
+
+def make_eval_env(src: dict | None, image_size: int):
+    """The built-in env a dataset was recorded from (None if it was not)."""
+    if not src or not str(src.get("env", "")).startswith("tabletop"):
+        return None
+    from anyskill import envs
+
+    return envs.make(src["env"], image_size=image_size)
+
+
+def _config_to_json(cfg: TrainConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["data"] = [str(p) for p in cfg.data]
+    d["run_dir"] = str(cfg.run_dir) if cfg.run_dir else None
+    return d
+
+
+def config_from_json(d: dict) -> TrainConfig:
+    d = dict(d)
+    d["model"] = ModelConfig(**d["model"])
+    d["data"] = tuple(Path(p) for p in d["data"])
+    d["run_dir"] = Path(d["run_dir"]) if d.get("run_dir") else None
+    for k in ("eval_split",):
+        d[k] = tuple(d[k])
+    return TrainConfig(**d)
+
+
+def load_run(run_dir: Path):
+    """``(cfg, model, normalizer, ema_params, meta)`` of a trained run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists() or not (run_dir / CKPT).exists():
+        raise checkpoint.CheckpointError(
+            f"{run_dir} is not a policy run (needs config.json and {CKPT}); "
+            "train one with `anyskill train policy --data PATH --run-dir DIR`"
+        )
+    cfg = config_from_json(json.loads((run_dir / "config.json").read_text()))
+    model = PolicyModel(cfg.model)
+    params = model.init(jax.random.key(0))
+    opt = make_optimizer(cfg)
+    ts = TrainState(params, params, opt.init(params), jnp.int32(0), jax.random.PRNGKey(0))
+    template = {"train": ts, "ema": params, "normalizer": _normalizer_template(cfg.model)}
+    tree, meta = checkpoint.load(run_dir / CKPT, template)
+    return cfg, model, tree["normalizer"], tree["ema"], meta
+
+
+def _normalizer_template(m: ModelConfig) -> Normalizer:
+    z = jnp.zeros
+    return Normalizer(z(m.state_dim), z(m.state_dim), z(m.action_dim), z(m.action_dim))
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Train (or resume) a policy run; returns the last evaluation."""
+    from anyskill.data.reader import Dataset
+
+    if len(cfg.data) != 1:
+        raise ValueError(
+            f"--data takes exactly one episode store, got {len(cfg.data)}; combine several "
+            "with `anyskill data merge A B --out C` first"
+        )
+    run_dir = cfg.run_dir or default_run_dir(cfg)
+    cfg = dataclasses.replace(cfg, run_dir=run_dir)
+    if cfg.resume:
+        if not (run_dir / CKPT).exists():
+            raise ValueError(f"--resume: {run_dir} has no {CKPT} to resume from")
+        saved = config_from_json(json.loads((run_dir / "config.json").read_text()))
+        cfg = dataclasses.replace(saved, resume=True, progress=cfg.progress)
+    elif (run_dir / CKPT).exists():
+        raise ValueError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another "
+            "--run-dir (nothing was overwritten)"
+        )
+    ds = Dataset.open(cfg.data[0])
+    src = source_env(ds.root)
+    m = dataclasses.replace(
+        cfg.model,
+        state_dim=int(np.prod(ds.info.features["observation.state"].shape)),
+        action_dim=int(np.prod(ds.info.features["action"].shape)),
+        num_cameras=len(ds.info.video_keys),
+    )
+    if cfg.model.state_dim and cfg.model.state_dim != m.state_dim:
+        raise ValueError(f"model state_dim {cfg.model.state_dim} != data's {m.state_dim}")
+    cfg = dataclasses.replace(cfg, model=m)
+    model = PolicyModel(m)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write_bytes(
+        run_dir / "config.json", json.dumps(_config_to_json(cfg), indent=2).encode()
+    )
+
+    log(f"decoding {ds.num_episodes} episodes' camera frames ({ds.num_frames} frames) ...")
+    data = TrainingData.build(ds, m, cfg.batch_size, cfg.seed)
+    opt = make_optimizer(cfg)
+    key = jax.random.PRNGKey(cfg.seed)  # raw uint32 key: checkpointable
+    params = model.init(key)
+    ts = TrainState(params, params, opt.init(params), jnp.int32(0), jax.random.fold_in(key, 1))
+    history: list[dict] = []
+    if cfg.resume:
+        tree, meta = checkpoint.load(
+            run_dir / CKPT, {"train": ts, "ema": params, "normalizer": data.normalizer}
+        )
+        ts = tree["train"]
+        history = _read_metrics(run_dir)
+        data.sampler.rng = np.random.default_rng(cfg.seed + int(ts.step))
+        log(f"resumed at step {int(ts.step)}")
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    log(
+        f"{m.arch}: {n_params / 1e6:.2f}M parameters; {ds.num_frames} frames, {len(ds.tasks)} tasks"
+    )
+    train_step = make_train_step(model, opt, cfg.ema)
+
+    env = make_eval_env(src, m.image_size)
+    evaluator = None
+    if env is not None:
+        evaluator = Evaluator(
+            env,
+            chunk_fn_for(model, data.normalizer),
+            cfg.eval_split,
+            cfg.eval_episodes,
+            cfg.replan_every,
+            m.image_size,
+            m.num_cameras,
+            m.max_text_len,
+        )
+
+    def evaluate(step: int) -> dict:
+        if evaluator is None:
+            return {}
+        return evaluator(ts.ema, jax.random.key(10_000 + step))
+
+    def save(metrics_row: dict | None):
+        tree = {"train": ts, "ema": ts.ema, "normalizer": data.normalizer}
+        checkpoint.save(run_dir / CKPT, tree, {"step": int(ts.step), "arch": m.arch})
+        if metrics_row is not None:
+            history.append(metrics_row)
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics_row) + "\n")
+            plot_curves(history, run_dir / "curves.png")
+
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    start = int(ts.step)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, unit="step")
+    losses = []
+    last = {}
+    step = start
+    eval_total = 0.0  # evaluation time does not count against the training budget
+    while step < cfg.steps:
+        ts, metrics = train_step(ts, data.batch())
+        step += 1
+        losses.append(metrics["loss"])
+        bar.update(1)
+        trained = time.perf_counter() - t0 - eval_total
+        out_of_time = cfg.time_budget_min and trained > cfg.time_budget_min * 60
+        at_eval = cfg.eval_every and step % cfg.eval_every == 0
+        if at_eval or step == cfg.steps or out_of_time:
+            loss = float(np.mean(np.asarray(jnp.stack(losses))))
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss} at step {step}; the last checkpoint is kept"
+                )
+            losses = []
+            t_eval = time.perf_counter()
+            last = evaluate(step)
+            eval_s = time.perf_counter() - t_eval
+            row = {
+                "step": step,
+                "train_seconds": round(trained, 1),
+                "loss": loss,
+                "samples_per_s": round(cfg.batch_size * (step - start) / max(trained, 1e-9), 1),
+                "eval_seconds": round(eval_s, 1),
+                **last,
+            }
+            eval_total += eval_s
+            save(row)
+            bar.set_postfix(
+                loss=f"{loss:.3f}", **{k: f"{v:.2f}" for k, v in last.items() if k.endswith("mean")}
+            )
+            if out_of_time:
+                log(f"time budget of {cfg.time_budget_min} min reached at step {step}")
+                break
+    bar.close()
+    return {"step": step, **last}
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    p = run_dir / "metrics.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(steps, [h["loss"] for h in history])
+    axes[0].set(xlabel="gradient step", ylabel="training loss", yscale="log")
+    keys = sorted({k for h in history for k in h if "/" in k and not k.endswith("mean")})
+    for k in keys:
+        axes[1].plot(steps, [h.get(k, np.nan) for h in history], label=k, marker=".")
+    axes[1].set(xlabel="gradient step", ylabel="success", ylim=(-0.02, 1.02))
+    if keys:
+        axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

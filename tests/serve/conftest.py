@@ -1,0 +1,19 @@
+"""Fixtures: the counting policy and a server for it on an ephemeral port."""
+
+from __future__ import annotations
+
+import pytest
+from serve_helpers import CountingPolicy
+
+from anyskill.serve.server import ServerConfig, ServerThread
+
+
+@pytest.fixture
+def policy() -> CountingPolicy:
+    return CountingPolicy()
+
+
+@pytest.fixture
+def server(policy):
+    with ServerThread(policy, ServerConfig(port=0, max_request_bytes=64 << 10)) as srv:
+        yield srv

@@ -1,0 +1,54 @@
+"""Test helpers: a tiny numpy policy (no JAX compile) and a good observation for it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from anyskill.policies.base import InputSpec, PolicySpec
+
+STATE_DIM, IMAGE_SIZE, HORIZON, ACTION_DIM = 4, 8, 5, 2
+
+
+class CountingPolicy:
+    """Actions encode the request (state[0] + step index) so replies can be matched to
+    requests; counts infer calls and batch sizes; ``delay`` slows each forward pass."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False):
+        self.spec = PolicySpec(
+            inputs=(
+                InputSpec("observation/state", (STATE_DIM,), "float32", "state"),
+                InputSpec("observation/image", (IMAGE_SIZE, IMAGE_SIZE, 3), "uint8", "camera"),
+                InputSpec("prompt", (), "str", "instruction", max_length=64),
+            ),
+            action_dim=ACTION_DIM,
+            action_horizon=HORIZON,
+            control_hz=50.0,
+            name="counting",
+        )
+        self.delay = delay
+        self.fail = fail
+        self.calls: list[int] = []
+        self._lock = threading.Lock()
+
+    def infer(self, batch):
+        with self._lock:
+            self.calls.append(len(batch))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("boom: secret internal detail")
+        out = np.zeros((len(batch), HORIZON, ACTION_DIM), np.float32)
+        for i, obs in enumerate(batch):
+            out[i] = obs["observation/state"][0] + np.arange(HORIZON, dtype=np.float32)[:, None]
+        return out
+
+
+def good_obs(value: float = 0.0) -> dict:
+    return {
+        "observation/state": np.full(STATE_DIM, value, np.float32),
+        "observation/image": np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
+        "prompt": "go to the red zone",
+    }
