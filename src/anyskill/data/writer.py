@@ -222,24 +222,16 @@ class EpisodeWriter:
             else -1
         )
         # data: trim the last file to committed rows; delete files past it
-        for p in sorted((root / "data").glob("chunk-*/file-*.parquet")):
-            n = _file_number(p, info.chunks_size)
-            if n > last_data:
-                p.unlink()
-            elif n == last_data:
-                t = parquet.read_table(p, "data file")
-                keep = pc.less(t.column("index"), info.total_frames)
-                if not pc.all(keep).as_py():
-                    parquet.write_table(p, t.filter(keep))
-        for p in meta.episode_files(root):
-            n = _file_number(p, info.chunks_size)
-            if n > last_meta:
-                p.unlink()
-            elif n == last_meta:
-                t = parquet.read_table(p, "episodes table")
-                keep = pc.less(t.column("episode_index"), info.total_episodes)
-                if not pc.all(keep).as_py():
-                    parquet.write_table(p, t.filter(keep))
+        data_files = sorted((root / "data").glob("chunk-*/file-*.parquet"))
+        _trim(data_files, info.chunks_size, last_data, "data file", "index", info.total_frames)
+        _trim(
+            meta.episode_files(root),
+            info.chunks_size,
+            last_meta,
+            "episodes table",
+            "episode_index",
+            info.total_episodes,
+        )
         for key in info.video_keys:
             for p in (root / "videos" / key).glob("chunk-*/file-*.mp4"):
                 if _file_number(p, info.chunks_size) >= info.total_episodes:
@@ -533,3 +525,17 @@ def load_source_env(root: Path) -> dict | None:
 
 
 __all__ = ["CommittedEpisode", "EpisodeWriter", "EPISODES_PATH", "load_source_env"]
+
+
+def _trim(files, chunks_size: int, last: int, what: str, column: str, total: int) -> None:
+    """Drop the uncommitted tail of a file series: files past ``last`` are deleted, rows of
+    file ``last`` with ``column >= total`` are cut (atomically rewritten)."""
+    for p in files:
+        n = _file_number(p, chunks_size)
+        if n > last:
+            p.unlink()
+        elif n == last:
+            t = parquet.read_table(p, what)
+            keep = pc.less(t.column(column), total)
+            if not pc.all(keep).as_py():
+                parquet.write_table(p, t.filter(keep))
