@@ -49,7 +49,7 @@ def make_rollout(
     max_text_len: int,
     prompt_suffix: str = "",
 ):
-    """``rollout(params, key) -> (success, family, steps)``, each ``[num_envs]``, jitted once.
+    """``rollout(params, key) -> (success, family, steps)``, each ``[num_envs]``.
 
     Every env runs its first episode to the end (the longest family's episode length);
     ``family`` is the index in ``tasks.FAMILIES`` of the task it drew."""
@@ -66,33 +66,34 @@ def make_rollout(
         tok = lookup_tokens(rows, tokens, state.physics.task)
         return Obs(state=state.obs, images=images, tokens=tok, text_mask=tok != 0)
 
+    # Three small jitted pieces driven from Python (one per replanning) rather than one scan
+    # with the policy inside: XLA compiles a VLA sampler nested in the env's scan very slowly
+    # (over 10 minutes on 2 CPU cores), while these compile in seconds and are reused.
+    reset = jax.jit(lambda keys: jax.vmap(env.reset)(keys))
+    obs_fn = jax.jit(observe)
+    chunk = jax.jit(lambda params, k, obs: chunk_fn(params, k, obs)[:, :replan_every])
+
     @jax.jit
+    def execute(carry, actions):
+        def act(c, a):
+            state, done, success, steps = c
+            nxt = jax.vmap(env.step)(state, a)
+            ended = nxt.terminated | nxt.truncated
+            success = jnp.where(done, success, nxt.success & ended)
+            steps = steps + (~done).astype(jnp.int32)
+            return (nxt, done | ended, success, steps), None
+
+        return jax.lax.scan(act, carry, actions.swapaxes(0, 1))[0]
+
     def rollout(params, key):
         k_reset, k_run = jax.random.split(key)
-        state = jax.vmap(env.reset)(jax.random.split(k_reset, num_envs))
+        state = reset(jax.random.split(k_reset, num_envs))
         family = state.physics.task[:, T.FAMILY]
-        done = jnp.zeros(num_envs, bool)
-        success = jnp.zeros(num_envs, bool)
-        steps = jnp.zeros(num_envs, jnp.int32)
-
-        def plan(carry, k):
-            state, done, success, steps = carry
-            chunk = chunk_fn(params, k, observe(state))[:, :replan_every]
-
-            def act(c, a):
-                state, done, success, steps = c
-                nxt = jax.vmap(env.step)(state, a)
-                ended = nxt.terminated | nxt.truncated
-                success = jnp.where(done, success, nxt.success & ended)
-                steps = steps + (~done).astype(jnp.int32)
-                return (nxt, done | ended, success, steps), None
-
-            c, _ = jax.lax.scan(act, (state, done, success, steps), chunk.swapaxes(0, 1))
-            return c, None
-
-        (state, done, success, steps), _ = jax.lax.scan(
-            plan, (state, done, success, steps), jax.random.split(k_run, n_plans)
-        )
+        zeros = jnp.zeros(num_envs, bool)
+        carry = (state, zeros, zeros, jnp.zeros(num_envs, jnp.int32))
+        for k in jax.random.split(k_run, n_plans):
+            carry = execute(carry, chunk(params, k, obs_fn(carry[0])))
+        _, _, success, steps = carry
         return success, family, steps
 
     return rollout

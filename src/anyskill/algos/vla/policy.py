@@ -74,7 +74,24 @@ class VLAPolicy:
         )
 
     def infer(self, batch: list[dict[str, Any]]) -> np.ndarray:
-        obs = self.to_obs(batch)
+        """Chunks for a batch; padded to the next power of two so at most log2(max batch)
+        shapes are ever compiled (``warmup`` compiles them before serving)."""
+        n = len(batch)
+        padded = list(batch) + [batch[-1]] * ((1 << (n - 1).bit_length()) - n)
+        obs = self.to_obs(padded)
         self._calls += 1
         key = jax.random.fold_in(self._key, self._calls)
-        return np.asarray(self._fn(self.params, key, obs), np.float32)
+        return np.asarray(self._fn(self.params, key, obs), np.float32)[:n]
+
+    def warmup(self, max_batch: int) -> None:
+        """Compile every padded batch size up to ``max_batch`` (called by the server)."""
+        m = self.cfg.model
+        dummy = {STATE: np.zeros(m.state_dim, np.float32), PROMPT: "warm up"}
+        if m.num_cameras:
+            dummy[IMAGE] = np.zeros((m.image_size, m.image_size, 3), np.uint8)
+        b = 1
+        while True:
+            self.infer([dummy] * b)
+            if b >= max_batch:
+                break
+            b *= 2
