@@ -31,3 +31,13 @@ def machine_info() -> list[str]:
         f"- python {platform.python_version()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
         f"- load average (1/5/15 min) at the end: {load} — other processes skew the numbers",
     ]
+
+
+def write_report(path, lines: list[str]) -> None:
+    """Write a Markdown report (the lines, then the machine it ran on) and print it."""
+    from pathlib import Path
+
+    lines = [*lines, "", "Machine:", *machine_info(), ""]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines))
+    print("\n".join(lines))

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info  # noqa: E402
+from common import write_report  # noqa: E402
 
 from anyskill.serve.robot import SimRobot  # noqa: E402
 from anyskill.serve.runtime import LinkFaults, RuntimeConfig  # noqa: E402
@@ -109,10 +109,7 @@ def main() -> None:
             f" | {r.chunks} | {r.stale_chunks} | {r.deadline_misses} | {r.reconnects} | "
             f"{r.overrun_steps} | {load:.2f} |"
         )
-    lines += ["", "Machine:", *machine_info(), ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

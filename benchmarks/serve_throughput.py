@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    from common import machine_info  # imports JAX: not in the client processes
+    from common import write_report  # imports JAX: not in the client processes
 
     rows = []
     for batching in (False, True):
@@ -178,10 +178,7 @@ def main() -> None:
             f"{r['p50']:.1f} | {r['p99']:.1f} | {r['mean_batch']:.2f} | {speed} | "
             f"{r['load']:.2f} |"
         )
-    lines += ["", "Machine:", *machine_info(), ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":
