@@ -30,7 +30,9 @@ class ModelConfig:
     depth: int = 4
     """Transformer blocks (MLP baselines: hidden layers)."""
     heads: int = 4
+    """Attention heads (shared by the prefix and the action expert)."""
     head_dim: int = 32
+    """Width of one attention head."""
     action_width: int = 96
     """Action expert width (its own weights; attention shared with the prefix)."""
     max_text_len: int = 16
@@ -68,10 +70,15 @@ class TrainConfig:
     time_budget_min: float = 0.0
     """Stop after this many minutes of training (0: no limit)."""
     batch_size: int = 64
+    """Samples (observation + action chunk) per gradient step."""
     lr: float = 3e-4
+    """Peak AdamW learning rate (linear warmup, then cosine decay to 5 %)."""
     warmup_steps: int = 200
+    """Steps of linear learning-rate warmup."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     grad_clip: float = 1.0
+    """Global-norm gradient clipping."""
     ema: float = 0.999
     """EMA decay of the weights used for evaluation and deployment."""
     replan_every: int = 5
@@ -81,7 +88,10 @@ class TrainConfig:
     eval_episodes: int = 32
     """Episodes per task family per evaluation."""
     eval_split: tuple[str, ...] = ("train", "heldout")
+    """Task splits evaluated: train (seen) and heldout (unseen combinations, phrasings)."""
     seed: int = 0
+    """Seed of initialisation, batch sampling and evaluation."""
     resume: bool = False
     """Continue the run in --run-dir from its last checkpoint."""
     progress: bool = True
+    """Show a progress bar."""
