@@ -9,7 +9,6 @@ training throughput (samples/s) vs model size.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import jax
@@ -101,7 +100,6 @@ def main(argv=None):
     for arch in ("vla", "mlp-flow", "mlp-bc"):
         for size in args.sizes if arch == "vla" else ["default"]:
             model = model_for(size, 10, arch)
-            model = PolicyModel(dataclasses.replace(model.cfg))
             n = sum(x.size for x in jax.tree.leaves(model.init(jax.random.key(0))))
             sps = train_throughput(model, args.batch_size, 10)
             print(f"| {arch} | {size} | {n / 1e6:.2f}M | {sps:,.0f} |", flush=True)

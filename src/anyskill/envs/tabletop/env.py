@@ -373,6 +373,14 @@ def _place(colours, shapes, slot, colour, shape):
     return colours, shapes
 
 
+def body_reach(b: Bodies, k, ux, uy):
+    """Support radius of body ``k`` along the unit direction ``u`` (how far it extends)."""
+    from anyskill.envs.tabletop.physics import support_radius
+
+    c, s = jnp.cos(b.angle[k]), jnp.sin(b.angle[k])
+    return support_radius(b.half[k, 0], b.half[k, 1], b.radius[k], (c, s), (-s, c), ux, uy)
+
+
 def _gather_spot(b: Bodies, t1, t2, away):
     """Where object ``t1`` goes to lie beside object ``t2`` along the unit direction ``away``,
     both keeping their orientation: at a surface gap of GATHER_GAP / 2.
@@ -381,19 +389,10 @@ def _gather_spot(b: Bodies, t1, t2, away):
     the surface gap (the gather predicate's own measure) is the target. Each correction moves
     every axis' separation by at most its own size, so the gap never undershoots the target.
     """
-    from anyskill.envs.tabletop.physics import support_radius
-
     i, j = 1 + jnp.maximum(t1, 0), 1 + jnp.maximum(t2, 0)
     anchor = b.pos[j]
     target = 0.5 * GATHER_GAP
-
-    def reach(k):
-        c, s = jnp.cos(b.angle[k]), jnp.sin(b.angle[k])
-        return support_radius(
-            b.half[k, 0], b.half[k, 1], b.radius[k], (c, s), (-s, c), away[0], away[1]
-        )
-
-    dist = reach(i) + reach(j) + target
+    dist = body_reach(b, i, away[0], away[1]) + body_reach(b, j, away[0], away[1]) + target
     for _ in range(4):
         gap = _gap(b.replace(pos=b.pos.at[i].set(anchor + away * dist)), i, j)
         dist = dist - jnp.maximum(gap - target, 0.0)

@@ -21,8 +21,13 @@ import jax.numpy as jnp
 
 from anyskill.envs.base import State
 from anyskill.envs.tabletop import tasks as T
-from anyskill.envs.tabletop.env import PUSHER_RADIUS, ZONE_HALF, Tabletop, TabletopPhysics
-from anyskill.envs.tabletop.physics import support_radius
+from anyskill.envs.tabletop.env import (
+    PUSHER_RADIUS,
+    ZONE_HALF,
+    Tabletop,
+    TabletopPhysics,
+    body_reach,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +52,7 @@ def _unit(x, y):
 
 def _reach(physics: TabletopPhysics, k, ux, uy):
     """Support radius of object slot ``k`` along the unit direction ``u``."""
-    b = physics.bodies
-    c, s = jnp.cos(b.angle[1 + k]), jnp.sin(b.angle[1 + k])
-    return support_radius(
-        b.half[1 + k, 0], b.half[1 + k, 1], b.radius[1 + k], (c, s), (-s, c), ux, uy
-    )
+    return body_reach(physics.bodies, 1 + k, ux, uy)
 
 
 @dataclasses.dataclass(frozen=True)
