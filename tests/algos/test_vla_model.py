@@ -185,3 +185,56 @@ def test_loss_decreases_on_a_tiny_overfit_set(arch):
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     print(arch, first, last)
     assert last < 0.5 * first
+
+
+# entity tokens: state 5 = one "robot" token [0, 2) and one "object" token [2, 5) whose
+# features [2, 5) are a one-hot over three colour words
+ENTITY = ModelConfig(
+    **{
+        **TINY.__dict__,
+        "state_tokens": ((0, 2, 0), (2, 5, 1)),
+        "state_token_words": ((), ((0, ("red", "green", "blue")),)),
+    }
+)
+
+
+def test_entity_tokens_cached_and_uncached_agree():
+    model = PolicyModel(ENTITY)
+    params = model.init(jax.random.key(0))
+    obs = random_obs(jax.random.key(1), ENTITY)
+    a = model.sample(params, jax.random.key(3), obs, cached=True)
+    b = model.sample(params, jax.random.key(3), obs, cached=False)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_entity_token_is_grounded_in_the_instruction():
+    """The object's token changes when the instruction names its colour, and only its own
+    colour's word matters."""
+    model = PolicyModel(ENTITY)
+    params = model.init(jax.random.key(0))
+    state = jnp.array([[0.3, -0.2, 1.5, -0.6, -0.6]])  # normalized one-hot: "red"
+    img = jnp.zeros((1, 1, 16, 16, 3), jnp.uint8)
+
+    def prefix(text):
+        tok = jnp.asarray(tokenize([text], 8)[0])
+        obs = Obs(state=state, images=img, tokens=tok, text_mask=tok != 0)
+        emb, _ = model.net.apply(params, obs, method=VLA.embed_prefix)
+        return np.asarray(emb[0, -1])  # the object token
+
+    red, green, plain = prefix("push the red one"), prefix("push the green one"), prefix("push it")
+    assert not np.allclose(red, plain)  # its colour is mentioned
+    np.testing.assert_allclose(green, plain, atol=1e-6)  # another colour: no mention
+
+
+def test_guidance_with_beta_one_is_conditioned_sampling():
+    for arch in ("vla", "mlp-flow"):
+        cfg = ModelConfig(**{**TINY.__dict__, "arch": arch})
+        model = PolicyModel(cfg)
+        params = model.init(jax.random.key(0))
+        obs = random_obs(jax.random.key(1), cfg)
+        unc = random_obs(jax.random.key(2), cfg)
+        a = model.sample(params, jax.random.key(3), obs)
+        b = model.sample_guided(params, jax.random.key(3), obs, unc, beta=1.0)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        c = model.sample_guided(params, jax.random.key(3), obs, unc, beta=2.0)
+        assert not np.allclose(a, c, atol=1e-3)

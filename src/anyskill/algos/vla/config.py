@@ -39,10 +39,22 @@ class ModelConfig:
     """Longest instruction, in words."""
     mlp_width: int = 512
     """Hidden width of the MLP baselines."""
+    entity_tokens: bool = True
+    """VLA: one prefix token per entity of the state (pusher, each object, each zone) when
+    the data's env declares that layout, instead of one token for the whole state."""
     # Filled from the data, not by hand:
     state_dim: int = 0
     action_dim: int = 0
     num_cameras: int = 1
+    state_tokens: tuple[tuple[int, int, int], ...] = ()
+    """``(start, stop, kind)`` slices of the state, one prefix token each (same kind, same
+    projection); empty: the whole state is one token."""
+    state_token_words: tuple[tuple[tuple[int, tuple[str, ...]], ...], ...] = ()
+    """Per state token, the words that name it, as ``(offset, words)``: offset -1: the token
+    always carries these words (a red zone: ``(-1, ("red",))``); otherwise the token's
+    features ``[offset, offset + len(words))`` are a one-hot over ``words`` (an object's
+    colour). The named words' text embeddings are added to the token (grounding: the
+    instruction's "red" and the red things share an embedding)."""
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -50,6 +62,9 @@ class ModelConfig:
         for name in ("horizon", "num_steps", "image_size", "patch_size", "width", "heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for a, b, _ in self.state_tokens:
+            if not 0 <= a < b <= max(self.state_dim, b):
+                raise ValueError(f"state token slice [{a}, {b}) is empty or out of range")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"

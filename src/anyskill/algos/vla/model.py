@@ -21,7 +21,13 @@ import jax.numpy as jnp
 from flax import struct
 
 from anyskill.algos.vla.config import ModelConfig
-from anyskill.nets.transformer import VOCAB, PatchEncoder, TwoStreamBlock, sincos_embedding
+from anyskill.nets.transformer import (
+    VOCAB,
+    PatchEncoder,
+    TwoStreamBlock,
+    sincos_embedding,
+    tokenize,
+)
 
 
 @struct.dataclass
@@ -81,7 +87,17 @@ class VLA(nn.Module):
         self.text_pos = self.param(
             "text_pos", nn.initializers.normal(0.02), (c.max_text_len, c.width)
         )
-        self.state_proj = nn.Dense(c.width)
+        if c.state_tokens:
+            kinds = sorted({k for _, _, k in c.state_tokens})
+            self.entity_proj = {str(k): nn.Dense(c.width, name=f"entity{k}") for k in kinds}
+            self.entity_pos = self.param(
+                "entity_pos", nn.initializers.normal(0.02), (len(c.state_tokens), c.width)
+            )
+            if c.state_token_words:
+                n_seg = max(len(w) for w in c.state_token_words)
+                self.mention = self.param("mention", nn.initializers.normal(1.0), (n_seg, c.width))
+        else:
+            self.state_proj = nn.Dense(c.width)
         self.blocks = [
             TwoStreamBlock(c.width, c.action_width, c.heads, c.head_dim, name=f"block{i}")
             for i in range(c.depth)
@@ -102,8 +118,25 @@ class VLA(nn.Module):
         masks = [jnp.ones(p.shape[:2], bool) for p in parts]
         parts.append(self.text_embed(obs.tokens) + self.text_pos[None, : obs.tokens.shape[1]])
         masks.append(obs.text_mask)
-        parts.append(self.state_proj(obs.state)[:, None])
-        masks.append(jnp.ones((b, 1), bool))
+        if self.cfg.state_tokens:
+            ents = [self.entity_proj[str(k)](obs.state[:, a:z]) for a, z, k in self.cfg.state_tokens]
+            for j, segments in enumerate(self.cfg.state_token_words):
+                a = self.cfg.state_tokens[j][0]
+                for i, (off, names) in enumerate(segments):
+                    ids = jnp.asarray(tokenize(" ".join(names), len(names))[0])
+                    emb = self.text_embed(ids)  # [n, width]
+                    said = (obs.tokens[:, :, None] == ids).any(1).astype(emb.dtype)  # [B, n]
+                    if off < 0:
+                        hot = jnp.ones_like(said)
+                    else:
+                        # a one-hot feature normalizes to > 0 where it is 1 and < 0 elsewhere
+                        hot = (obs.state[:, a + off : a + off + len(names)] > 0).astype(emb.dtype)
+                    mentioned = (hot * said).sum(-1, keepdims=True)
+                    ents[j] = ents[j] + hot @ emb + mentioned * self.mention[i]
+            parts.append(jnp.stack(ents, axis=1) + self.entity_pos[None])
+        else:
+            parts.append(self.state_proj(obs.state)[:, None])
+        masks.append(jnp.ones((b, parts[-1].shape[1]), bool))
         return jnp.concatenate(parts, axis=1), jnp.concatenate(masks, axis=1)
 
     def embed_actions(self, x_t, t):
@@ -249,6 +282,36 @@ class PolicyModel:
 
             def vel(x, t):
                 return self.net.apply(params, obs, x, t)
+
+        return euler(vel, x1, n)
+
+    def sample_guided(
+        self, params, key, obs: Obs, obs_uncond: Obs, beta: float, num_steps: int | None = None
+    ):
+        """Classifier-free guidance (flow models): the velocity ``v_u + beta * (v_c - v_u)``
+        of the conditioned (``obs``, e.g. "advantage: positive") and unconditioned
+        (``obs_uncond``) inputs; ``beta = 1`` is plain conditioned sampling."""
+        c = self.cfg
+        if c.arch == "mlp-bc":
+            raise ValueError("guidance needs a flow policy (vla or mlp-flow), not mlp-bc")
+        n = num_steps or c.num_steps
+        b = obs.state.shape[0]
+        x1 = jax.random.normal(key, (b, c.horizon, c.action_dim))
+        if c.arch == "vla":
+            cc, mc, _ = self.net.apply(params, obs, method=VLA.encode)
+            cu, mu, _ = self.net.apply(params, obs_uncond, method=VLA.encode)
+
+            def vel(x, t):
+                vc = self.net.apply(params, cc, mc, x, t, method=VLA.velocity_cached)
+                vu = self.net.apply(params, cu, mu, x, t, method=VLA.velocity_cached)
+                return vu + beta * (vc - vu)
+
+        else:
+
+            def vel(x, t):
+                vc = self.net.apply(params, obs, x, t)
+                vu = self.net.apply(params, obs_uncond, x, t)
+                return vu + beta * (vc - vu)
 
         return euler(vel, x1, n)
 

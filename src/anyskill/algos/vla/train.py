@@ -99,7 +99,12 @@ def _config_to_json(cfg: TrainConfig) -> dict:
 
 def config_from_json(d: dict) -> TrainConfig:
     d = dict(d)
-    d["model"] = ModelConfig(**d["model"])
+    m = dict(d["model"])
+    m["state_tokens"] = tuple(tuple(t) for t in m.get("state_tokens", ()))
+    m["state_token_words"] = tuple(
+        tuple((int(off), tuple(ws)) for off, ws in tok) for tok in m.get("state_token_words", ())
+    )
+    d["model"] = ModelConfig(**m)
     d["data"] = tuple(Path(p) for p in d["data"])
     d["run_dir"] = Path(d["run_dir"]) if d.get("run_dir") else None
     for k in ("eval_split",):
@@ -159,6 +164,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         action_dim=int(np.prod(ds.info.features["action"].shape)),
         num_cameras=len(ds.info.video_keys),
     )
+    if m.arch == "vla" and m.entity_tokens and not m.state_tokens:
+        env = make_eval_env(src, m.image_size)
+        if env is not None and hasattr(env, "state_tokens"):
+            m = dataclasses.replace(
+                m, state_tokens=env.state_tokens(), state_token_words=env.state_token_words()
+            )
     if cfg.model.state_dim and cfg.model.state_dim != m.state_dim:
         raise ValueError(f"model state_dim {cfg.model.state_dim} != data's {m.state_dim}")
     cfg = dataclasses.replace(cfg, model=m)

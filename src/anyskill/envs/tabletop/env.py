@@ -273,6 +273,28 @@ class Tabletop(Env):
         obs = jnp.concatenate([p.astype(jnp.float32) for p in parts])
         return jnp.where(present_mask(self, physics), obs, 0.0)
 
+    def state_tokens(self) -> tuple[tuple[int, int, int], ...]:
+        """The observation's entities as ``(start, stop, kind)`` slices: the pusher (kind 0),
+        each object slot (kind 1), each zone in colour order (kind 2) — a transformer policy
+        reads one token per entity."""
+        n = self.num_objects
+        zones = 4 + 14 * n
+        return (
+            ((0, 4, 0),)
+            + tuple((4 + 14 * k, 18 + 14 * k, 1) for k in range(n))
+            + tuple((zones + 2 * c, zones + 2 * c + 2, 2) for c in range(len(T.COLOURS)))
+        )
+
+    def state_token_words(self) -> tuple[tuple[tuple[int, tuple[str, ...]], ...], ...]:
+        """Words naming each of :meth:`state_tokens`: an object's colour and shape one-hots
+        (features 7-10 and 11-13 of its slot), each zone's colour."""
+        obj = ((7, T.COLOURS), (11, T.SHAPES))
+        return (
+            ((),)  # the pusher
+            + tuple(obj for _ in range(self.num_objects))
+            + tuple(((-1, (c,)),) for c in T.COLOURS)
+        )
+
     def goal_state(self, physics: TabletopPhysics) -> jax.Array:
         """A state satisfying the instruction, in goal space (pusher + object positions)."""
         b = physics.bodies
