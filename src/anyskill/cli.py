@@ -10,6 +10,8 @@
     anyskill data info|validate|stats|render|merge|split|record ...   episode store
     anyskill serve [CKPT | --policy NAME] [--port P] [--max-batch N] ...   policy server
     anyskill run-robot --server ws://HOST:PORT [--task T] [--latency-ms MS] ...
+    anyskill flywheel [--env ENV] [--rounds K] [--run-dir DIR] [--resume] ...   RECAP loop
+    anyskill demo [--run-dir DIR] ...   the whole loop on the embedded default, with a report
 
 Every subcommand has ``--help``.
 """
@@ -40,6 +42,8 @@ commands:
   data        episode store (LeRobot v3.0): info, validate, stats, render, merge, split, record
   serve       serve a policy over websocket (openpi protocol), batching concurrent clients
   run-robot   run a simulated robot in real time against a policy server
+  flywheel    learn from experience (RECAP): deploy, label, correct, value, advantage, retrain
+  demo        demonstrations -> starting policy -> flywheel rounds -> report (the main job)
 
 `anyskill COMMAND --help` describes each command.
 """
@@ -616,7 +620,46 @@ def cmd_presets(args: list[str]) -> int:
     return 0
 
 
+def cmd_flywheel(args: list[str]) -> int:
+    from anyskill.flywheel.config import FlywheelConfig
+    from anyskill.flywheel.loop import NeedsLabels, run_flywheel
+
+    cfg = tyro.cli(FlywheelConfig, args=args, prog="anyskill flywheel")
+    try:
+        st = run_flywheel(cfg)
+    except NeedsLabels as e:
+        print(f"anyskill flywheel: paused: {e}", file=sys.stderr)
+        return 4
+    print(f"report: {cfg.run_dir / 'report.md'} ({st['round'] - 1} rounds done)")
+    return 0
+
+
+def cmd_demo(args: list[str]) -> int:
+    """The README's main job: resumes by itself when its run directory already exists."""
+    from anyskill.flywheel.config import FlywheelConfig
+    from anyskill.flywheel.loop import run_flywheel
+
+    default = FlywheelConfig(run_dir=Path("runs/demo"))
+    cfg = tyro.cli(
+        FlywheelConfig,
+        args=args,
+        default=default,
+        prog="anyskill demo",
+        description="Record scripted demonstrations, train a starting policy, run the RECAP "
+        "flywheel for a few rounds and write a report (runs/demo/report.md); about 15 minutes "
+        "on 2 CPU cores. Re-running continues an interrupted demo.",
+    )
+    if (cfg.run_dir / "state.json").exists() and not cfg.resume:
+        print(f"continuing the demo in {cfg.run_dir}", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, resume=True)
+    st = run_flywheel(cfg)
+    print(f"report: {cfg.run_dir / 'report.md'} ({st['round'] - 1} rounds done)")
+    return 0
+
+
 COMMANDS = {
+    "flywheel": cmd_flywheel,
+    "demo": cmd_demo,
     "train": cmd_train,
     "eval": cmd_eval,
     "render": cmd_render,

@@ -118,7 +118,18 @@ class TrainingData:
     normalizer: Normalizer
 
     @classmethod
-    def build(cls, ds: Dataset, model: ModelConfig, batch_size: int, seed: int, progress=None):
+    def build(
+        cls,
+        ds: Dataset,
+        model: ModelConfig,
+        batch_size: int,
+        seed: int,
+        progress=None,
+        normalizer: Normalizer | None = None,
+        **sampler_kw,
+    ):
+        """``sampler_kw``: extra :class:`SamplerConfig` fields (e.g. ``success=True`` for
+        filtered BC); ``normalizer``: keep a trained policy's statistics instead of the data's."""
         for k in (STATE_KEY, ACTION_KEY):
             if k not in ds.columns:
                 raise ValueError(
@@ -128,7 +139,11 @@ class TrainingData:
         sampler = Sampler(
             ds,
             SamplerConfig(
-                batch_size=batch_size, chunk=model.horizon, state_key=STATE_KEY, seed=seed
+                batch_size=batch_size,
+                chunk=model.horizon,
+                state_key=STATE_KEY,
+                seed=seed,
+                **sampler_kw,
             ),
         )
         tokens, _ = tokenize(list(ds.tasks) or [""], model.max_text_len)
@@ -137,25 +152,69 @@ class TrainingData:
             sampler,
             tokens,
             decode_cameras(ds, model.image_size, progress),
-            Normalizer.from_dataset(ds),
+            normalizer or Normalizer.from_dataset(ds),
         )
 
+    def __post_init__(self):
+        # numpy copies of the normalizer: batches are normalized on the host in one pass,
+        # not with a handful of small JAX dispatches per step
+        n = self.normalizer
+        self._np = {k: np.asarray(getattr(n, k)) for k in n.__dataclass_fields__}
+        self.indicator: np.ndarray | None = None
+        self.indicator_dropout = 0.0
+        self._rng = np.random.default_rng(self.sampler.config.seed + 1)
+        self.last_index = np.zeros(0, np.int64)
+
+    def set_indicator(self, indicator: np.ndarray, dropout: float, suffixes=None) -> None:
+        """Condition on a per-frame advantage indicator (RECAP): ``indicator`` ``[N]`` bool
+        (True: positive); each sample's instruction gets the indicator's text appended, except
+        a ``dropout`` fraction that get the plain instruction (the unconditioned policy)."""
+        from anyskill.flywheel.advantage import prompt_with_indicator
+
+        if len(indicator) != self.ds.num_frames:
+            raise ValueError(
+                f"indicator has {len(indicator)} entries, the dataset {self.ds.num_frames} frames"
+            )
+        tasks = list(self.ds.tasks) or [""]
+        L = self.task_tokens.shape[1]
+        self._tok_pos, _ = tokenize([prompt_with_indicator(t, True) for t in tasks], L)
+        self._tok_neg, _ = tokenize([prompt_with_indicator(t, False) for t in tasks], L)
+        self.indicator = np.asarray(indicator, bool)
+        self.indicator_dropout = float(dropout)
+
     def batch(self) -> Batch:
+        """The next training batch (its frame indices are kept in ``last_index``)."""
         b = self.sampler.sample()
         idx = b.index
-        tokens = self.task_tokens[np.maximum(b.task_index, 0)]
+        self.last_index = idx
+        ti = np.maximum(b.task_index, 0)
+        tokens = self.task_tokens[ti]
+        if self.indicator is not None:
+            pos = self.indicator[idx]
+            keep = self._rng.random(len(idx)) >= self.indicator_dropout
+            cond = np.where(pos[:, None], self._tok_pos[ti], self._tok_neg[ti])
+            tokens = np.where(keep[:, None], cond, tokens)
+        n = self._np
+        return Batch(
+            obs=self._obs(b.state[:, -1], idx, tokens),
+            actions=((b.action - n["action_mean"]) / n["action_std"]).astype(np.float32),
+            action_mask=b.action_mask,
+        )
+
+    def obs_at(self, idx: np.ndarray) -> Obs:
+        """Model inputs (normalized, plain instruction) of the frames ``idx``."""
+        idx = np.asarray(idx)
+        state = np.asarray(self.ds.columns[STATE_KEY][idx], np.float32).reshape(len(idx), -1)
+        ti = np.maximum(np.asarray(self.ds.columns["task_index"][idx]), 0)
+        return self._obs(state, idx, self.task_tokens[ti])
+
+    def _obs(self, state: np.ndarray, idx: np.ndarray, tokens: np.ndarray) -> Obs:
         if self.frames is None:
             images = np.zeros((len(idx), 0, 1, 1, 3), np.uint8)
         else:
             images = self.frames[idx]
-        n = self.normalizer
-        return Batch(
-            obs=Obs(
-                state=n.state(jnp.asarray(b.state[:, -1])),
-                images=jnp.asarray(images),
-                tokens=jnp.asarray(tokens),
-                text_mask=jnp.asarray(tokens != 0),
-            ),
-            actions=n.action(jnp.asarray(b.action)),
-            action_mask=jnp.asarray(b.action_mask),
+        n = self._np
+        state = np.clip((state - n["state_mean"]) / n["state_std"], -CLIP, CLIP)
+        return Obs(
+            state=state.astype(np.float32), images=images, tokens=tokens, text_mask=tokens != 0
         )

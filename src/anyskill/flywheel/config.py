@@ -1,0 +1,80 @@
+"""Configuration of the deployment flywheel (RECAP) and of ``anyskill demo``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from anyskill.algos.vla.config import ModelConfig
+from anyskill.flywheel.deploy import CorrectorConfig
+from anyskill.flywheel.value import ValueConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class FlywheelConfig:
+    """Deploy, label, correct, learn a value, retrain conditioned on advantage — K rounds."""
+
+    env: str = "tabletop-push"
+    """Tabletop task mix to deploy on (see `anyskill envs`): tabletop-reach, -push, -gather,
+    -sort, or tabletop (all families)."""
+    run_dir: Path = Path("runs/flywheel")
+    """Everything of the run: data/ (episode store), checkpoints, report.md, plots, videos."""
+    rounds: int = 3
+    """Flywheel rounds (deploy -> value -> advantages -> retrain -> evaluate)."""
+    demos: int = 150
+    """Scripted-expert demonstrations the starting policy is trained on."""
+    demo_noise: float = 0.1
+    """Action noise of the demonstrator."""
+    init_steps: int = 1500
+    """Gradient steps of the starting policy (behaviour cloning on the demonstrations)."""
+    episodes_per_round: int = 128
+    """Episodes deployed (in parallel) per round."""
+    policy_steps: int = 800
+    """Fine-tuning steps per round for RECAP and for each baseline."""
+    batch_size: int = 64
+    """Policy training batch size."""
+    lr: float = 3e-4
+    """Policy learning rate."""
+    model: ModelConfig = ModelConfig(arch="mlp-flow")
+    """Policy architecture (mlp-flow fits the 15-minute CPU demo; vla is the π0-style model)."""
+    value: ValueConfig = ValueConfig()
+    corrector: CorrectorConfig = CorrectorConfig()
+    labels: str = "predicate"
+    """predicate: success from the task's predicate; human: episodes are stored unlabelled and
+    the loop waits for `anyskill label RUN_DIR/data`."""
+    advantage_n: int = 10
+    """n of the n-step advantage."""
+    positive_fraction: float = 0.3
+    """Fraction of each task family's frames marked "advantage: positive"."""
+    indicator_dropout: float = 0.3
+    """Fraction of training samples shown without the indicator (learns the unconditioned
+    policy, needed for guidance)."""
+    beta: float = 1.0
+    """Classifier-free guidance weight at deployment (1: plain conditioning on positive)."""
+    replan_every: int = 5
+    """Actions executed per sampled chunk."""
+    eval_episodes: int = 128
+    """Evaluation episodes per policy per round (no corrector)."""
+    baselines: bool = True
+    """Also train behaviour cloning on all data and filtered BC (successes only), same data."""
+    videos: bool = True
+    """Write rollout videos of the starting and final policies into the report."""
+    seed: int = 0
+    """Seed of everything (demonstrations, initialisation, deployment)."""
+    resume: bool = False
+    """Continue the run in --run-dir at the phase it was in."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self):
+        if self.labels not in ("predicate", "human"):
+            raise ValueError(f"labels must be 'predicate' or 'human', got {self.labels!r}")
+        if self.rounds < 1 or self.episodes_per_round < 1:
+            raise ValueError("rounds and episodes_per_round must be >= 1")
+        if not 0 < self.positive_fraction < 1:
+            raise ValueError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
+        if self.model.arch == "mlp-bc":
+            raise ValueError(
+                "the flywheel needs a flow policy (--model.arch vla or mlp-flow): guidance "
+                "combines conditioned and unconditioned velocities"
+            )

@@ -1,0 +1,500 @@
+"""The deployment flywheel (π*0.6's RECAP) on the built-in tabletop tasks.
+
+Set-up (once): record scripted demonstrations into ``RUN/data`` and train the starting policy
+(``RUN/start``, an ordinary ``anyskill train policy`` run). Then each round:
+
+1. **collect** — deploy the current RECAP policy (round 1: the starting policy) on
+   ``episodes_per_round`` envs with a corrector on call; every episode goes into the episode
+   store with ``source="autonomous"`` (or ``"corrected"`` when the corrector intervened),
+   ``policy_version="recap-r{k}"``, per-frame
+   ``intervention`` and the predicate's success label (or none, for ``--labels human``);
+2. **label** — with human labels, wait until ``anyskill label RUN/data`` has labelled them;
+3. **value** — train the distributional value function on everything collected so far
+   (pretrained in round 1, fine-tuned after);
+4. **advantage** — n-step advantages of every frame, a per-family threshold marking the best
+   ``positive_fraction`` positive, corrected frames positive;
+5. **policy** — fine-tune RECAP on all data with the indicator in the prompt (dropped 30 % of
+   the time); the baselines (behaviour cloning on all data, filtered BC on successful
+   episodes) are fine-tuned from their previous round on the same data;
+6. **evaluate** — every policy without a corrector: success, failure rate, time to success,
+   throughput (successes per hour of robot time); the value function's early failure
+   detection on this round's rollouts;
+7. **report** — ``RUN/report.md`` with the tables, plots and videos so far.
+
+``RUN/state.json`` records the last finished phase; a killed run restarts (``--resume``) at
+the phase it was in, and every phase's outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from anyskill import checkpoint
+from anyskill.algos.vla.config import TrainConfig
+from anyskill.algos.vla.data import TrainingData
+from anyskill.algos.vla.evaluate import make_rollout
+from anyskill.algos.vla.model import Obs, PolicyModel
+from anyskill.algos.vla.train import TrainState, load_run, make_optimizer, make_train_step
+from anyskill.data.reader import Dataset
+from anyskill.data.writer import EpisodeWriter
+from anyskill.envs.tabletop import tasks as T
+from anyskill.flywheel import advantage as A
+from anyskill.flywheel.config import FlywheelConfig
+from anyskill.flywheel.deploy import make_deployer
+from anyskill.flywheel.value import ValueFunction
+from anyskill.nets.transformer import tokenize
+
+PHASES = ("collect", "label", "value", "advantage", "policy", "evaluate", "report")
+POLICIES = ("recap", "bc", "filtered")
+#: how each method is named in reports
+LABELS = {
+    "start": "starting policy",
+    "recap": "RECAP",
+    "bc": "BC (all data)",
+    "filtered": "filtered BC",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[flywheel {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class NeedsLabels(RuntimeError):
+    """Raised when ``--labels human`` episodes are waiting for ``anyskill label``."""
+
+
+# ---- chunk functions -------------------------------------------------------------------------
+
+
+def suffix_length(max_text_len: int) -> int:
+    """Words the "advantage: positive" indicator adds to a prompt."""
+    plain, _ = tokenize("x", max_text_len)
+    cond, _ = tokenize(A.prompt_with_indicator("x", True), max_text_len)
+    return int((cond != 0).sum() - (plain != 0).sum())
+
+
+def strip_suffix(tokens: jax.Array, k: int) -> jax.Array:
+    """Drop the last ``k`` words of right-padded prompts (the indicator)."""
+    n = (tokens != 0).sum(-1, keepdims=True)
+    pos = jnp.arange(tokens.shape[-1])[None]
+    return jnp.where(pos < n - k, tokens, 0)
+
+
+def chunk_fn(model: PolicyModel, normalizer, beta: float = 1.0, conditioned: bool = False):
+    """``fn(params, key, obs) -> [B, H, A]`` env-unit chunks. ``conditioned``: the prompts carry
+    the positive indicator; ``beta != 1`` applies classifier-free guidance against the same
+    prompt without it."""
+    k = suffix_length(model.cfg.max_text_len)
+
+    def fn(params, key, obs: Obs):
+        obs = obs.replace(state=normalizer.state(obs.state))
+        if conditioned and beta != 1.0:
+            plain = strip_suffix(obs.tokens, k)
+            unc = obs.replace(tokens=plain, text_mask=plain != 0)
+            a = model.sample_guided(params, key, obs, unc, beta)
+        else:
+            a = model.sample(params, key, obs)
+        return normalizer.unaction(a)
+
+    return fn
+
+
+def selection_chunk_fn(model, normalizer, vf: ValueFunction, n: int, beta=1.0, conditioned=False):
+    """Test-time compute: sample ``n`` chunks per observation and execute the one the value
+    function ranks highest (``Q(s, chunk)``). ``params`` is ``(policy_params, value_params)``."""
+    base = chunk_fn(model, normalizer, beta, conditioned)
+    k = suffix_length(model.cfg.max_text_len)
+
+    def fn(params, key, obs: Obs):
+        pol, val = params
+        b = obs.state.shape[0]
+        tiled = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), obs)
+        chunks = base(pol, key, tiled)  # [B*n, H, A]
+        plain = strip_suffix(tiled.tokens, k) if conditioned else tiled.tokens
+        vobs = tiled.replace(state=normalizer.state(tiled.state), tokens=plain, text_mask=plain != 0)
+        q = vf.expected(val, vobs, normalizer.action(chunks)).reshape(b, n)
+        best = jnp.argmax(q, axis=1)
+        return chunks.reshape(b, n, *chunks.shape[1:])[jnp.arange(b), best]
+
+    return fn
+
+
+# ---- evaluation metrics ----------------------------------------------------------------------
+
+
+def outcome_metrics(success: np.ndarray, steps: np.ndarray, control_hz: float) -> dict:
+    """Success and failure rate, mean time to success (s), throughput (successes per hour of
+    robot time: episodes end at success, failures run to the time limit)."""
+    success = np.asarray(success, bool)
+    robot_hours = float(np.sum(steps)) / control_hz / 3600.0
+    return {
+        "success": float(success.mean()),
+        "failure": float(1.0 - success.mean()),
+        "time_to_success_s": float(steps[success].mean() / control_hz) if success.any() else None,
+        "throughput_per_h": float(success.sum() / max(robot_hours, 1e-9)),
+        "episodes": int(len(success)),
+    }
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Flywheel:
+    cfg: FlywheelConfig
+
+    def __post_init__(self):
+        self.dir = Path(self.cfg.run_dir)
+        self.data_dir = self.dir / "data"
+        self.state_path = self.dir / "state.json"
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def load_state(self) -> dict:
+        if self.state_path.exists():
+            return json.loads(self.state_path.read_text())
+        return {"round": 1, "done": [], "rows": [], "detection": []}
+
+    def save_state(self, st: dict) -> None:
+        checkpoint.atomic_write_bytes(self.state_path, json.dumps(st, indent=1).encode())
+
+    def _params_path(self, name: str) -> Path:
+        return self.dir / "policies" / f"{name}.msgpack"
+
+    def _save_params(self, name: str, params, rnd: int) -> None:
+        checkpoint.save(self._params_path(name), params, {"round": rnd})
+
+    def _load_params(self, name: str, template):
+        return checkpoint.load(self._params_path(name), template)
+
+    # -- set-up ----------------------------------------------------------------------------
+    def setup(self) -> None:
+        from anyskill.algos.vla.train import train
+        from anyskill.data.record import record_expert
+
+        c = self.cfg
+        have = Dataset.open(self.data_dir).num_episodes if (self.data_dir / "meta").exists() else 0
+        if have < c.demos:
+            log(f"recording {c.demos - have} scripted demonstrations of {c.env} ...")
+            record_expert(
+                self.data_dir,
+                c.env,
+                episodes=c.demos - have,
+                noise=c.demo_noise,
+                seed=c.seed,
+                progress=None,
+            )
+        start = self.dir / "start"
+        ckpt = start / "checkpoint.msgpack"
+        done = ckpt.exists() and checkpoint.load_meta(ckpt).get("step", 0) >= c.init_steps
+        if not done:
+            log(f"training the starting policy ({c.model.arch}, {c.init_steps} steps) ...")
+            train(
+                TrainConfig(
+                    data=(self.data_dir,),
+                    model=c.model,
+                    run_dir=start,
+                    steps=c.init_steps,
+                    batch_size=c.batch_size,
+                    lr=c.lr,
+                    replan_every=c.replan_every,
+                    eval_every=0,
+                    eval_episodes=16,
+                    eval_split=("train",),
+                    seed=c.seed,
+                    resume=ckpt.exists(),
+                    progress=c.progress,
+                )
+            )
+        _, self.model, self.normalizer, self.start_params, _ = load_run(start)
+        self.mcfg = self.model.cfg
+        self.vf = ValueFunction(self.mcfg, c.value)
+        from anyskill import envs
+
+        self.env = envs.make(c.env, image_size=self.mcfg.image_size)
+        self.horizon = int(self.env.episode_length)
+
+    # -- pieces ----------------------------------------------------------------------------
+    def policy_params(self, name: str):
+        if self._params_path(name).exists():
+            return self._load_params(name, self.start_params)[0]
+        return self.start_params
+
+    def deployer(self, conditioned: bool, num_envs: int, corrector, record_images=0):
+        c = self.cfg
+        suffix = ", " + A.INDICATOR_TEXT[True] if conditioned else ""
+        fn = chunk_fn(self.model, self.normalizer, c.beta, conditioned)
+
+        def value_fn(vp, obs):
+            return self.vf.expected(vp, obs.replace(state=self.normalizer.state(obs.state)))
+
+        return make_deployer(
+            self.env,
+            fn,
+            num_envs,
+            c.replan_every,
+            self.mcfg.image_size,
+            self.mcfg.num_cameras,
+            self.mcfg.max_text_len,
+            prompt_suffix=suffix,
+            corrector=corrector,
+            value_fn=value_fn,
+            record_images=record_images,
+        )
+
+    def training_data(self, seed: int, **sampler_kw) -> TrainingData:
+        ds = Dataset.open(self.data_dir)
+        return TrainingData.build(
+            ds, self.mcfg, self.cfg.batch_size, seed, normalizer=self.normalizer, **sampler_kw
+        )
+
+    def fit(self, params, data: TrainingData, steps: int, seed: int, desc: str):
+        """Fine-tune ``params`` for ``steps`` steps (AdamW, warmup + cosine, EMA 0.99)."""
+        from tqdm.auto import tqdm
+
+        tcfg = TrainConfig(steps=steps, lr=self.cfg.lr, warmup_steps=min(100, steps // 5 + 1))
+        opt = make_optimizer(tcfg)
+        step_fn = make_train_step(self.model, opt, 0.99)
+        ts = TrainState(params, params, opt.init(params), jnp.int32(0), jax.random.PRNGKey(seed))
+        for _ in tqdm(range(steps), desc=desc, disable=not self.cfg.progress, leave=False):
+            ts, _ = step_fn(ts, data.batch())
+        return ts.ema
+
+    def predict_values(self, value_params, data: TrainingData, chunk: int = 1024) -> np.ndarray:
+        n = data.ds.num_frames
+        fn = jax.jit(lambda p, o: self.vf.expected(p, o))
+        out = np.zeros(n, np.float32)
+        for s in range(0, n, chunk):
+            idx = np.arange(s, min(n, s + chunk))
+            pad = chunk - len(idx)
+            obs = data.obs_at(np.concatenate([idx, np.full(pad, idx[-1])]))
+            out[idx] = np.asarray(fn(value_params, obs))[: len(idx)]
+        return out
+
+    def family_ids(self, ds: Dataset) -> np.ndarray:
+        """Per-frame task family (the advantage threshold is per family)."""
+        rows, _ = T.task_table(T.FAMILIES, "all")
+        fam_of_text = {T.instruction(r): int(r[T.FAMILY]) for r in rows}
+        fam_of_task = np.array([fam_of_text.get(t, -1) for t in ds.tasks] or [0])
+        return fam_of_task[np.maximum(np.asarray(ds.columns["task_index"]), 0)]
+
+    # -- phases ----------------------------------------------------------------------------
+    def collect(self, rnd: int) -> None:
+        c = self.cfg
+        tag = f"recap-r{rnd - 1}"
+        ds = Dataset.open(self.data_dir)
+        have = int(np.sum(ds.episodes.policy_version == tag))
+        if have >= c.episodes_per_round:
+            return
+        name = "recap" if rnd > 1 else "start"
+        params = self.policy_params("recap") if rnd > 1 else self.start_params
+        vp = self._value_params() if self.cfg.corrector.trigger == "value" else None
+        log(f"round {rnd}: deploying the {LABELS[name]} on {c.episodes_per_round} episodes ...")
+        deploy = self.deployer(rnd > 1, c.episodes_per_round, c.corrector)
+        ep = deploy(params, jax.random.fold_in(jax.random.key(c.seed), 1000 + rnd), vp)
+        writer = EpisodeWriter.open(self.data_dir)
+        human = c.labels == "human"
+        for i in range(have, c.episodes_per_round):
+            t = int(ep.length[i])
+            writer.add_episode(
+                {
+                    "observation.state": ep.state[i, :t],
+                    "observation.goal": ep.goal[i, :t],
+                    "action": ep.action[i, :t],
+                },
+                task=ep.task[i],
+                intervention=ep.intervention[i, :t],
+                success=None if human else bool(ep.success[i]),
+                source="corrected" if ep.intervention[i, :t].any() else "autonomous",
+                policy_version=tag,
+                episode_info={"round": rnd, "corrected": bool(ep.intervention[i, :t].any())},
+            )
+
+    def _value_params(self):
+        p = self.dir / "value.msgpack"
+        if not p.exists():
+            return None
+        return checkpoint.load(p, self.vf.init(jax.random.key(0)))[0]
+
+    def train_value(self, rnd: int) -> None:
+        c = self.cfg
+        ds = Dataset.open(self.data_dir)
+        targets = self.value_targets(ds)
+        prev = self._value_params()
+        if prev is None:
+            params = self.vf.init(jax.random.key(c.seed + 7), self.start_params)
+            steps = c.value.steps
+        else:
+            params, steps = prev, c.value.finetune_steps
+        log(f"round {rnd}: training the value function ({steps} steps, {ds.num_frames} frames)")
+        data = self.training_data(c.seed + 100 * rnd)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="value", disable=not c.progress, leave=False)
+        params, losses = self.vf.train(params, data, targets, steps, c.seed + rnd, bar.update)
+        bar.close()
+        checkpoint.save(
+            self.dir / "value.msgpack", params, {"round": rnd, "loss": float(losses[-50:].mean())}
+        )
+
+    def value_targets(self, ds: Dataset) -> np.ndarray:
+        ep = ds.episodes
+        unknown = np.flatnonzero(ep.success < 0)
+        if len(unknown):
+            raise NeedsLabels(
+                f"{len(unknown)} episodes of {self.data_dir} have no success label; run "
+                f"`anyskill label {self.data_dir}` and then resume with --resume"
+            )
+        return A.value_targets(ep.start, ep.stop, ep.success, self.horizon)
+
+    def compute_advantages(self, rnd: int) -> None:
+        c = self.cfg
+        ds = Dataset.open(self.data_dir)
+        ep = ds.episodes
+        data = self.training_data(c.seed)
+        values = self.predict_values(self._value_params(), data)
+        adv = A.nstep_advantages(values, ep.start, ep.stop, ep.success, self.horizon, c.advantage_n)
+        fam = self.family_ids(ds)
+        thr = A.positive_threshold(adv, fam, c.positive_fraction)
+        iv = np.asarray(ds.columns["intervention"], bool)
+        ind = A.indicator(adv, fam, thr, iv)
+        path = self.dir / f"advantage-r{rnd}.npz"
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, values=values, advantages=adv, indicator=ind, family=fam)
+        tmp.replace(path)
+
+    def train_policies(self, rnd: int) -> None:
+        c = self.cfg
+        adv = np.load(self.dir / f"advantage-r{rnd}.npz")
+        names = POLICIES if c.baselines else ("recap",)
+        for i, name in enumerate(names):
+            p = self._params_path(name)
+            if p.exists() and checkpoint.load_meta(p).get("round") == rnd:
+                continue
+            seed = c.seed + 10 * rnd + i
+            if name == "filtered":
+                data = self.training_data(seed, success=True)
+            else:
+                data = self.training_data(seed)
+            if name == "recap":
+                data.set_indicator(adv["indicator"], c.indicator_dropout)
+            log(f"round {rnd}: fine-tuning {LABELS[name]} ({c.policy_steps} steps)")
+            params = self.fit(self.policy_params(name), data, c.policy_steps, seed, name)
+            self._save_params(name, params, rnd)
+
+    def evaluate(self, rnd: int, st: dict) -> None:
+        c = self.cfg
+        hz = float(self.env.control_hz)
+        rows = []
+
+        def run(name, params, conditioned):
+            roll = make_rollout(
+                self.env,
+                chunk_fn(self.model, self.normalizer, c.beta, conditioned),
+                c.eval_episodes,
+                c.replan_every,
+                self.mcfg.image_size,
+                self.mcfg.num_cameras,
+                self.mcfg.max_text_len,
+                ", " + A.INDICATOR_TEXT[True] if conditioned else "",
+            )
+            key = jax.random.fold_in(jax.random.key(c.seed), 5000 + rnd)
+            success, _, steps = (np.asarray(x) for x in roll(params, key))
+            return {"round": rnd, "method": name, **outcome_metrics(success, steps, hz)}
+
+        if rnd == 1 and not any(r["method"] == "start" for r in st["rows"]):
+            rows.append({**run("start", self.start_params, False), "round": 0})
+        names = POLICIES if c.baselines else ("recap",)
+        for name in names:
+            rows.append(run(name, self.policy_params(name), name == "recap"))
+        ds = Dataset.open(self.data_dir)
+        ep = ds.episodes
+        tag = ep.policy_version == f"recap-r{rnd - 1}"
+        frames = np.asarray(ds.columns["intervention"], bool)
+        mask = np.zeros(ds.num_frames, bool)
+        for s, t in zip(ep.start[tag], ep.stop[tag], strict=True):
+            mask[s:t] = True
+        collect = {
+            "round": rnd,
+            "method": "deployment" if rnd > 1 else "deployment (start)",
+            "intervention_rate": float(frames[mask].mean()) if mask.any() else 0.0,
+            "corrected_episodes": float(np.mean([frames[s:t].any() for s, t in zip(ep.start[tag], ep.stop[tag], strict=True)])),
+            **outcome_metrics(ep.success[tag] > 0, ep.length[tag], hz),
+        }
+        rows.append(collect)
+        adv = np.load(self.dir / f"advantage-r{rnd}.npz")
+        per_ep = [adv["values"][s:t] for s, t in zip(ep.start[tag], ep.stop[tag], strict=True)]
+        uncorrected = [not frames[s:t].any() for s, t in zip(ep.start[tag], ep.stop[tag], strict=True)]
+        sel = np.array(uncorrected)
+        det = A.sweep_failure_detection(
+            [v for v, u in zip(per_ep, sel, strict=True) if u], ep.success[tag][sel] > 0
+        )
+        st["rows"].extend(rows)
+        st["detection"].append({"round": rnd, "rows": det})
+        for r in rows:
+            if "success" in r:
+                log(
+                    f"round {r['round']} {r['method']:<20} success {r['success']:.2f} "
+                    f"throughput {r['throughput_per_h']:.0f}/h"
+                )
+
+    # -- driver ----------------------------------------------------------------------------
+    def run(self) -> dict:
+        c = self.cfg
+        if self.state_path.exists() and not c.resume:
+            raise ValueError(
+                f"{self.dir} already holds a flywheel run; pass --resume to continue it or "
+                "choose another --run-dir (nothing was overwritten)"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_bytes(
+            self.dir / "config.json", json.dumps(_jsonable(dataclasses.asdict(c)), indent=1).encode()
+        )
+        self.setup()
+        st = self.load_state()
+        while st["round"] <= c.rounds:
+            rnd = st["round"]
+            for phase in PHASES:
+                if phase in st["done"]:
+                    continue
+                if phase == "collect":
+                    self.collect(rnd)
+                elif phase == "label":
+                    self.value_targets(Dataset.open(self.data_dir))
+                elif phase == "value":
+                    self.train_value(rnd)
+                elif phase == "advantage":
+                    self.compute_advantages(rnd)
+                elif phase == "policy":
+                    self.train_policies(rnd)
+                elif phase == "evaluate":
+                    self.evaluate(rnd, st)
+                elif phase == "report":
+                    from anyskill.flywheel.report import write_report
+
+                    write_report(self, st)
+                st["done"].append(phase)
+                self.save_state(st)
+            st = {**st, "round": rnd + 1, "done": []}
+            self.save_state(st)
+        return st
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def run_flywheel(cfg: FlywheelConfig) -> dict:
+    return Flywheel(cfg).run()

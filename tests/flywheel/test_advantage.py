@@ -1,0 +1,94 @@
+"""RECAP's math against hand-worked numbers: value targets, n-step advantages, thresholds,
+the indicator (corrections positive, dropout), failure detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anyskill.flywheel import advantage as A
+
+# one successful episode of 4 frames [0, 4) and one failed episode of 3 frames [4, 7)
+START, STOP, SUCCESS, HORIZON = np.array([0, 4]), np.array([4, 7]), np.array([1, 0]), 10
+
+
+def test_value_targets_success_and_failure():
+    v = A.value_targets(START, STOP, SUCCESS, HORIZON)
+    # success: -(T - t)/horizon with T = 4: 4, 3, 2, 1 steps to go; failure: -1 throughout
+    np.testing.assert_allclose(v, [-0.4, -0.3, -0.2, -0.1, -1, -1, -1], atol=1e-6)
+
+
+def test_value_targets_need_labels():
+    with pytest.raises(ValueError, match="episodes \\[1\\].*label"):
+        A.value_targets(START, STOP, np.array([1, -1]), HORIZON)
+
+
+def test_nstep_advantages_hand_worked():
+    values = np.array([-0.5, -0.3, -0.25, -0.1, -0.8, -0.9, -0.95])
+    adv = A.nstep_advantages(values, START, STOP, SUCCESS, HORIZON, n=2)
+    # success episode (terminal value 0), r = -0.1 per step:
+    #   t=0: -0.2 + V(2) - V(0) = -0.2 - 0.25 + 0.5 = 0.05
+    #   t=1: -0.2 + V(3) - V(1) = -0.2 - 0.1 + 0.3 = 0.0
+    #   t=2: reaches the end: -0.2 + 0 - (-0.25) = 0.05
+    #   t=3: one step left: -0.1 + 0 - (-0.1) = 0.0
+    # failure episode (terminal value -1):
+    #   t=4: -0.2 + V(6) - V(4) = -0.2 - 0.95 + 0.8 = -0.35
+    #   t=5: -0.2 - 1 + 0.9 = -0.3
+    #   t=6: -0.1 - 1 + 0.95 = -0.15
+    np.testing.assert_allclose(adv, [0.05, 0.0, 0.05, 0.0, -0.35, -0.3, -0.15], atol=1e-6)
+
+
+def test_perfect_values_give_zero_advantage_on_success():
+    v = A.value_targets(START, STOP, SUCCESS, HORIZON)
+    adv = A.nstep_advantages(v, START, STOP, SUCCESS, HORIZON, n=3)
+    np.testing.assert_allclose(adv[:4], 0.0, atol=1e-6)
+    assert (adv[4:] < 0).all()
+
+
+def test_threshold_gives_the_requested_positive_fraction_per_task():
+    rng = np.random.default_rng(0)
+    adv = np.concatenate([rng.normal(0, 1, 1000), rng.normal(5, 0.01, 3000)])
+    task = np.concatenate([np.zeros(1000, int), np.ones(3000, int)])
+    thr = A.positive_threshold(adv, task, 0.3)
+    pos = A.indicator(adv, task, thr)
+    assert pos[task == 0].mean() == pytest.approx(0.3, abs=0.002)
+    assert pos[task == 1].mean() == pytest.approx(0.3, abs=0.002)
+
+
+def test_corrected_frames_are_positive():
+    adv = np.array([-5.0, -5.0, 1.0, 0.0])
+    task = np.zeros(4, int)
+    iv = np.array([True, False, False, False])
+    pos = A.indicator(adv, task, {0: 0.5}, iv)
+    np.testing.assert_array_equal(pos, [True, False, True, False])
+
+
+def test_indicator_dropout_rate():
+    drop = A.drop_indicator(np.random.default_rng(1), 20_000, 0.3)
+    # binomial std at n = 20000: 0.0032; 4 sigma
+    assert abs(drop.mean() - 0.3) < 0.013
+
+
+def test_prompt_with_indicator():
+    assert A.prompt_with_indicator("go", None) == "go"
+    assert A.prompt_with_indicator("go", True) == "go, advantage: positive"
+    assert A.prompt_with_indicator("go", False) == "go, advantage: negative"
+
+
+def test_bins_round_trip():
+    c = A.bin_centers()
+    assert c[0] == -1 and c[-1] == 0 and len(c) == A.NUM_BINS
+    np.testing.assert_array_equal(A.to_bins(c), np.arange(A.NUM_BINS))
+    assert A.to_bins([-2.0, 0.5])[0] == 0 and A.to_bins([0.5])[0] == A.NUM_BINS - 1
+
+
+def test_failure_detection_precision_recall_lead():
+    values = [
+        np.array([-0.5, -0.6, -0.95, -0.99]),  # failure, flagged at t=2: lead 2
+        np.array([-0.5, -0.4, -0.3]),  # success, not flagged
+        np.array([-0.5, -0.92, -0.3]),  # success, flagged (false alarm)
+        np.array([-0.5, -0.5, -0.5, -0.5, -0.5]),  # failure, missed
+    ]
+    d = A.failure_detection(values, np.array([0, 1, 1, 0], bool), threshold=-0.9)
+    assert d["precision"] == 0.5 and d["recall"] == 0.5
+    assert d["mean_lead_steps"] == 2 and d["flagged"] == 2

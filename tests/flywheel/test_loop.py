@@ -1,0 +1,92 @@
+"""The flywheel's driver: chunk helpers, metrics, resume after a kill, one improving round."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anyskill.algos.vla.config import ModelConfig
+from anyskill.data.reader import Dataset
+from anyskill.flywheel import loop
+from anyskill.flywheel.config import FlywheelConfig
+from anyskill.flywheel.deploy import CorrectorConfig
+from anyskill.flywheel.value import ValueConfig
+from anyskill.nets.transformer import tokenize
+
+
+def test_strip_suffix_removes_the_indicator_words():
+    k = loop.suffix_length(16)
+    assert k == 2  # "advantage", "positive"
+    plain, _ = tokenize(["push the red block", "go"], 16)
+    cond, _ = tokenize(["push the red block, advantage: positive", "go, advantage: positive"], 16)
+    np.testing.assert_array_equal(np.asarray(loop.strip_suffix(jnp.asarray(cond), k)), plain)
+
+
+def test_outcome_metrics_hand_worked():
+    m = loop.outcome_metrics(np.array([1, 0, 1, 0]), np.array([10, 40, 30, 40]), control_hz=10.0)
+    assert m["success"] == 0.5 and m["failure"] == 0.5
+    assert m["time_to_success_s"] == pytest.approx(2.0)  # (10 + 30) / 2 steps at 10 Hz
+    # 2 successes in 120 steps = 12 s of robot time
+    assert m["throughput_per_h"] == pytest.approx(2 / (12 / 3600))
+
+
+def tiny(tmp_path, **kw) -> FlywheelConfig:
+    base = dict(
+        env="tabletop-reach",
+        run_dir=tmp_path / "fw",
+        rounds=1,
+        demos=24,
+        init_steps=60,
+        episodes_per_round=16,
+        policy_steps=30,
+        batch_size=32,
+        model=ModelConfig(arch="mlp-flow", mlp_width=64, depth=2, width=32, horizon=5),
+        value=ValueConfig(steps=30, finetune_steps=10, batch_size=32, hidden=32),
+        corrector=CorrectorConfig(fraction=1.0, stall_window=10),
+        eval_episodes=8,
+        videos=False,
+        progress=False,
+    )
+    base.update(kw)
+    return FlywheelConfig(**base)
+
+
+def test_resume_after_a_kill_mid_round(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path)
+    real = loop.Flywheel.train_policies
+    calls = {"n": 0}
+
+    def killed(self, rnd):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt("killed while training the policies")
+        return real(self, rnd)
+
+    monkeypatch.setattr(loop.Flywheel, "train_policies", killed)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_flywheel(cfg)
+    st = json.loads((cfg.run_dir / "state.json").read_text())
+    assert st["round"] == 1 and st["done"] == ["collect", "label", "value", "advantage"]
+    with pytest.raises(ValueError, match="--resume"):
+        loop.run_flywheel(cfg)  # refuses to overwrite
+    out = loop.run_flywheel(dataclasses.replace(cfg, resume=True))
+    assert out["round"] == 2 and out["done"] == []
+    ds = Dataset.open(cfg.run_dir / "data")
+    # the demonstrations plus exactly one round of rollouts: nothing collected twice
+    assert int((ds.episodes.policy_version == "recap-r0").sum()) == cfg.episodes_per_round
+    assert set(ds.episodes.source[ds.episodes.policy_version == "recap-r0"]) <= {
+        "autonomous",
+        "corrected",
+    }
+    assert int((ds.episodes.source == "demonstration").sum()) == cfg.demos
+    assert (cfg.run_dir / "report.md").exists()
+    methods = {(r["round"], r["method"]) for r in out["rows"]}
+    assert {(0, "start"), (1, "recap"), (1, "bc"), (1, "filtered")} <= methods
+    # corrections were recorded as such and are marked positive
+    adv = np.load(cfg.run_dir / "advantage-r1.npz")
+    iv = np.asarray(ds.columns["intervention"], bool)
+    assert iv.any() and adv["indicator"][iv].all()
