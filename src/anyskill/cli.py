@@ -12,6 +12,7 @@
     anyskill run-robot --server ws://HOST:PORT [--task T] [--latency-ms MS] ...
     anyskill flywheel [--env ENV] [--rounds K] [--run-dir DIR] [--resume] ...   RECAP loop
     anyskill demo [--run-dir DIR] ...   the whole loop on the embedded default, with a report
+    anyskill label DATASET [--all-episodes]   label episodes success/failure by hand
 
 Every subcommand has ``--help``.
 """
@@ -44,6 +45,7 @@ commands:
   run-robot   run a simulated robot in real time against a policy server
   flywheel    learn from experience (RECAP): deploy, label, correct, value, advantage, retrain
   demo        demonstrations -> starting policy -> flywheel rounds -> report (the main job)
+  label       label a dataset's episodes as success or failure, watching each one's video
 
 `anyskill COMMAND --help` describes each command.
 """
@@ -657,7 +659,16 @@ def cmd_demo(args: list[str]) -> int:
     return 0
 
 
+def cmd_label(args: list[str]) -> int:
+    from anyskill.flywheel.label import LabelConfig, label_episodes
+
+    cfg = tyro.cli(LabelConfig, args=args, prog="anyskill label")
+    print(json.dumps(label_episodes(cfg)))
+    return 0
+
+
 COMMANDS = {
+    "label": cmd_label,
     "flywheel": cmd_flywheel,
     "demo": cmd_demo,
     "train": cmd_train,

@@ -111,11 +111,13 @@ def record_expert(
         return jax.vmap(one)(keys)
 
     first = writer.total_episodes
+    batch = max(1, min(batch, episodes))
     done = 0
     wins = 0
     while done < episodes:
         n = min(batch, episodes - done)
-        keys = _episode_keys(seed, first + done, n)
+        # always a full batch (one compilation); episodes past n are dropped
+        keys = _episode_keys(seed, first + done, batch)
         obs, goal, act, img, length, success, s0 = jax.device_get(rollout(keys))
         texts = env.instruction(s0)
         texts = [texts] if isinstance(texts, str) else texts

@@ -154,6 +154,7 @@ class Flywheel:
         self.dir = Path(self.cfg.run_dir)
         self.data_dir = self.dir / "data"
         self.state_path = self.dir / "state.json"
+        self._compiled: dict = {}
 
     # -- bookkeeping -----------------------------------------------------------------------
     def load_state(self) -> dict:
@@ -227,6 +228,31 @@ class Flywheel:
         return self.start_params
 
     def deployer(self, conditioned: bool, num_envs: int, corrector, record_images=0):
+        """A deployment function, built (and compiled) once per configuration per process."""
+        key = ("deploy", conditioned, num_envs, corrector, record_images)
+        if key not in self._compiled:
+            self._compiled[key] = self._make_deployer(conditioned, num_envs, corrector, record_images)
+        return self._compiled[key]
+
+    def rollout(self, conditioned: bool):
+        """The evaluation rollout (no corrector), compiled once per process and reused for
+        every policy with the same prompt format."""
+        c = self.cfg
+        key = ("eval", conditioned)
+        if key not in self._compiled:
+            self._compiled[key] = make_rollout(
+                self.env,
+                chunk_fn(self.model, self.normalizer, c.beta, conditioned),
+                c.eval_episodes,
+                c.replan_every,
+                self.mcfg.image_size,
+                self.mcfg.num_cameras,
+                self.mcfg.max_text_len,
+                ", " + A.INDICATOR_TEXT[True] if conditioned else "",
+            )
+        return self._compiled[key]
+
+    def _make_deployer(self, conditioned: bool, num_envs: int, corrector, record_images=0):
         c = self.cfg
         suffix = ", " + A.INDICATOR_TEXT[True] if conditioned else ""
         fn = chunk_fn(self.model, self.normalizer, c.beta, conditioned)
@@ -258,9 +284,11 @@ class Flywheel:
         """Fine-tune ``params`` for ``steps`` steps (AdamW, warmup + cosine, EMA 0.99)."""
         from tqdm.auto import tqdm
 
-        tcfg = TrainConfig(steps=steps, lr=self.cfg.lr, warmup_steps=min(100, steps // 5 + 1))
-        opt = make_optimizer(tcfg)
-        step_fn = make_train_step(self.model, opt, 0.99)
+        if ("fit", steps) not in self._compiled:
+            tcfg = TrainConfig(steps=steps, lr=self.cfg.lr, warmup_steps=min(100, steps // 5 + 1))
+            opt = make_optimizer(tcfg)
+            self._compiled[("fit", steps)] = opt, make_train_step(self.model, opt, 0.99)
+        opt, step_fn = self._compiled[("fit", steps)]
         ts = TrainState(params, params, opt.init(params), jnp.int32(0), jax.random.PRNGKey(seed))
         for _ in tqdm(range(steps), desc=desc, disable=not self.cfg.progress, leave=False):
             ts, _ = step_fn(ts, data.batch())
@@ -268,7 +296,9 @@ class Flywheel:
 
     def predict_values(self, value_params, data: TrainingData, chunk: int = 1024) -> np.ndarray:
         n = data.ds.num_frames
-        fn = jax.jit(lambda p, o: self.vf.expected(p, o))
+        if "values" not in self._compiled:
+            self._compiled["values"] = jax.jit(lambda p, o: self.vf.expected(p, o))
+        fn = self._compiled["values"]
         out = np.zeros(n, np.float32)
         for s in range(0, n, chunk):
             idx = np.arange(s, min(n, s + chunk))
@@ -394,16 +424,7 @@ class Flywheel:
         rows = []
 
         def run(name, params, conditioned):
-            roll = make_rollout(
-                self.env,
-                chunk_fn(self.model, self.normalizer, c.beta, conditioned),
-                c.eval_episodes,
-                c.replan_every,
-                self.mcfg.image_size,
-                self.mcfg.num_cameras,
-                self.mcfg.max_text_len,
-                ", " + A.INDICATOR_TEXT[True] if conditioned else "",
-            )
+            roll = self.rollout(conditioned)
             key = jax.random.fold_in(jax.random.key(c.seed), 5000 + rnd)
             success, _, steps = (np.asarray(x) for x in roll(params, key))
             return {"round": rnd, "method": name, **outcome_metrics(success, steps, hz)}

@@ -96,6 +96,10 @@ def graft(dst, src):
     return dst
 
 
+#: compiled train steps per ValueFunction (a frozen dataclass, so hashable by its configs)
+_train_steps: dict = {}
+
+
 @dataclasses.dataclass(frozen=True)
 class ValueFunction:
     """``init``, ``train`` and ``predict`` of a :class:`ValueNet` for one policy config."""
@@ -155,7 +159,7 @@ class ValueFunction:
         """Fit ``params`` to per-frame value ``targets`` ``[N]`` for ``steps`` steps on batches
         of ``data`` (a :class:`~anyskill.algos.vla.data.TrainingData`). Returns
         ``(params, losses)``."""
-        opt, step = self.make_train_step()
+        opt, step = _train_steps.setdefault(self, self.make_train_step())
         opt_state = opt.init(params)
         bins = to_bins(np.asarray(targets), NUM_BINS)
         key = jax.random.key(seed)
