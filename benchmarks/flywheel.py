@@ -1,7 +1,7 @@
 """The deployment flywheel (RECAP) against its baselines over several seeds, and test-time
 compute (guidance weight, value-guided selection among N chunks) on the final policy.
 
-    python benchmarks/flywheel.py --env tabletop-push --seeds 0 1 2 --rounds 3
+    python benchmarks/flywheel.py --seeds 0 1 2          # the demo's configuration
 
 Each seed is one ``anyskill flywheel`` run (``runs/bench-flywheel-ENV-sSEED``, resumed if it
 exists); the summary (mean ± std over seeds per round and method) goes to
@@ -43,8 +43,14 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
                 fn = selection_chunk_fn(fw.model, fw.normalizer, fw.vf, n, beta, True)
                 params = (pol, vp)
             roll = make_rollout(
-                fw.env, fn, episodes, c.replan_every, fw.mcfg.image_size,
-                fw.mcfg.num_cameras, fw.mcfg.max_text_len, ", " + A.INDICATOR_TEXT[True],
+                fw.env,
+                fn,
+                episodes,
+                c.replan_every,
+                fw.mcfg.image_size,
+                fw.mcfg.num_cameras,
+                fw.mcfg.max_text_len,
+                ", " + A.INDICATOR_TEXT[True],
             )
             key = jax.random.key(c.seed + 99)
             roll(params, key)  # compile
@@ -53,30 +59,37 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
             wall = time.perf_counter() - t0
             m = outcome_metrics(success, steps, float(fw.env.control_hz))
             n_chunks = -(-int(fw.env.episode_length) // c.replan_every)
-            out.append({
-                "beta": beta, "candidates": n, **m,
-                "ms_per_chunk_batch": 1000 * wall / n_chunks,
-            })
+            out.append(
+                {
+                    "beta": beta,
+                    "candidates": n,
+                    **m,
+                    "ms_per_chunk_batch": 1000 * wall / n_chunks,
+                }
+            )
             print(out[-1], flush=True)
     return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--env", default="tabletop-push")
+    base = FlywheelConfig()
+    ap.add_argument("--env", default=base.env)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--demos", type=int, default=150)
-    ap.add_argument("--episodes-per-round", type=int, default=128)
-    ap.add_argument("--arch", default="mlp-flow")
+    ap.add_argument("--demos", type=int, default=base.demos)
+    ap.add_argument("--episodes-per-round", type=int, default=base.episodes_per_round)
+    ap.add_argument("--arch", default=base.model.arch)
     ap.add_argument("--betas", type=float, nargs="+", default=[1.0, 1.5, 2.5])
     ap.add_argument("--candidates", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--ttc-episodes", type=int, default=128)
+    ap.add_argument(
+        "--no-ttc", action="store_true", help="skip the test-time compute sweep (first seed)"
+    )
     args = ap.parse_args()
 
     results = {}
     for seed in args.seeds:
-        base = FlywheelConfig()
         cfg = dataclasses.replace(
             base,
             env=args.env,
@@ -93,54 +106,102 @@ def main():
         t0 = time.perf_counter()
         fw = Flywheel(cfg)
         st = fw.run()
-        results[seed] = {"rows": st["rows"], "detection": st["detection"],
-                         "minutes": (time.perf_counter() - t0) / 60}
-        if seed == args.seeds[0]:
+        results[seed] = {
+            "rows": st["rows"],
+            "detection": st["detection"],
+            "minutes": (time.perf_counter() - t0) / 60,
+        }
+        if seed == args.seeds[0] and not args.no_ttc:
             results[seed]["test_time"] = test_time_compute(
                 fw, args.betas, args.candidates, args.ttc_episodes
             )
     out = Path("benchmarks/results") / f"flywheel-{args.env}.json"
     out.write_text(json.dumps(results, indent=1))
 
-    lines = [f"# Flywheel (RECAP) vs baselines on {args.env}, seeds {args.seeds}", "",
-             f"`python benchmarks/flywheel.py --env {args.env} --seeds "
-             f"{' '.join(map(str, args.seeds))} --rounds {args.rounds}` (arch {args.arch}, "
-             f"{args.demos} demos, {args.episodes_per_round} episodes per round)", "",
-             "| round | method | success | failure | time to success (s) | throughput (/h) |",
-             "|---|---|---|---|---|---|"]
-    keys = sorted({(r["round"], r["method"]) for s in results.values() for r in s["rows"]
-                   if r["method"] in LABELS})
+    lines = [
+        f"# Flywheel (RECAP) vs baselines on {args.env}, seeds {args.seeds}",
+        "",
+        f"`python benchmarks/flywheel.py --env {args.env} --seeds "
+        f"{' '.join(map(str, args.seeds))} --rounds {args.rounds}` (arch {args.arch}, "
+        f"{args.demos} demos, {args.episodes_per_round} episodes per round)",
+        "",
+        "| round | method | success | failure | time to success (s) | throughput (/h) |",
+        "|---|---|---|---|---|---|",
+    ]
+    keys = sorted(
+        {
+            (r["round"], r["method"])
+            for s in results.values()
+            for r in s["rows"]
+            if r["method"] in LABELS
+        }
+    )
     for rnd, m in keys:
-        rs = [r for s in results.values() for r in s["rows"] if (r["round"], r["method"]) == (rnd, m)]
+        rs = [
+            r for s in results.values() for r in s["rows"] if (r["round"], r["method"]) == (rnd, m)
+        ]
 
         def ms(k, spec=".2f", rs=rs):
             v = np.array([r[k] for r in rs if r[k] is not None], float)
             return f"{v.mean():{spec}} ± {v.std():{spec}}" if len(v) else "–"
 
-        lines.append(f"| {rnd} | {LABELS[m]} | {ms('success')} | {ms('failure')} | "
-                     f"{ms('time_to_success_s', '.1f')} | {ms('throughput_per_h', '.0f')} |")
-    lines += ["", "Deployment (data collection, corrector on call):", "",
-              "| round | success | intervention rate | episodes corrected |", "|---|---|---|---|"]
-    for rnd in sorted({r["round"] for s in results.values() for r in s["rows"]
-                       if r["method"].startswith("deployment")}):
-        rs = [r for s in results.values() for r in s["rows"]
-              if r["method"].startswith("deployment") and r["round"] == rnd]
-        lines.append(f"| {rnd} | {np.mean([r['success'] for r in rs]):.2f} | "
-                     f"{np.mean([r['intervention_rate'] for r in rs]):.3f} | "
-                     f"{np.mean([r['corrected_episodes'] for r in rs]):.2f} |")
-    lines += ["", "Early failure detection (last round, per seed):", "",
-              "| seed | threshold | precision | recall | lead steps | flagged |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {rnd} | {LABELS[m]} | {ms('success')} | {ms('failure')} | "
+            f"{ms('time_to_success_s', '.1f')} | {ms('throughput_per_h', '.0f')} |"
+        )
+    lines += [
+        "",
+        "Deployment (data collection, corrector on call):",
+        "",
+        "| round | success | intervention rate | episodes corrected |",
+        "|---|---|---|---|",
+    ]
+    for rnd in sorted(
+        {
+            r["round"]
+            for s in results.values()
+            for r in s["rows"]
+            if r["method"].startswith("deployment")
+        }
+    ):
+        rs = [
+            r
+            for s in results.values()
+            for r in s["rows"]
+            if r["method"].startswith("deployment") and r["round"] == rnd
+        ]
+        lines.append(
+            f"| {rnd} | {np.mean([r['success'] for r in rs]):.2f} | "
+            f"{np.mean([r['intervention_rate'] for r in rs]):.3f} | "
+            f"{np.mean([r['corrected_episodes'] for r in rs]):.2f} |"
+        )
+    lines += [
+        "",
+        "Early failure detection (last round, per seed):",
+        "",
+        "| seed | threshold | precision | recall | lead steps | flagged |",
+        "|---|---|---|---|---|---|",
+    ]
     for seed, s in results.items():
         for r in s["detection"][-1]["rows"]:
-            lines.append(f"| {seed} | {r['threshold']:.2f} | {r['precision']} | {r['recall']} | "
-                         f"{r['mean_lead_steps']} | {r['flagged']} |")
+            lines.append(
+                f"| {seed} | {r['threshold']:.2f} | {r['precision']} | {r['recall']} | "
+                f"{r['mean_lead_steps']} | {r['flagged']} |"
+            )
     tt = results[args.seeds[0]].get("test_time", [])
     if tt:
-        lines += ["", f"Test-time compute, final RECAP policy of seed {args.seeds[0]}:", "",
-                  "| β | N chunks | success | throughput (/h) | ms per batched chunk |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Test-time compute, final RECAP policy of seed {args.seeds[0]}:",
+            "",
+            "| β | N chunks | success | throughput (/h) | ms per batched chunk |",
+            "|---|---|---|---|---|",
+        ]
         for r in tt:
-            lines.append(f"| {r['beta']} | {r['candidates']} | {r['success']:.2f} | "
-                         f"{r['throughput_per_h']:.0f} | {r['ms_per_chunk_batch']:.1f} |")
+            lines.append(
+                f"| {r['beta']} | {r['candidates']} | {r['success']:.2f} | "
+                f"{r['throughput_per_h']:.0f} | {r['ms_per_chunk_batch']:.1f} |"
+            )
     lines += ["", "Minutes per seed: " + ", ".join(f"{s['minutes']:.1f}" for s in results.values())]
     write_report(Path("benchmarks/results") / f"flywheel-{args.env}.md", lines)
 

@@ -14,30 +14,33 @@ from anyskill.flywheel.value import ValueConfig
 class FlywheelConfig:
     """Deploy, label, correct, learn a value, retrain conditioned on advantage — K rounds."""
 
-    env: str = "tabletop-push"
+    env: str = "tabletop-reach"
     """Tabletop task mix to deploy on (see `anyskill envs`): tabletop-reach, -push, -gather,
     -sort, or tabletop (all families)."""
     run_dir: Path = Path("runs/flywheel")
     """Everything of the run: data/ (episode store), checkpoints, report.md, plots, videos."""
     rounds: int = 3
     """Flywheel rounds (deploy -> value -> advantages -> retrain -> evaluate)."""
-    demos: int = 150
+    demos: int = 100
     """Scripted-expert demonstrations the starting policy is trained on."""
     demo_noise: float = 0.1
     """Action noise of the demonstrator."""
-    init_steps: int = 1500
+    init_steps: int = 600
     """Gradient steps of the starting policy (behaviour cloning on the demonstrations)."""
     episodes_per_round: int = 128
     """Episodes deployed (in parallel) per round."""
-    policy_steps: int = 800
+    policy_steps: int = 400
     """Fine-tuning steps per round for RECAP and for each baseline."""
     batch_size: int = 64
     """Policy training batch size."""
     lr: float = 3e-4
     """Policy learning rate."""
-    model: ModelConfig = ModelConfig(arch="mlp-flow")
-    """Policy architecture (mlp-flow fits the 15-minute CPU demo; vla is the π0-style model)."""
-    value: ValueConfig = ValueConfig()
+    model: ModelConfig = ModelConfig(
+        arch="vla", width=64, depth=3, heads=2, action_width=64, max_text_len=12
+    )
+    """Policy architecture: by default a small π0-style VLA (0.6M parameters) that fits the
+    15-minute CPU demo; every size is a flag."""
+    value: ValueConfig = ValueConfig(steps=600, finetune_steps=200, batch_size=64)
     corrector: CorrectorConfig = CorrectorConfig()
     labels: str = "predicate"
     """predicate: success from the task's predicate; human: episodes are stored unlabelled and

@@ -159,17 +159,27 @@ def make_deployer(
         watched = np.array(jax.random.uniform(k_watch, (num_envs,)) < corrector.fraction)
         watched &= use_corrector
         zeros = jnp.zeros(num_envs, bool)
-        carry = (state, zeros, zeros, jnp.zeros(num_envs, jnp.int32), jnp.zeros(num_envs, jnp.int32))
+        carry = (
+            state,
+            zeros,
+            zeros,
+            jnp.zeros(num_envs, jnp.int32),
+            jnp.zeros(num_envs, jnp.int32),
+        )
         outs = []
         dists = []
         window = max(1, corrector.stall_window // replan_every)
-        for i, k in enumerate(jax.random.split(k_run, n_plans)):
+        for k in jax.random.split(k_run, n_plans):
             k_chunk, k_exec = jax.random.split(k)
             state, done, _, steps, left = carry
             obs = obs_fn(state)
             if use_corrector and watched.any():
                 dists.append(np.asarray(dist_fn(state)))
-                if corrector.trigger == "value" and value_jit is not None and value_params is not None:
+                if (
+                    corrector.trigger == "value"
+                    and value_jit is not None
+                    and value_params is not None
+                ):
                     fire = np.asarray(value_jit(value_params, obs)) < corrector.value_threshold
                 elif len(dists) > window:
                     fire = dists[-1] > dists[-1 - window] - corrector.stall_eps

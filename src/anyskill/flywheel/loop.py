@@ -118,7 +118,9 @@ def selection_chunk_fn(model, normalizer, vf: ValueFunction, n: int, beta=1.0, c
         tiled = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), obs)
         chunks = base(pol, key, tiled)  # [B*n, H, A]
         plain = strip_suffix(tiled.tokens, k) if conditioned else tiled.tokens
-        vobs = tiled.replace(state=normalizer.state(tiled.state), tokens=plain, text_mask=plain != 0)
+        vobs = tiled.replace(
+            state=normalizer.state(tiled.state), tokens=plain, text_mask=plain != 0
+        )
         q = vf.expected(val, vobs, normalizer.action(chunks)).reshape(b, n)
         best = jnp.argmax(q, axis=1)
         return chunks.reshape(b, n, *chunks.shape[1:])[jnp.arange(b), best]
@@ -206,7 +208,7 @@ class Flywheel:
                     lr=c.lr,
                     replan_every=c.replan_every,
                     eval_every=0,
-                    eval_episodes=16,
+                    eval_episodes=0,  # the flywheel evaluates it itself (round 0)
                     eval_split=("train",),
                     seed=c.seed,
                     resume=ckpt.exists(),
@@ -231,7 +233,9 @@ class Flywheel:
         """A deployment function, built (and compiled) once per configuration per process."""
         key = ("deploy", conditioned, num_envs, corrector, record_images)
         if key not in self._compiled:
-            self._compiled[key] = self._make_deployer(conditioned, num_envs, corrector, record_images)
+            self._compiled[key] = self._make_deployer(
+                conditioned, num_envs, corrector, record_images
+            )
         return self._compiled[key]
 
     def rollout(self, conditioned: bool):
@@ -294,17 +298,18 @@ class Flywheel:
             ts, _ = step_fn(ts, data.batch())
         return ts.ema
 
-    def predict_values(self, value_params, data: TrainingData, chunk: int = 1024) -> np.ndarray:
-        n = data.ds.num_frames
+    def predict_values(self, value_params, data: TrainingData, frames=None, chunk: int = 1024):
+        """``V`` of ``frames`` (default: every frame of the store), in fixed-size batches."""
+        frames = np.arange(data.ds.num_frames) if frames is None else np.asarray(frames)
         if "values" not in self._compiled:
             self._compiled["values"] = jax.jit(lambda p, o: self.vf.expected(p, o))
         fn = self._compiled["values"]
-        out = np.zeros(n, np.float32)
-        for s in range(0, n, chunk):
-            idx = np.arange(s, min(n, s + chunk))
+        out = np.zeros(len(frames), np.float32)
+        for s in range(0, len(frames), chunk):
+            idx = frames[s : s + chunk]
             pad = chunk - len(idx)
             obs = data.obs_at(np.concatenate([idx, np.full(pad, idx[-1])]))
-            out[idx] = np.asarray(fn(value_params, obs))[: len(idx)]
+            out[s : s + len(idx)] = np.asarray(fn(value_params, obs))[: len(idx)]
         return out
 
     def family_ids(self, ds: Dataset) -> np.ndarray:
@@ -362,6 +367,7 @@ class Flywheel:
             steps = c.value.steps
         else:
             params, steps = prev, c.value.finetune_steps
+            self.held_out_detection(rnd, prev, ds)
         log(f"round {rnd}: training the value function ({steps} steps, {ds.num_frames} frames)")
         data = self.training_data(c.seed + 100 * rnd)
         from tqdm.auto import tqdm
@@ -371,6 +377,33 @@ class Flywheel:
         bar.close()
         checkpoint.save(
             self.dir / "value.msgpack", params, {"round": rnd, "loss": float(losses[-50:].mean())}
+        )
+
+    def held_out_detection(self, rnd: int, value_params, ds: Dataset) -> None:
+        """Early failure detection of the previous round's value function on this round's
+        rollouts, which it has never seen (uncorrected episodes only)."""
+        ep = ds.episodes
+        tag = np.flatnonzero(ep.policy_version == f"recap-r{rnd - 1}")
+        iv = np.asarray(ds.columns["intervention"], bool)
+        tag = [e for e in tag if not iv[ep.start[e] : ep.stop[e]].any()]
+        if not tag:
+            return
+        data = self.training_data(self.cfg.seed)
+        idx = np.concatenate([np.arange(ep.start[e], ep.stop[e]) for e in tag])
+        values = self.predict_values(value_params, data, frames=idx)
+        per_ep, o = [], 0
+        for e in tag:
+            per_ep.append(values[o : o + ep.length[e]])
+            o += ep.length[e]
+        rows = A.sweep_failure_detection(per_ep, ep.success[tag] > 0)
+        out = {
+            "round": rnd,
+            "episodes": len(tag),
+            "failures": int((ep.success[tag] <= 0).sum()),
+            "rows": rows,
+        }
+        checkpoint.atomic_write_bytes(
+            self.dir / f"detection-r{rnd}.json", json.dumps(out, indent=1).encode()
         )
 
     def value_targets(self, ds: Dataset) -> np.ndarray:
@@ -437,27 +470,20 @@ class Flywheel:
         ds = Dataset.open(self.data_dir)
         ep = ds.episodes
         tag = ep.policy_version == f"recap-r{rnd - 1}"
-        frames = np.asarray(ds.columns["intervention"], bool)
-        mask = np.zeros(ds.num_frames, bool)
-        for s, t in zip(ep.start[tag], ep.stop[tag], strict=True):
-            mask[s:t] = True
+        iv = np.asarray(ds.columns["intervention"], bool)
+        spans = list(zip(ep.start[tag], ep.stop[tag], strict=True))
         collect = {
             "round": rnd,
             "method": "deployment" if rnd > 1 else "deployment (start)",
-            "intervention_rate": float(frames[mask].mean()) if mask.any() else 0.0,
-            "corrected_episodes": float(np.mean([frames[s:t].any() for s, t in zip(ep.start[tag], ep.stop[tag], strict=True)])),
+            "intervention_rate": float(np.mean(np.concatenate([iv[s:t] for s, t in spans]))),
+            "corrected_episodes": float(np.mean([iv[s:t].any() for s, t in spans])),
             **outcome_metrics(ep.success[tag] > 0, ep.length[tag], hz),
         }
         rows.append(collect)
-        adv = np.load(self.dir / f"advantage-r{rnd}.npz")
-        per_ep = [adv["values"][s:t] for s, t in zip(ep.start[tag], ep.stop[tag], strict=True)]
-        uncorrected = [not frames[s:t].any() for s, t in zip(ep.start[tag], ep.stop[tag], strict=True)]
-        sel = np.array(uncorrected)
-        det = A.sweep_failure_detection(
-            [v for v, u in zip(per_ep, sel, strict=True) if u], ep.success[tag][sel] > 0
-        )
+        det = self.dir / f"detection-r{rnd}.json"
         st["rows"].extend(rows)
-        st["detection"].append({"round": rnd, "rows": det})
+        if det.exists():
+            st["detection"].append(json.loads(det.read_text()))
         for r in rows:
             if "success" in r:
                 log(
@@ -475,7 +501,8 @@ class Flywheel:
             )
         self.dir.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_bytes(
-            self.dir / "config.json", json.dumps(_jsonable(dataclasses.asdict(c)), indent=1).encode()
+            self.dir / "config.json",
+            json.dumps(_jsonable(dataclasses.asdict(c)), indent=1).encode(),
         )
         self.setup()
         st = self.load_state()

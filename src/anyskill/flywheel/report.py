@@ -172,8 +172,7 @@ def write_report(fw, st: dict) -> Path:
         f"dropout {c.indicator_dropout:.0%}, guidance β = {c.beta}. Data: {ds.num_episodes} "
         f"episodes, {ds.num_frames} frames in `{fw.data_dir}`.",
         "",
-        "## Evaluation (no corrector; "
-        f"{c.eval_episodes} episodes per policy per round)",
+        f"## Evaluation (no corrector; {c.eval_episodes} episodes per policy per round)",
         "",
         outcome_table(rows),
         "",
@@ -186,11 +185,12 @@ def write_report(fw, st: dict) -> Path:
         "## Value function",
         "",
         f"Distributional over 201 bins, last training loss {value_meta.get('loss', float('nan')):.3f}. "
-        "Early failure detection on the latest round's uncorrected rollouts (an episode is "
-        "flagged when its predicted value first drops below the threshold; lead = steps from "
-        "the flag to the episode's end):",
+        "Early failure detection, held out: the previous round's value function on this "
+        "round's uncorrected rollouts, which it was not trained on (an episode is flagged when "
+        "its predicted value first drops below the threshold; lead = steps from the flag to "
+        "the episode's end; from round 2 on):",
         "",
-        detection_table(st["detection"][-1:]),
+        detection_table(st["detection"]) if st["detection"] else "(none yet)",
         "",
         "![predicted value along episodes](values.png)",
         "",

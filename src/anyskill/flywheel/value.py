@@ -26,8 +26,8 @@ import optax
 
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.algos.vla.model import VLA, Obs
-from anyskill.nets.transformer import VOCAB, PatchEncoder
 from anyskill.flywheel.advantage import NUM_BINS, bin_centers, to_bins
+from anyskill.nets.transformer import VOCAB, PatchEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +88,7 @@ def graft(dst, src):
     """``dst`` with every leaf that ``src`` has at the same path and shape taken from ``src``."""
     if isinstance(dst, dict):
         return {
-            k: graft(v, src[k]) if isinstance(src, dict) and k in src else v
-            for k, v in dst.items()
+            k: graft(v, src[k]) if isinstance(src, dict) and k in src else v for k, v in dst.items()
         }
     if hasattr(src, "shape") and src.shape == dst.shape:
         return src
@@ -131,7 +130,10 @@ class ValueFunction:
     def expected(self, params, obs: Obs, chunk=None) -> jax.Array:
         """Expected value ``[B]`` (V, or Q when ``chunk`` is given)."""
         logits = self.net.apply(params, obs, chunk)
-        return jnp.sum(jax.nn.softmax(logits, -1) * jnp.asarray(bin_centers(logits.shape[-1]), logits.dtype), -1)
+        return jnp.sum(
+            jax.nn.softmax(logits, -1) * jnp.asarray(bin_centers(logits.shape[-1]), logits.dtype),
+            -1,
+        )
 
     def make_train_step(self):
         opt = optax.chain(

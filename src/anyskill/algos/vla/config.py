@@ -101,7 +101,7 @@ class TrainConfig:
     eval_every: int = 500
     """Gradient steps between evaluations in the simulator (0: only at the end)."""
     eval_episodes: int = 32
-    """Episodes per task family per evaluation."""
+    """Episodes per task family per evaluation (0: no evaluation)."""
     eval_split: tuple[str, ...] = ("train", "heldout")
     """Task splits evaluated: train (seen) and heldout (unseen combinations, phrasings)."""
     seed: int = 0

@@ -119,7 +119,9 @@ class VLA(nn.Module):
         parts.append(self.text_embed(obs.tokens) + self.text_pos[None, : obs.tokens.shape[1]])
         masks.append(obs.text_mask)
         if self.cfg.state_tokens:
-            ents = [self.entity_proj[str(k)](obs.state[:, a:z]) for a, z, k in self.cfg.state_tokens]
+            ents = [
+                self.entity_proj[str(k)](obs.state[:, a:z]) for a, z, k in self.cfg.state_tokens
+            ]
             for j, segments in enumerate(self.cfg.state_token_words):
                 a = self.cfg.state_tokens[j][0]
                 for i, (off, names) in enumerate(segments):

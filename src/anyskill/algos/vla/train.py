@@ -202,7 +202,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     env = make_eval_env(src, m.image_size)
     evaluator = None
-    if env is not None:
+    if env is not None and cfg.eval_episodes > 0:
         evaluator = Evaluator(
             env,
             chunk_fn_for(model, data.normalizer),
