@@ -90,3 +90,26 @@ def test_resume_after_a_kill_mid_round(tmp_path, monkeypatch):
     adv = np.load(cfg.run_dir / "advantage-r1.npz")
     iv = np.asarray(ds.columns["intervention"], bool)
     assert iv.any() and adv["indicator"][iv].all()
+
+
+@pytest.mark.slow
+def test_one_round_on_reach_improves_success(tmp_path):
+    """A starting VLA from 40 demonstrations, then one flywheel round (64 episodes with the
+    corrector on call): RECAP's success must beat the starting policy's."""
+    cfg = FlywheelConfig(
+        env="tabletop-reach",
+        run_dir=tmp_path / "fw",
+        rounds=1,
+        demos=40,
+        init_steps=300,
+        episodes_per_round=64,
+        policy_steps=300,
+        value=ValueConfig(steps=300, finetune_steps=100, batch_size=64),
+        eval_episodes=64,
+        baselines=False,
+        videos=False,
+        progress=False,
+    )
+    out = loop.run_flywheel(cfg)
+    rate = {(r["round"], r["method"]): r.get("success") for r in out["rows"]}
+    assert rate[(1, "recap")] > rate[(0, "start")] + 0.1, rate

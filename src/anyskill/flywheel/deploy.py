@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anyskill.algos.vla.evaluate import instruction_tokens, lookup_tokens
+from anyskill.algos.vla.evaluate import instruction_tokens, make_observe
 from anyskill.algos.vla.model import Obs
 from anyskill.envs.tabletop import tasks as T
 from anyskill.envs.tabletop.env import Tabletop
@@ -110,17 +110,8 @@ def make_deployer(
     expert = ScriptedExpert(env, noise=corrector.noise)
     use_corrector = corrector.kind != "none"
 
-    def observe(state):
-        if num_cameras:
-            img = jax.vmap(lambda p: env.render_image(p, image_size))(state.physics)
-            images = jnp.repeat(img[:, None], num_cameras, axis=1)
-        else:
-            images = jnp.zeros((num_envs, 0, 1, 1, 3), jnp.uint8)
-        tok = lookup_tokens(rows, tokens, state.physics.task)
-        return Obs(state=state.obs, images=images, tokens=tok, text_mask=tok != 0)
-
     reset = jax.jit(lambda keys: jax.vmap(env.reset)(keys))
-    obs_fn = jax.jit(observe)
+    obs_fn = jax.jit(make_observe(env, num_envs, image_size, num_cameras, rows, tokens))
     chunk = jax.jit(lambda params, k, obs: chunk_fn(params, k, obs)[:, :replan_every])
     dist_fn = jax.jit(lambda s: goal_distance(env, s.obs, s.goal))
     value_jit = jax.jit(value_fn) if value_fn is not None else None

@@ -39,6 +39,22 @@ def lookup_tokens(rows, tokens, task_row):
     return tokens[jnp.argmax(match, axis=1)]
 
 
+def make_observe(env: Tabletop, num_envs: int, image_size: int, num_cameras: int, rows, tokens):
+    """``observe(state) -> Obs`` for a batch of envs: camera images (one render repeated per
+    camera), instruction tokens looked up from the task row, the raw state."""
+
+    def observe(state):
+        if num_cameras:
+            img = jax.vmap(lambda p: env.render_image(p, image_size))(state.physics)
+            images = jnp.repeat(img[:, None], num_cameras, axis=1)
+        else:
+            images = jnp.zeros((num_envs, 0, 1, 1, 3), jnp.uint8)
+        tok = lookup_tokens(rows, tokens, state.physics.task)
+        return Obs(state=state.obs, images=images, tokens=tok, text_mask=tok != 0)
+
+    return observe
+
+
 def make_rollout(
     env: Tabletop,
     chunk_fn: ChunkFn,
@@ -57,20 +73,11 @@ def make_rollout(
     horizon = int(max(T.EPISODE_LENGTH[f] for f in env.families))
     n_plans = -(-horizon // replan_every)
 
-    def observe(state):
-        if num_cameras:
-            img = jax.vmap(lambda p: env.render_image(p, image_size))(state.physics)
-            images = jnp.repeat(img[:, None], num_cameras, axis=1)
-        else:
-            images = jnp.zeros((num_envs, 0, 1, 1, 3), jnp.uint8)
-        tok = lookup_tokens(rows, tokens, state.physics.task)
-        return Obs(state=state.obs, images=images, tokens=tok, text_mask=tok != 0)
-
     # Three small jitted pieces driven from Python (one per replanning) rather than one scan
     # with the policy inside: XLA compiles a VLA sampler nested in the env's scan very slowly
     # (over 10 minutes on 2 CPU cores), while these compile in seconds and are reused.
     reset = jax.jit(lambda keys: jax.vmap(env.reset)(keys))
-    obs_fn = jax.jit(observe)
+    obs_fn = jax.jit(make_observe(env, num_envs, image_size, num_cameras, rows, tokens))
     chunk = jax.jit(lambda params, k, obs: chunk_fn(params, k, obs)[:, :replan_every])
 
     @jax.jit
