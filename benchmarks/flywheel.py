@@ -71,6 +71,10 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
     return out
 
 
+def _f(x, spec=".2f"):
+    return "–" if x is None else format(x, spec)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     base = FlywheelConfig()
@@ -111,10 +115,12 @@ def main():
             "detection": st["detection"],
             "minutes": (time.perf_counter() - t0) / 60,
         }
+        ttc_path = Path("benchmarks/results") / f"flywheel-{args.env}-ttc-s{seed}.json"
         if seed == args.seeds[0] and not args.no_ttc:
-            results[seed]["test_time"] = test_time_compute(
-                fw, args.betas, args.candidates, args.ttc_episodes
-            )
+            ttc = test_time_compute(fw, args.betas, args.candidates, args.ttc_episodes)
+            ttc_path.write_text(json.dumps(ttc, indent=1))
+        if seed == args.seeds[0] and ttc_path.exists():
+            results[seed]["test_time"] = json.loads(ttc_path.read_text())
     out = Path("benchmarks/results") / f"flywheel-{args.env}.json"
     out.write_text(json.dumps(results, indent=1))
 
@@ -185,8 +191,8 @@ def main():
     for seed, s in results.items():
         for r in s["detection"][-1]["rows"]:
             lines.append(
-                f"| {seed} | {r['threshold']:.2f} | {r['precision']} | {r['recall']} | "
-                f"{r['mean_lead_steps']} | {r['flagged']} |"
+                f"| {seed} | {r['threshold']:.2f} | {_f(r['precision'])} | {_f(r['recall'])} | "
+                f"{_f(r['mean_lead_steps'], '.1f')} | {r['flagged']} |"
             )
     tt = results[args.seeds[0]].get("test_time", [])
     if tt:
@@ -202,7 +208,11 @@ def main():
                 f"| {r['beta']} | {r['candidates']} | {r['success']:.2f} | "
                 f"{r['throughput_per_h']:.0f} | {r['ms_per_chunk_batch']:.1f} |"
             )
-    lines += ["", "Minutes per seed: " + ", ".join(f"{s['minutes']:.1f}" for s in results.values())]
+    lines += [
+        "",
+        "Minutes of this invocation per seed (0 when the run was already complete): "
+        + ", ".join(f"{s['minutes']:.1f}" for s in results.values()),
+    ]
     write_report(Path("benchmarks/results") / f"flywheel-{args.env}.md", lines)
 
 
