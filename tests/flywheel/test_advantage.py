@@ -92,3 +92,38 @@ def test_failure_detection_precision_recall_lead():
     d = A.failure_detection(values, np.array([0, 1, 1, 0], bool), threshold=-0.9)
     assert d["precision"] == 0.5 and d["recall"] == 0.5
     assert d["mean_lead_steps"] == 2 and d["flagged"] == 2
+
+
+def test_training_batches_carry_the_indicator_with_dropout(tmp_path):
+    """The policy's batches: positive frames get "advantage: positive", negative frames
+    "advantage: negative", and ~30 % of samples the plain instruction."""
+    from anyskill.algos.vla.config import ModelConfig
+    from anyskill.algos.vla.data import TrainingData
+    from anyskill.data.format import vector_feature
+    from anyskill.data.reader import Dataset
+    from anyskill.data.writer import EpisodeWriter
+    from anyskill.nets.transformer import tokenize
+
+    feats = {"observation.state": vector_feature(2), "action": vector_feature(2)}
+    w = EpisodeWriter.create(tmp_path / "d", feats, fps=10)
+    for e in range(4):
+        frames = {
+            k: np.random.default_rng(e).normal(size=(20, 2)).astype(np.float32) for k in feats
+        }
+        w.add_episode(frames, task="go to the red zone", success=True)
+    ds = Dataset.open(tmp_path / "d")
+    cfg = ModelConfig(
+        arch="mlp-flow", horizon=4, max_text_len=12, state_dim=2, action_dim=2, num_cameras=0
+    )
+    data = TrainingData.build(ds, cfg, batch_size=4000, seed=0)
+    positive = np.arange(ds.num_frames) % 2 == 0
+    data.set_indicator(positive, A.prompt_with_indicator, lambda r, n: A.drop_indicator(r, n, 0.3))
+    b = data.batch()
+    tok = np.asarray(b.obs.tokens)
+    plain = tokenize("go to the red zone", 12)[0]
+    pos = tokenize("go to the red zone, advantage: positive", 12)[0]
+    neg = tokenize("go to the red zone, advantage: negative", 12)[0]
+    is_plain = (tok == plain).all(1)
+    assert abs(is_plain.mean() - 0.3) < 0.03  # binomial std at n = 4000: 0.007
+    want = np.where(positive[data.last_index][:, None], pos, neg)
+    assert ((tok == want).all(1) | is_plain).all()

@@ -75,10 +75,6 @@ class Episodes:
     task: list[str]
     images: np.ndarray | None = None  # [B, T, S, S, 3] when recorded
 
-    @property
-    def steps_to_end(self) -> np.ndarray:
-        return self.length
-
 
 def goal_distance(env: Tabletop, obs: jax.Array, goal: jax.Array) -> jax.Array:
     """Summed distance of the goal-space features (pusher + present objects) to the goal."""

@@ -446,7 +446,11 @@ class Flywheel:
             else:
                 data = self.training_data(seed)
             if name == "recap":
-                data.set_indicator(adv["indicator"], c.indicator_dropout)
+                data.set_indicator(
+                    adv["indicator"],
+                    A.prompt_with_indicator,
+                    lambda rng, n: A.drop_indicator(rng, n, c.indicator_dropout),
+                )
             log(f"round {rnd}: fine-tuning {LABELS[name]} ({c.policy_steps} steps)")
             params = self.fit(self.policy_params(name), data, c.policy_steps, seed, name)
             self._save_params(name, params, rnd)

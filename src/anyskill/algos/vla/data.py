@@ -161,26 +161,25 @@ class TrainingData:
         n = self.normalizer
         self._np = {k: np.asarray(getattr(n, k)) for k in n.__dataclass_fields__}
         self.indicator: np.ndarray | None = None
-        self.indicator_dropout = 0.0
         self._rng = np.random.default_rng(self.sampler.config.seed + 1)
         self.last_index = np.zeros(0, np.int64)
 
-    def set_indicator(self, indicator: np.ndarray, dropout: float, suffixes=None) -> None:
+    def set_indicator(self, indicator: np.ndarray, prompt, drop) -> None:
         """Condition on a per-frame advantage indicator (RECAP): ``indicator`` ``[N]`` bool
-        (True: positive); each sample's instruction gets the indicator's text appended, except
-        a ``dropout`` fraction that get the plain instruction (the unconditioned policy)."""
-        from anyskill.flywheel.advantage import prompt_with_indicator
-
+        (True: positive); each sample's instruction becomes ``prompt(task, positive)``, except
+        where ``drop(rng, batch_size)`` is True: those samples keep the plain instruction (the
+        unconditioned policy). The flywheel passes
+        :func:`anyskill.flywheel.advantage.prompt_with_indicator` and ``drop_indicator``."""
         if len(indicator) != self.ds.num_frames:
             raise ValueError(
                 f"indicator has {len(indicator)} entries, the dataset {self.ds.num_frames} frames"
             )
         tasks = list(self.ds.tasks) or [""]
         L = self.task_tokens.shape[1]
-        self._tok_pos, _ = tokenize([prompt_with_indicator(t, True) for t in tasks], L)
-        self._tok_neg, _ = tokenize([prompt_with_indicator(t, False) for t in tasks], L)
+        self._tok_pos, _ = tokenize([prompt(t, True) for t in tasks], L)
+        self._tok_neg, _ = tokenize([prompt(t, False) for t in tasks], L)
         self.indicator = np.asarray(indicator, bool)
-        self.indicator_dropout = float(dropout)
+        self._drop = drop
 
     def batch(self) -> Batch:
         """The next training batch (its frame indices are kept in ``last_index``)."""
@@ -191,7 +190,7 @@ class TrainingData:
         tokens = self.task_tokens[ti]
         if self.indicator is not None:
             pos = self.indicator[idx]
-            keep = self._rng.random(len(idx)) >= self.indicator_dropout
+            keep = ~self._drop(self._rng, len(idx))
             cond = np.where(pos[:, None], self._tok_pos[ti], self._tok_neg[ti])
             tokens = np.where(keep[:, None], cond, tokens)
         n = self._np
