@@ -41,7 +41,13 @@ from anyskill.algos.vla.config import TrainConfig
 from anyskill.algos.vla.data import TrainingData
 from anyskill.algos.vla.evaluate import make_rollout
 from anyskill.algos.vla.model import Obs, PolicyModel
-from anyskill.algos.vla.train import TrainState, load_run, make_optimizer, make_train_step
+from anyskill.algos.vla.train import (
+    TrainState,
+    chunk_fn_for,
+    load_run,
+    make_optimizer,
+    make_train_step,
+)
 from anyskill.data.reader import Dataset
 from anyskill.data.writer import EpisodeWriter
 from anyskill.envs.tabletop import tasks as T
@@ -91,17 +97,15 @@ def chunk_fn(model: PolicyModel, normalizer, beta: float = 1.0, conditioned: boo
     """``fn(params, key, obs) -> [B, H, A]`` env-unit chunks. ``conditioned``: the prompts carry
     the positive indicator; ``beta != 1`` applies classifier-free guidance against the same
     prompt without it."""
+    if not conditioned or beta == 1.0:
+        return chunk_fn_for(model, normalizer)
     k = suffix_length(model.cfg.max_text_len)
 
     def fn(params, key, obs: Obs):
         obs = obs.replace(state=normalizer.state(obs.state))
-        if conditioned and beta != 1.0:
-            plain = strip_suffix(obs.tokens, k)
-            unc = obs.replace(tokens=plain, text_mask=plain != 0)
-            a = model.sample_guided(params, key, obs, unc, beta)
-        else:
-            a = model.sample(params, key, obs)
-        return normalizer.unaction(a)
+        plain = strip_suffix(obs.tokens, k)
+        unc = obs.replace(tokens=plain, text_mask=plain != 0)
+        return normalizer.unaction(model.sample_guided(params, key, obs, unc, beta))
 
     return fn
 
@@ -367,9 +371,10 @@ class Flywheel:
             steps = c.value.steps
         else:
             params, steps = prev, c.value.finetune_steps
-            self.held_out_detection(rnd, prev, ds)
-        log(f"round {rnd}: training the value function ({steps} steps, {ds.num_frames} frames)")
         data = self.training_data(c.seed + 100 * rnd)
+        if prev is not None:
+            self.held_out_detection(rnd, prev, data)
+        log(f"round {rnd}: training the value function ({steps} steps, {ds.num_frames} frames)")
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc="value", disable=not c.progress, leave=False)
@@ -379,22 +384,19 @@ class Flywheel:
             self.dir / "value.msgpack", params, {"round": rnd, "loss": float(losses[-50:].mean())}
         )
 
-    def held_out_detection(self, rnd: int, value_params, ds: Dataset) -> None:
+    def held_out_detection(self, rnd: int, value_params, data: TrainingData) -> None:
         """Early failure detection of the previous round's value function on this round's
         rollouts, which it has never seen (uncorrected episodes only)."""
+        ds = data.ds
         ep = ds.episodes
         tag = np.flatnonzero(ep.policy_version == f"recap-r{rnd - 1}")
         iv = np.asarray(ds.columns["intervention"], bool)
         tag = [e for e in tag if not iv[ep.start[e] : ep.stop[e]].any()]
         if not tag:
             return
-        data = self.training_data(self.cfg.seed)
         idx = np.concatenate([np.arange(ep.start[e], ep.stop[e]) for e in tag])
         values = self.predict_values(value_params, data, frames=idx)
-        per_ep, o = [], 0
-        for e in tag:
-            per_ep.append(values[o : o + ep.length[e]])
-            o += ep.length[e]
+        per_ep = np.split(values, np.cumsum(ep.length[tag])[:-1])
         rows = A.sweep_failure_detection(per_ep, ep.success[tag] > 0)
         out = {
             "round": rnd,

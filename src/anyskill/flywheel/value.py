@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from anyskill.algos.vla.config import ModelConfig
-from anyskill.algos.vla.model import VLA, Obs
+from anyskill.algos.vla.model import VLA, Obs, PolicyModel
 from anyskill.flywheel.advantage import NUM_BINS, bin_centers, to_bins
 from anyskill.nets.transformer import VOCAB, PatchEncoder
 
@@ -112,14 +112,8 @@ class ValueFunction:
 
     def init(self, key, policy_params=None) -> Any:
         c = self.policy_cfg
-        obs = Obs(
-            state=jnp.zeros((2, c.state_dim)),
-            images=jnp.zeros((2, c.num_cameras, c.image_size, c.image_size, 3), jnp.uint8),
-            tokens=jnp.ones((2, c.max_text_len), jnp.int32),
-            text_mask=jnp.ones((2, c.max_text_len), bool),
-        )
         chunk = jnp.zeros((2, c.horizon, c.action_dim))
-        params = self.net.init(key, obs, chunk)
+        params = self.net.init(key, PolicyModel(c).fake_obs(), chunk)
         if policy_params is not None and c.arch == "vla":
             enc = graft(params["params"]["encoder"], policy_params["params"])
             params = {"params": {**params["params"], "encoder": enc}}
