@@ -113,3 +113,40 @@ def test_one_round_on_reach_improves_success(tmp_path):
     out = loop.run_flywheel(cfg)
     rate = {(r["round"], r["method"]): r.get("success") for r in out["rows"]}
     assert rate[(1, "recap")] > rate[(0, "start")] + 0.1, rate
+
+
+def test_a_person_at_the_keyboard_corrects_through_the_loop(tmp_path, monkeypatch):
+    """``--corrector.kind human`` with scripted keys: the person's segment is stored as a
+    corrected episode with its intervention frames (the loop is stopped after collecting)."""
+    from anyskill.flywheel.human import HumanCorrector, ScriptedKeys
+
+    def stop(self, rnd):
+        raise KeyboardInterrupt("stop after collecting")
+
+    monkeypatch.setattr(loop.Flywheel, "train_value", stop)
+    cfg = tiny(
+        tmp_path,
+        episodes_per_round=3,
+        demos=8,
+        init_steps=10,
+        corrector=CorrectorConfig(kind="human", trigger="human", fraction=1.0),
+    )
+    person = HumanCorrector(ScriptedKeys({0: ["space", "d"], 6: ["space"]}), hz=0)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_flywheel(cfg, human=person)
+    ds = Dataset.open(cfg.run_dir / "data")
+    rolled = ds.episodes.policy_version == "recap-r0"
+    assert int(rolled.sum()) == 3
+    assert list(ds.episodes.source[rolled]) == ["corrected", "autonomous", "autonomous"]
+    iv = np.asarray(ds.columns["intervention"], bool)
+    assert int(iv.sum()) == 6
+
+
+def test_a_human_corrector_needs_a_terminal(tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO())
+    cfg = tiny(tmp_path, corrector=CorrectorConfig(kind="human"))
+    with pytest.raises(ValueError, match="interactive terminal"):
+        loop.run_flywheel(cfg)
+    assert not cfg.run_dir.exists()  # refused before any work

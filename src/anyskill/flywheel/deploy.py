@@ -35,12 +35,15 @@ class CorrectorConfig:
     """Who takes over a failing policy, and when."""
 
     kind: str = "expert"
-    """expert: the scripted expert corrects; none: no interventions."""
+    """expert: the scripted expert corrects; human: a person at the keyboard corrects the
+    watched episodes, shown live in the terminal (see anyskill.flywheel.human); none: no
+    interventions."""
     fraction: float = 0.5
     """Fraction of deployed envs with a corrector watching."""
     trigger: str = "stall"
     """stall: no progress towards the goal over stall_window steps; value: the value function
-    predicts below value_threshold (falls back to stall until a value function exists)."""
+    predicts below value_threshold (falls back to stall until a value function exists);
+    human: only the person decides (kind human; SPACE takes and hands back control)."""
     stall_window: int = 20
     """Steps over which the goal distance must shrink by stall_eps."""
     stall_eps: float = 0.02
@@ -51,12 +54,24 @@ class CorrectorConfig:
     """Steps the corrector keeps control before handing back."""
     noise: float = 0.05
     """Action noise of the scripted corrector."""
+    human_hz: float = 10.0
+    """kind human: control steps shown per second of wall time (the env's rate is 10 Hz)."""
 
     def __post_init__(self):
-        if self.kind not in ("expert", "none"):
-            raise ValueError(f"corrector kind must be 'expert' or 'none', got {self.kind!r}")
-        if self.trigger not in ("stall", "value"):
-            raise ValueError(f"corrector trigger must be 'stall' or 'value', got {self.trigger!r}")
+        if self.kind not in ("expert", "human", "none"):
+            raise ValueError(
+                f"corrector kind must be 'expert', 'human' or 'none', got {self.kind!r}"
+            )
+        if self.trigger not in ("stall", "value", "human"):
+            raise ValueError(
+                f"corrector trigger must be 'stall', 'value' or 'human', got {self.trigger!r}"
+            )
+        if self.trigger == "human" and self.kind != "human":
+            raise ValueError(
+                "corrector trigger 'human' (a person decides) needs --corrector.kind human"
+            )
+        if self.human_hz < 0:
+            raise ValueError(f"corrector human_hz must be >= 0, got {self.human_hz}")
         if not 0.0 <= self.fraction <= 1.0:
             raise ValueError(f"corrector fraction must be in [0, 1], got {self.fraction}")
 
@@ -94,12 +109,32 @@ def make_deployer(
     corrector: CorrectorConfig = CorrectorConfig(kind="none"),
     value_fn: Callable[[Any, Obs], jax.Array] | None = None,
     record_images: int = 0,
+    human=None,
 ):
     """``deploy(params, key, value_params=None) -> Episodes``.
 
     ``chunk_fn(params, key, obs) -> [B, H, A]`` in env units (``obs.state`` raw);
     ``value_fn(value_params, obs) -> [B]`` (raw state) enables the ``value`` trigger;
-    ``record_images``: also keep ``record_images``-pixel frames of every step (for videos)."""
+    ``record_images``: also keep ``record_images``-pixel frames of every step (for videos).
+    With ``corrector.kind == "human"`` the episodes run one at a time with a person correcting
+    (``human``: a :class:`~anyskill.flywheel.human.HumanCorrector`; None: the terminal)."""
+    if corrector.kind == "human":
+        from anyskill.flywheel.human import make_human_deployer
+
+        return make_human_deployer(
+            env,
+            chunk_fn,
+            num_envs,
+            replan_every,
+            image_size,
+            num_cameras,
+            max_text_len,
+            prompt_suffix,
+            corrector,
+            value_fn,
+            record_images,
+            human,
+        )
     rows, tokens = instruction_tokens(env, max_text_len, prompt_suffix)
     horizon = int(env.episode_length)
     n_plans = -(-horizon // replan_every)

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -155,6 +157,9 @@ def outcome_metrics(success: np.ndarray, steps: np.ndarray, control_hz: float) -
 @dataclasses.dataclass
 class Flywheel:
     cfg: FlywheelConfig
+    human: Any = None
+    """With ``--corrector.kind human``: the person (a ``flywheel.human.HumanCorrector``);
+    None: the terminal's keyboard."""
 
     def __post_init__(self):
         self.dir = Path(self.cfg.run_dir)
@@ -280,6 +285,7 @@ class Flywheel:
             corrector=corrector,
             value_fn=value_fn,
             record_images=record_images,
+            human=self.human,
         )
 
     def training_data(self, seed: int, **sampler_kw) -> TrainingData:
@@ -550,5 +556,10 @@ def _jsonable(x):
     return x
 
 
-def run_flywheel(cfg: FlywheelConfig) -> dict:
-    return Flywheel(cfg).run()
+def run_flywheel(cfg: FlywheelConfig, human=None) -> dict:
+    if cfg.corrector.kind == "human" and human is None and not sys.stdin.isatty():
+        raise ValueError(
+            "--corrector.kind human needs a person at an interactive terminal (stdin is not "
+            "one); run anyskill flywheel in a terminal, or use --corrector.kind expert"
+        )
+    return Flywheel(cfg, human).run()
