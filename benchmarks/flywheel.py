@@ -84,6 +84,9 @@ def main():
     ap.add_argument("--demos", type=int, default=base.demos)
     ap.add_argument("--episodes-per-round", type=int, default=base.episodes_per_round)
     ap.add_argument("--arch", default=base.model.arch)
+    ap.add_argument(
+        "--beta", type=float, default=base.beta, help="guidance weight of the run's RECAP policy"
+    )
     ap.add_argument("--betas", type=float, nargs="+", default=[1.0, 1.5, 2.5])
     ap.add_argument("--candidates", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--ttc-episodes", type=int, default=128)
@@ -91,17 +94,19 @@ def main():
         "--no-ttc", action="store_true", help="skip the test-time compute sweep (first seed)"
     )
     args = ap.parse_args()
+    name = args.env + ("" if args.beta == base.beta else f"-beta{args.beta:g}")
 
     results = {}
     for seed in args.seeds:
         cfg = dataclasses.replace(
             base,
             env=args.env,
-            run_dir=Path(f"runs/bench-flywheel-{args.env}-s{seed}"),
+            run_dir=Path(f"runs/bench-flywheel-{name}-s{seed}"),
             rounds=args.rounds,
             demos=args.demos,
             episodes_per_round=args.episodes_per_round,
             model=dataclasses.replace(base.model, arch=args.arch),
+            beta=args.beta,
             seed=seed,
             videos=False,
             progress=False,
@@ -115,20 +120,21 @@ def main():
             "detection": st["detection"],
             "minutes": (time.perf_counter() - t0) / 60,
         }
-        ttc_path = Path("benchmarks/results") / f"flywheel-{args.env}-ttc-s{seed}.json"
+        ttc_path = Path("benchmarks/results") / f"flywheel-{name}-ttc-s{seed}.json"
         if seed == args.seeds[0] and not args.no_ttc:
             ttc = test_time_compute(fw, args.betas, args.candidates, args.ttc_episodes)
             ttc_path.write_text(json.dumps(ttc, indent=1))
         if seed == args.seeds[0] and ttc_path.exists():
             results[seed]["test_time"] = json.loads(ttc_path.read_text())
-    out = Path("benchmarks/results") / f"flywheel-{args.env}.json"
+    out = Path("benchmarks/results") / f"flywheel-{name}.json"
     out.write_text(json.dumps(results, indent=1))
 
     lines = [
         f"# Flywheel (RECAP) vs baselines on {args.env}, seeds {args.seeds}",
         "",
         f"`python benchmarks/flywheel.py --env {args.env} --seeds "
-        f"{' '.join(map(str, args.seeds))} --rounds {args.rounds}` (arch {args.arch}, "
+        f"{' '.join(map(str, args.seeds))} --rounds {args.rounds} --beta {args.beta:g}` "
+        f"(arch {args.arch}, "
         f"{args.demos} demos, {args.episodes_per_round} episodes per round)",
         "",
         "| round | method | success | failure | time to success (s) | throughput (/h) |",
@@ -213,7 +219,7 @@ def main():
         "Minutes of this invocation per seed (0 when the run was already complete): "
         + ", ".join(f"{s['minutes']:.1f}" for s in results.values()),
     ]
-    write_report(Path("benchmarks/results") / f"flywheel-{args.env}.md", lines)
+    write_report(Path("benchmarks/results") / f"flywheel-{name}.md", lines)
 
 
 if __name__ == "__main__":

@@ -122,8 +122,9 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def rollout_video(fw, name: str, path: Path, episodes: int = 4, size: int = 96) -> Path:
-    """A GIF of ``episodes`` rollouts of policy ``name`` side by side."""
+def rollout_video(fw, name: str, path: Path, episodes: int = 4, size: int = 96) -> tuple[Path, str]:
+    """A GIF of ``episodes`` rollouts of policy ``name`` side by side, and its caption (each
+    episode's instruction and outcome, left to right)."""
     from anyskill.envs.render import save_video
 
     conditioned = name == "recap"
@@ -138,7 +139,11 @@ def rollout_video(fw, name: str, path: Path, episodes: int = 4, size: int = 96) 
             frames[i, ep.length[i] :, :3] = (40, 200, 60)
             frames[i, ep.length[i] :, -3:] = (40, 200, 60)
     tiled = np.concatenate(list(frames[:, : t + 5]), axis=2)
-    return save_video(tiled, path, fps=float(fw.env.control_hz))
+    caption = "Left to right: " + "; ".join(
+        f"“{text}” — {'success' if ok else 'failure'} after {n} steps"
+        for text, ok, n in zip(ep.task, ep.success, ep.length, strict=True)
+    )
+    return save_video(tiled, path, fps=float(fw.env.control_hz)), caption
 
 
 def write_report(fw, st: dict) -> Path:
@@ -197,8 +202,8 @@ def write_report(fw, st: dict) -> Path:
     ]
     if videos:
         parts += ["## Rollouts", ""]
-        for v in videos:
-            parts += [f"![{v.stem}]({v.name})", ""]
+        for v, caption in videos:
+            parts += [f"![{v.stem}]({v.name})", "", caption + ".", ""]
     path = d / "report.md"
     checkpoint.atomic_write_bytes(path, "\n".join(parts).encode())
     checkpoint.atomic_write_bytes(d / "results.json", json.dumps(st, indent=1).encode())
