@@ -117,29 +117,37 @@ def test_one_round_on_reach_improves_success(tmp_path):
 
 def test_a_person_at_the_keyboard_corrects_through_the_loop(tmp_path, monkeypatch):
     """``--corrector.kind human`` with scripted keys: the person's segment is stored as a
-    corrected episode with its intervention frames (the loop is stopped after collecting)."""
+    corrected episode with its intervention frames, each episode as soon as it ends, so a
+    kill in the middle of the round loses only the episode in progress."""
     from anyskill.flywheel.human import HumanCorrector, ScriptedKeys
+
+    class Killed(ScriptedKeys):
+        def poll(self):
+            if self.polls == 45:  # in the second episode (reach episodes are <= 40 steps)
+                raise KeyboardInterrupt("the person pressed Ctrl-C")
+            return super().poll()
 
     def stop(self, rnd):
         raise KeyboardInterrupt("stop after collecting")
 
     monkeypatch.setattr(loop.Flywheel, "train_value", stop)
-    cfg = tiny(
-        tmp_path,
-        episodes_per_round=3,
-        demos=8,
-        init_steps=10,
-        corrector=CorrectorConfig(kind="human", trigger="human", fraction=1.0),
-    )
-    person = HumanCorrector(ScriptedKeys({0: ["space", "d"], 6: ["space"]}), hz=0)
-    with pytest.raises(KeyboardInterrupt):
+    corrector = CorrectorConfig(kind="human", trigger="human", fraction=1.0)
+    cfg = tiny(tmp_path, episodes_per_round=3, demos=8, init_steps=10, corrector=corrector)
+    person = HumanCorrector(Killed({0: ["space", "d"], 6: ["space"]}), hz=0)
+    with pytest.raises(KeyboardInterrupt, match="Ctrl-C"):
         loop.run_flywheel(cfg, human=person)
     ds = Dataset.open(cfg.run_dir / "data")
+    assert list(ds.episodes.source[ds.episodes.policy_version == "recap-r0"]) == ["corrected"]
+
+    again = HumanCorrector(ScriptedKeys({}), hz=0)
+    with pytest.raises(KeyboardInterrupt, match="after collecting"):
+        loop.run_flywheel(dataclasses.replace(cfg, resume=True), human=again)
+    ds = Dataset.open(cfg.run_dir / "data")
     rolled = ds.episodes.policy_version == "recap-r0"
-    assert int(rolled.sum()) == 3
     assert list(ds.episodes.source[rolled]) == ["corrected", "autonomous", "autonomous"]
     iv = np.asarray(ds.columns["intervention"], bool)
     assert int(iv.sum()) == 6
+    assert again.keys.polls > 0  # the resumed round was watched from its second episode
 
 
 def test_a_human_corrector_needs_a_terminal(tmp_path, monkeypatch):

@@ -251,19 +251,33 @@ def make_human_deployer(
     value_jit = jax.jit(value_fn) if value_fn is not None else None
     window = max(1, corrector.stall_window // replan_every)
 
-    def run(params, key, value_params, person: HumanCorrector) -> Episodes:
+    def one(rec, ok, fam, text) -> Episodes:
+        was_done = np.stack(rec["done"])[None]
+        return Episodes(
+            state=np.stack(rec["obs"])[None],
+            goal=np.stack(rec["goal"])[None],
+            action=np.stack(rec["act"])[None],
+            intervention=np.stack(rec["iv"])[None],
+            length=(~was_done).sum(1),
+            success=np.asarray([ok]),
+            family=np.asarray([fam]),
+            task=[text],
+            images=np.stack(rec["img"])[None] if record_images else None,
+        )
+
+    def run(params, key, value_params, person: HumanCorrector, first, on_episode) -> Episodes:
         k_watch, k_eps = jax.random.split(key)
         watched = np.asarray(jax.random.uniform(k_watch, (num_episodes,)) < corrector.fraction)
-        cols: dict[str, list] = {k: [] for k in ("obs", "goal", "act", "iv", "done", "img")}
-        success, family, texts = [], [], []
+        done_eps = []
         for e, k_ep in enumerate(jax.random.split(k_eps, num_episodes)):
+            if e < first:
+                continue
             k_reset, k_run = jax.random.split(k_ep)
             state = reset(k_reset)
             text = env.instruction(jax.tree.map(lambda x: x[0], state.physics))
-            texts.append(text)
-            family.append(int(np.asarray(state.physics.task)[0, T.FAMILY]))
+            family = int(np.asarray(state.physics.task)[0, T.FAMILY])
             person.begin_episode()
-            rec = {k: [] for k in cols}
+            rec = {k: [] for k in ("obs", "goal", "act", "iv", "done", "img")}
             done, ok, left, dists, plan = False, False, 0, [], None
             plan_keys = jax.random.split(k_run, n_steps // replan_every)
             for t in range(n_steps):
@@ -326,31 +340,39 @@ def make_human_deployer(
                     ok = bool(state.success[0]) and ended
                     done = ended
                     left = max(left - 1, 0)
-            for k in cols:
-                cols[k].append(np.stack(rec[k]))
-            success.append(ok)
-        was_done = np.stack(cols["done"])
-        return Episodes(
-            state=np.stack(cols["obs"]),
-            goal=np.stack(cols["goal"]),
-            action=np.stack(cols["act"]),
-            intervention=np.stack(cols["iv"]),
-            length=(~was_done).sum(1),
-            success=np.asarray(success),
-            family=np.asarray(family),
-            task=texts,
-            images=np.stack(cols["img"]) if record_images else None,
-        )
+            ep = one(rec, ok, family, text)
+            if on_episode is not None:
+                on_episode(ep)
+            done_eps.append(ep)
+        return concat(done_eps) if done_eps else None
 
-    def deploy(params, key, value_params=None):
+    def deploy(params, key, value_params=None, first: int = 0, on_episode=None):
+        """Episodes ``first ..`` of the round (earlier ones were stored before a restart);
+        ``on_episode(episode)`` is called with each one-episode ``Episodes`` as it ends."""
         if human is not None:
-            return run(params, key, value_params, human)
+            return run(params, key, value_params, human, first, on_episode)
         with TerminalKeys() as keys:
-            return run(
-                params,
-                key,
-                value_params,
-                HumanCorrector(keys, out=sys.stdout, hz=corrector.human_hz),
-            )
+            person = HumanCorrector(keys, out=sys.stdout, hz=corrector.human_hz)
+            return run(params, key, value_params, person, first, on_episode)
 
     return deploy
+
+
+def concat(episodes: list) -> Any:
+    """One ``Episodes`` from several with the same number of frames each."""
+    from anyskill.flywheel.deploy import Episodes
+
+    if not episodes:
+        raise ValueError("no episodes to concatenate")
+    cat = lambda f: np.concatenate([getattr(e, f) for e in episodes])  # noqa: E731
+    return Episodes(
+        state=cat("state"),
+        goal=cat("goal"),
+        action=cat("action"),
+        intervention=cat("intervention"),
+        length=cat("length"),
+        success=cat("success"),
+        family=cat("family"),
+        task=[t for e in episodes for t in e.task],
+        images=cat("images") if episodes[0].images is not None else None,
+    )

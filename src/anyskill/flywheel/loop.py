@@ -342,10 +342,11 @@ class Flywheel:
         vp = self._value_params() if self.cfg.corrector.trigger == "value" else None
         log(f"round {rnd}: deploying the {LABELS[name]} on {c.episodes_per_round} episodes ...")
         deploy = self.deployer(rnd > 1, c.episodes_per_round, c.corrector)
-        ep = deploy(params, jax.random.fold_in(jax.random.key(c.seed), 1000 + rnd), vp)
+        key = jax.random.fold_in(jax.random.key(c.seed), 1000 + rnd)
         writer = EpisodeWriter.open(self.data_dir)
         human = c.labels == "human"
-        for i in range(have, c.episodes_per_round):
+
+        def store(ep, i):
             t = int(ep.length[i])
             writer.add_episode(
                 {
@@ -360,6 +361,15 @@ class Flywheel:
                 policy_version=tag,
                 episode_info={"round": rnd, "corrected": bool(ep.intervention[i, :t].any())},
             )
+
+        if c.corrector.kind == "human":
+            # a person's time is precious: every episode is stored the moment it ends, and a
+            # resumed round continues after the episodes already stored
+            deploy(params, key, vp, first=have, on_episode=lambda ep: store(ep, 0))
+            return
+        ep = deploy(params, key, vp)
+        for i in range(have, c.episodes_per_round):
+            store(ep, i)
 
     def _value_params(self):
         p = self.dir / "value.msgpack"
