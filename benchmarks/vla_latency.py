@@ -23,6 +23,8 @@ from anyskill.algos.vla.model import Batch, PolicyModel
 SIZES = {
     "tiny": dict(width=64, depth=2, action_width=48, heads=2, head_dim=32),
     "default": dict(),
+    # the default until 2026-11: 4 heads and a 96-wide action expert (1.88M parameters)
+    "previous": dict(heads=4, action_width=96),
     "wide": dict(width=256, depth=6, action_width=192, heads=8, head_dim=32),
 }
 
