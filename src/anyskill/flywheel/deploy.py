@@ -91,6 +91,15 @@ class Episodes:
     images: np.ndarray | None = None  # [B, T, S, S, 3] when recorded
 
 
+def stalled(dists: list, corrector: CorrectorConfig, replan_every: int):
+    """The stall trigger over goal distances measured once per replanning (each entry a
+    scalar or ``[B]``): no progress of ``stall_eps`` over the last ``stall_window`` steps."""
+    window = max(1, corrector.stall_window // replan_every)
+    if len(dists) <= window:
+        return np.zeros(np.shape(dists[-1]), bool) if dists else np.bool_(False)
+    return np.asarray(dists[-1] > dists[-1 - window] - corrector.stall_eps)
+
+
 def goal_distance(env: Tabletop, obs: jax.Array, goal: jax.Array) -> jax.Array:
     """Summed distance of the goal-space features (pusher + present objects) to the goal."""
     diff = (env.achieved_goal(obs) - goal).reshape(obs.shape[0], -1, 2)
@@ -190,7 +199,6 @@ def make_deployer(
         )
         outs = []
         dists = []
-        window = max(1, corrector.stall_window // replan_every)
         for k in jax.random.split(k_run, n_plans):
             k_chunk, k_exec = jax.random.split(k)
             state, done, _, steps, left = carry
@@ -203,10 +211,8 @@ def make_deployer(
                     and value_params is not None
                 ):
                     fire = np.asarray(value_jit(value_params, obs)) < corrector.value_threshold
-                elif len(dists) > window:
-                    fire = dists[-1] > dists[-1 - window] - corrector.stall_eps
                 else:
-                    fire = np.zeros(num_envs, bool)
+                    fire = stalled(dists, corrector, replan_every)
                 fire &= watched & ~np.asarray(done) & (np.asarray(left) == 0)
                 if fire.any():
                     left = jnp.where(jnp.asarray(fire), corrector.correction_steps, left)

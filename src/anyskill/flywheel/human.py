@@ -79,6 +79,16 @@ def parse_keys(raw: str) -> list[str]:
     return keys
 
 
+def require_terminal(stream: TextIO) -> None:
+    """Refuse a stream that is not an interactive terminal (before any work is done)."""
+    if not stream.isatty():
+        raise ValueError(
+            "--corrector.kind human reads the keyboard of an interactive terminal, but "
+            "stdin is not a terminal; run the command in a terminal, or use "
+            "--corrector.kind expert (scripted corrector) or none"
+        )
+
+
 class TerminalKeys:
     """Keys of the controlling terminal, non-blocking (a context manager: cbreak mode inside,
     the terminal's settings restored on exit, also after an exception)."""
@@ -91,12 +101,7 @@ class TerminalKeys:
         import termios
         import tty
 
-        if not self.stream.isatty():
-            raise ValueError(
-                "--corrector.kind human reads the keyboard of an interactive terminal, but "
-                "stdin is not a terminal; run the command in a terminal, or use "
-                "--corrector.kind expert (scripted corrector) or none"
-            )
+        require_terminal(self.stream)
         fd = self.stream.fileno()
         self._saved = termios.tcgetattr(fd)
         tty.setcbreak(fd)
@@ -232,7 +237,7 @@ def make_human_deployer(
     :func:`anyskill.flywheel.deploy.make_deployer` but one episode at a time, stepped from
     Python, with a person (``human``, or the terminal's keyboard when None) as the corrector
     of the watched episodes."""
-    from anyskill.flywheel.deploy import Episodes, goal_distance
+    from anyskill.flywheel.deploy import Episodes, goal_distance, stalled
 
     rows, tokens = instruction_tokens(env, max_text_len, prompt_suffix)
     horizon = int(env.episode_length)
@@ -249,7 +254,6 @@ def make_human_deployer(
     )
     dist_fn = jax.jit(lambda s: goal_distance(env, s.obs, s.goal)[0])
     value_jit = jax.jit(value_fn) if value_fn is not None else None
-    window = max(1, corrector.stall_window // replan_every)
 
     def one(rec, ok, fam, text) -> Episodes:
         was_done = np.stack(rec["done"])[None]
@@ -301,10 +305,7 @@ def make_human_deployer(
                                 float(value_jit(value_params, obs)[0]) < corrector.value_threshold
                             )
                         else:
-                            fire = (
-                                len(dists) > window
-                                and dists[-1] > dists[-1 - window] - corrector.stall_eps
-                            )
+                            fire = bool(stalled(dists, corrector, replan_every))
                         if fire:
                             left = corrector.correction_steps
                             person.take_over()
@@ -360,19 +361,14 @@ def make_human_deployer(
 
 def concat(episodes: list) -> Any:
     """One ``Episodes`` from several with the same number of frames each."""
+    import dataclasses
+
     from anyskill.flywheel.deploy import Episodes
 
-    if not episodes:
-        raise ValueError("no episodes to concatenate")
-    cat = lambda f: np.concatenate([getattr(e, f) for e in episodes])  # noqa: E731
-    return Episodes(
-        state=cat("state"),
-        goal=cat("goal"),
-        action=cat("action"),
-        intervention=cat("intervention"),
-        length=cat("length"),
-        success=cat("success"),
-        family=cat("family"),
-        task=[t for e in episodes for t in e.task],
-        images=cat("images") if episodes[0].images is not None else None,
-    )
+    def cat(name):
+        parts = [getattr(e, name) for e in episodes]
+        if parts[0] is None:
+            return None
+        return sum(parts, []) if isinstance(parts[0], list) else np.concatenate(parts)
+
+    return Episodes(**{f.name: cat(f.name) for f in dataclasses.fields(Episodes)})

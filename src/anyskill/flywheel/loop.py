@@ -567,9 +567,8 @@ def _jsonable(x):
 
 
 def run_flywheel(cfg: FlywheelConfig, human=None) -> dict:
-    if cfg.corrector.kind == "human" and human is None and not sys.stdin.isatty():
-        raise ValueError(
-            "--corrector.kind human needs a person at an interactive terminal (stdin is not "
-            "one); run anyskill flywheel in a terminal, or use --corrector.kind expert"
-        )
+    if cfg.corrector.kind == "human" and human is None:
+        from anyskill.flywheel.human import require_terminal
+
+        require_terminal(sys.stdin)
     return Flywheel(cfg, human).run()
