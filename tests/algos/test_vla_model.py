@@ -3,6 +3,8 @@ normalization, tokenization, and that the loss can be driven down."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -238,3 +240,43 @@ def test_guidance_with_beta_one_is_conditioned_sampling():
         np.testing.assert_allclose(a, b, atol=1e-4)
         c = model.sample_guided(params, jax.random.key(3), obs, unc, beta=2.0)
         assert not np.allclose(a, c, atol=1e-3)
+
+
+def test_ema_decay_warms_up_then_holds():
+    """min(ema, (1 + t) / (10 + t)): 0.1 at the first update, 0.5 at t = 8, then the cap."""
+    from anyskill.algos.vla.train import ema_decay
+
+    np.testing.assert_allclose(
+        [float(ema_decay(0.999, t)) for t in (0, 8, 90, 100_000)],
+        [0.1, 0.5, 0.91, 0.999],
+        rtol=1e-6,
+    )
+
+
+def test_train_step_ema_forgets_the_initialisation():
+    """The EMA follows the warm-up decays (0.1, then 2/11, ...) rather than 0.999 from the
+    start, so a short run is evaluated on weights it trained, not on its initialisation."""
+    from anyskill.algos.vla.config import TrainConfig
+    from anyskill.algos.vla.train import TrainState, make_optimizer, make_train_step
+
+    model = PolicyModel(dataclasses.replace(TINY, arch="mlp-bc"))
+    params = model.init(jax.random.key(0))
+    opt = make_optimizer(TrainConfig(steps=10, warmup_steps=1, lr=1e-2))
+    ts = TrainState(params, params, opt.init(params), jnp.int32(0), jax.random.PRNGKey(1))
+    obs = random_obs(jax.random.key(2), model.cfg)
+    batch = Batch(
+        obs, jnp.ones((3, TINY.horizon, TINY.action_dim)), jnp.ones((3, TINY.horizon), bool)
+    )
+    step = make_train_step(model, opt, 0.999)
+    ts1, _ = step(ts, batch)
+    ts2, _ = step(ts1, batch)
+    # decays 0.1 then 2/11 (the first update's learning rate is 0: warm-up starts at 0)
+    ema1 = jax.tree.map(lambda p0, p1: 0.1 * p0 + 0.9 * p1, params, ts1.params)
+    expect = jax.tree.map(lambda e, p2: 2 / 11 * e + 9 / 11 * p2, ema1, ts2.params)
+    for e, x in zip(jax.tree.leaves(expect), jax.tree.leaves(ts2.ema), strict=True):
+        np.testing.assert_allclose(x, e, rtol=1e-5, atol=1e-6)
+    moved = [
+        not np.allclose(a, b)
+        for a, b in zip(jax.tree.leaves(ts2.params), jax.tree.leaves(params), strict=True)
+    ]
+    assert any(moved)

@@ -47,6 +47,16 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     )
 
 
+def ema_decay(ema: float, step):
+    """EMA decay at update ``step`` (0-based): ``min(ema, (1 + step) / (10 + step))``.
+
+    The warm-up (as in TensorFlow's ``ExponentialMovingAverage(num_updates=...)``) keeps the
+    average from holding on to the initial weights: with a constant 0.999, 37 % of the EMA
+    is still the random initialisation after 1,000 steps, which makes short runs and early
+    evaluations look far worse than the weights being trained."""
+    return jnp.minimum(ema, (1.0 + step) / (10.0 + step))
+
+
 def make_train_step(model: PolicyModel, opt: optax.GradientTransformation, ema: float):
     @jax.jit
     def train_step(ts: TrainState, batch):
@@ -54,7 +64,8 @@ def make_train_step(model: PolicyModel, opt: optax.GradientTransformation, ema: 
         (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(ts.params, k, batch)
         updates, opt_state = opt.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
-        new_ema = jax.tree.map(lambda e, p: ema * e + (1 - ema) * p, ts.ema, params)
+        d = ema_decay(ema, ts.step.astype(jnp.float32))
+        new_ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ts.ema, params)
         metrics = dict(metrics, grad_norm=optax.global_norm(grads))
         return TrainState(params, new_ema, opt_state, ts.step + 1, key), metrics
 
