@@ -217,6 +217,10 @@ class DataRecord:
     """Camera image side in pixels."""
     noise: float = 0.1
     """Action noise of the scripted expert."""
+    dart: bool = False
+    """DART: execute the noisy action but record the expert's noise-free action as the label
+    (the executed one is kept as action.executed). Use with a larger --noise (e.g. 0.3) for
+    demonstrations that show recoveries."""
     seed: int = 0
     """Seed of the episodes (episode i starts from fold_in(key(seed), i))."""
 
@@ -290,6 +294,7 @@ def cmd_data(args: list[str]) -> int:
                 noise=parsed.noise,
                 seed=parsed.seed,
                 progress=bar.update,
+                dart=parsed.dart,
             )
         print(json.dumps(dataclasses.asdict(rec), indent=2))
     return 0

@@ -180,14 +180,16 @@ def episode_frames(ds: Dataset, e: int, camera: str | None = None) -> np.ndarray
             "env (no meta/anyskill/source.json with env_seed/env_episode), so there is nothing "
             "to draw it from; record with --images or render from the source"
         )
-    from anyskill.data.record import replay_images
+    from anyskill.data.record import EXECUTED, replay_images
 
     s, t = int(ds.episodes.start[e]), int(ds.episodes.stop[e])
+    # a DART recording labels the noise-free action; what was executed is kept beside it
+    executed = EXECUTED if EXECUTED in ds.columns else "action"
     return replay_images(
         src["env"],
         int(row["env_seed"]),
         int(row["env_episode"]),
-        np.asarray(ds.columns["action"][s:t]),
+        np.asarray(ds.columns[executed][s:t]),
         int(src.get("image_size", 64)),
     )
 

@@ -9,6 +9,13 @@ Features: ``observation.state`` [obs_dim], ``observation.goal`` [goal_dim] (the 
 instruction asks for), ``action`` [2], and with ``images=True`` the camera
 ``observation.images.top`` [S, S, 3] as MP4. Frame t holds the state before action t; the
 episode ends at the step that fulfils the instruction (success) or at the time limit.
+
+With ``dart=True`` (DART: Laskey et al., "DART: Noise Injection for Robust Imitation
+Learning", CoRL 2017) the executed action is the noisy one but the recorded label
+``action`` is the expert's noise-free action at the same state: the noise widens the states
+the demonstrations visit (the expert shows how it recovers from a perturbation), while the
+labels stay the expert's intent. The executed action is kept as ``action.executed`` so the
+episode still replays exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from anyskill.data.format import vector_feature, video_feature
 from anyskill.data.writer import EpisodeWriter
 
 CAMERA = "observation.images.top"
+EXECUTED = "action.executed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,24 +72,38 @@ def record_expert(
     seed: int = 0,
     batch: int = 32,
     progress: Callable[[int], None] | None = None,
+    dart: bool = False,
 ) -> Recording:
     """Record ``episodes`` expert episodes into a new dataset at ``out`` (or continue one
-    that this function started earlier with the same env: episodes are appended)."""
+    that this function started earlier with the same env: episodes are appended).
+
+    ``dart``: execute the noisy action but record the noise-free one as the label (see the
+    module docstring)."""
     from anyskill.envs.tabletop import ScriptedExpert
 
     env = _make_env(env_name, image_size=image_size)
     expert = ScriptedExpert(env, noise=noise)
+    clean = ScriptedExpert(env, noise=0.0)
     out = Path(out)
     features = {
         "observation.state": vector_feature(env.obs_dim),
         "observation.goal": vector_feature(env.goal_dim),
         "action": vector_feature(env.action_dim),
     }
+    if dart:
+        features[EXECUTED] = vector_feature(env.action_dim)
     if images:
         features[CAMERA] = video_feature(image_size, image_size, int(env.control_hz))
     source = {"env": env_name, "image_size": image_size, "noise": noise, "seed": seed}
+    if dart:
+        source["dart"] = True
     if (out / "meta" / "info.json").exists():
         writer = EpisodeWriter.open(out)
+        if (EXECUTED in writer.info.features) != dart:
+            raise ValueError(
+                f"{out} was recorded {'with' if not dart else 'without'} --dart; continue it "
+                f"{'with' if not dart else 'without'} --dart or record into a new --out"
+            )
     else:
         writer = EpisodeWriter.create(
             out, features, fps=int(env.control_hz), robot_type=env_name, source_env=source
@@ -96,10 +118,11 @@ def record_expert(
 
             def step(carry, k):
                 s, done = carry
-                a = expert(s, k)
+                a = expert(s, k)  # executed
+                label = clean(s, k) if dart else a
                 nxt = env.step(s, a)
                 img = env.render_image(s.physics, image_size) if images else jnp.zeros(())
-                out_t = (s.obs, s.goal, a, img, done, nxt.terminated & ~done)
+                out_t = (s.obs, s.goal, (label, a), img, done, nxt.terminated & ~done)
                 return (nxt, done | nxt.done), out_t
 
             (_, _), (obs, goal, act, img, was_done, won) = jax.lax.scan(
@@ -126,8 +149,10 @@ def record_expert(
             frames = {
                 "observation.state": obs[i, :t],
                 "observation.goal": goal[i, :t],
-                "action": act[i, :t],
+                "action": act[0][i, :t],
             }
+            if dart:
+                frames[EXECUTED] = act[1][i, :t]
             if images:
                 frames[CAMERA] = img[i, :t]
             writer.add_episode(
@@ -135,7 +160,7 @@ def record_expert(
                 task=texts[i],
                 success=bool(success[i]),
                 source="demonstration",
-                policy_version=f"scripted-expert(noise={noise})",
+                policy_version=f"scripted-expert(noise={noise}{', dart' if dart else ''})",
                 episode_info={"env_seed": int(seed), "env_episode": int(first + done + i)},
             )
             wins += int(success[i])
