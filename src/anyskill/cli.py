@@ -367,6 +367,11 @@ class EvalPolicy:
     """Actions executed per chunk (default: the run's)."""
     num_steps: int | None = None
     """Euler steps per chunk (default: the model's)."""
+    video: Path | None = None
+    """Also write a video (.gif or .mp4) of --video-episodes closed-loop episodes of the
+    first split, side by side, each captioned with its instruction and outcome."""
+    video_episodes: int = 4
+    """Episodes in the video."""
     seed: int = 123
 
 
@@ -412,6 +417,21 @@ def cmd_eval_policy(args: list[str]) -> int:
         "step": meta.get("step"),
         **ev(params, jax.random.key(parsed.seed)),
     }
+    if parsed.video is not None:
+        from anyskill.algos.vla.evaluate import rollout_video
+
+        result["video"] = rollout_video(
+            dataclasses.replace(env, split=parsed.split[0]),
+            chunk_fn_for(model, normalizer, parsed.num_steps),
+            params,
+            jax.random.key(parsed.seed + 1),
+            parsed.video,
+            episodes=parsed.video_episodes,
+            replan_every=parsed.replan_every or cfg.replan_every,
+            image_size=m.image_size,
+            num_cameras=m.num_cameras,
+            max_text_len=m.max_text_len,
+        )
     print(json.dumps(result, indent=2))
     return 0
 

@@ -280,3 +280,21 @@ def test_train_step_ema_forgets_the_initialisation():
         for a, b in zip(jax.tree.leaves(ts2.params), jax.tree.leaves(params), strict=True)
     ]
     assert any(moved)
+
+
+def test_mention_order_tells_the_object_colour_from_the_zone_colour():
+    """In "push the green block into the yellow zone" green is the 1st grounded word, block
+    the 2nd, yellow the 3rd; in "go to the yellow area" yellow is the 1st."""
+    from anyskill.algos.vla.model import grounded_vocab, mention_order
+
+    words = (
+        ((7, ("red", "green", "yellow")), (11, ("block", "disc"))),
+        ((-1, ("yellow",)),),
+    )
+    vocab = grounded_vocab(words)
+    assert vocab == ("red", "green", "yellow", "block", "disc")
+    tokens, _ = tokenize(["push the green block into the yellow zone", "go to the yellow area"], 10)
+    order = np.asarray(mention_order(jnp.asarray(tokens), words))
+    got = [{w: int(order[b, vocab.index(w)]) for w in ("green", "block", "yellow")} for b in (0, 1)]
+    assert got[0] == {"green": 0, "block": 1, "yellow": 2}
+    assert got[1]["yellow"] == 0

@@ -56,7 +56,8 @@ def rollout(env: Env, policy: PolicyFn, key: jax.Array, episodes: int, steps: in
     return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), start, states)
 
 
-def _caption(frame: np.ndarray, text: str, ok: bool, width_chars: int) -> np.ndarray:
+def caption_frame(frame: np.ndarray, text: str, ok: bool, width_chars: int) -> np.ndarray:
+    """``frame`` with up to three lines of ``text`` under it (green when ``ok``)."""
     lines = textwrap.wrap(text, width_chars)[:3]
     h = 12 * 3 + 6  # always room for three lines, so every tile has the same height
     img = Image.new("RGB", (frame.shape[1], frame.shape[0] + h), (255, 255, 255))
@@ -108,7 +109,7 @@ def render_rollouts(
         clips = []
         for i in range(episodes):
             frames = [
-                _caption(imgs[t, i], texts[i], bool(ever[t, i]), size // 6)
+                caption_frame(imgs[t, i], texts[i], bool(ever[t, i]), size // 6)
                 for t in range(last[i] + 1)
             ]
             clips.append(np.stack(frames))

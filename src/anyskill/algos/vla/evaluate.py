@@ -64,11 +64,14 @@ def make_rollout(
     num_cameras: int,
     max_text_len: int,
     prompt_suffix: str = "",
+    record_size: int = 0,
 ):
     """``rollout(params, key) -> (success, family, steps)``, each ``[num_envs]``.
 
     Every env runs its first episode to the end (the longest family's episode length);
-    ``family`` is the index in ``tasks.FAMILIES`` of the task it drew."""
+    ``family`` is the index in ``tasks.FAMILIES`` of the task it drew. With ``record_size``
+    > 0 the rollout also returns the camera frames ``[T, num_envs, S, S, 3]`` (uint8, the
+    state before each step; an env's frames past its episode's end are not meaningful)."""
     rows, tokens = instruction_tokens(env, max_text_len, prompt_suffix)
     horizon = int(max(T.EPISODE_LENGTH[f] for f in env.families))
     n_plans = -(-horizon // replan_every)
@@ -84,13 +87,18 @@ def make_rollout(
     def execute(carry, actions):
         def act(c, a):
             state, done, success, steps = c
+            frame = (
+                jax.vmap(lambda p: env.render_image(p, record_size))(state.physics)
+                if record_size
+                else None
+            )
             nxt = jax.vmap(env.step)(state, a)
             ended = nxt.terminated | nxt.truncated
             success = jnp.where(done, success, nxt.success & ended)
             steps = steps + (~done).astype(jnp.int32)
-            return (nxt, done | ended, success, steps), None
+            return (nxt, done | ended, success, steps), frame
 
-        return jax.lax.scan(act, carry, actions.swapaxes(0, 1))[0]
+        return jax.lax.scan(act, carry, actions.swapaxes(0, 1))
 
     def rollout(params, key):
         k_reset, k_run = jax.random.split(key)
@@ -98,12 +106,62 @@ def make_rollout(
         family = state.physics.task[:, T.FAMILY]
         zeros = jnp.zeros(num_envs, bool)
         carry = (state, zeros, zeros, jnp.zeros(num_envs, jnp.int32))
+        frames = []
         for k in jax.random.split(k_run, n_plans):
-            carry = execute(carry, chunk(params, k, obs_fn(carry[0])))
+            carry, f = execute(carry, chunk(params, k, obs_fn(carry[0])))
+            if record_size:
+                frames.append(np.asarray(f))
         _, _, success, steps = carry
+        if record_size:
+            return success, family, steps, np.concatenate(frames)[:horizon]
         return success, family, steps
 
     return rollout
+
+
+def rollout_video(
+    env: Tabletop,
+    chunk_fn: ChunkFn,
+    params,
+    key: jax.Array,
+    path,
+    *,
+    episodes: int,
+    replan_every: int,
+    image_size: int,
+    num_cameras: int,
+    max_text_len: int,
+    size: int = 128,
+) -> dict:
+    """Write a video of ``episodes`` closed-loop episodes side by side, each captioned with
+    its instruction (green once fulfilled); returns ``{path, instructions, success}``."""
+    from anyskill.envs.render import save_video, tile_frames
+    from anyskill.envs.video import caption_frame
+
+    roll = make_rollout(
+        env,
+        chunk_fn,
+        episodes,
+        replan_every,
+        image_size,
+        num_cameras,
+        max_text_len,
+        record_size=size,
+    )
+    k_reset = jax.random.split(key)[0]
+    first = jax.vmap(env.reset)(jax.random.split(k_reset, episodes))
+    texts = env.instruction(first)
+    texts = [texts] if isinstance(texts, str) else texts
+    success, _, steps, frames = (np.asarray(x) for x in roll(params, key))
+    clips = []
+    for i in range(episodes):
+        n = int(steps[i])
+        clip = [caption_frame(frames[t, i], texts[i], False, size // 6) for t in range(n)]
+        # hold the last frame a second, captioned with the outcome
+        clip += [caption_frame(frames[n - 1, i], texts[i], bool(success[i]), size // 6)] * 10
+        clips.append(np.stack(clip))
+    out = save_video(tile_frames(clips, cols=min(4, episodes)), path, fps=float(env.control_hz))
+    return {"path": str(out), "instructions": texts, "success": success.tolist()}
 
 
 @dataclasses.dataclass

@@ -56,6 +56,41 @@ class Batch:
     action_mask: jax.Array
 
 
+#: grounded words of an instruction that get their own mention-order embedding
+MAX_MENTIONS = 8
+
+
+def grounded_vocab(state_token_words) -> tuple[str, ...]:
+    """Every word that names some entity (colours, shapes), in a fixed order."""
+    vocab: dict[str, None] = {}
+    for segments in state_token_words:
+        for _, names in segments:
+            vocab.update(dict.fromkeys(names))
+    return tuple(vocab)
+
+
+def name_ids(names, state_token_words) -> jax.Array:
+    """Indices of ``names`` in :func:`grounded_vocab`."""
+    vocab = grounded_vocab(state_token_words)
+    return jnp.asarray([vocab.index(n) for n in names])
+
+
+def mention_order(tokens: jax.Array, state_token_words) -> jax.Array:
+    """``[B, V]``: for each grounded word, how many other grounded words the instruction
+    mentions before its first occurrence (0 for the first; words not mentioned get a rank too,
+    but it is never used). The order tells the roles apart where the words alone do not: the
+    object's colour comes before the zone's in every push phrasing, the target before the
+    anchor in every gather phrasing."""
+    vocab = grounded_vocab(state_token_words)
+    ids = jnp.asarray(tokenize(" ".join(vocab), len(vocab))[0])  # [V]
+    hit = tokens[:, :, None] == ids  # [B, L, V]
+    L = tokens.shape[1]
+    first = jnp.where(hit.any(1), jnp.argmax(hit, axis=1), L)  # [B, V]
+    said = first < L
+    before = (first[:, None, :] < first[:, :, None]) & said[:, None, :]  # [B, V, V']: V' first
+    return jnp.minimum(before.sum(-1), MAX_MENTIONS - 1)
+
+
 def sample_time(key, shape):
     return 0.999 * jax.random.beta(key, 1.5, 1.0, shape) + 0.001
 
@@ -96,6 +131,9 @@ class VLA(nn.Module):
             if c.state_token_words:
                 n_seg = max(len(w) for w in c.state_token_words)
                 self.mention = self.param("mention", nn.initializers.normal(1.0), (n_seg, c.width))
+                self.mention_order = self.param(
+                    "mention_order", nn.initializers.normal(1.0), (MAX_MENTIONS, c.width)
+                )
         else:
             self.state_proj = nn.Dense(c.width)
         self.blocks = [
@@ -122,6 +160,7 @@ class VLA(nn.Module):
             ents = [
                 self.entity_proj[str(k)](obs.state[:, a:z]) for a, z, k in self.cfg.state_tokens
             ]
+            order = mention_order(obs.tokens, self.cfg.state_token_words)
             for j, segments in enumerate(self.cfg.state_token_words):
                 a = self.cfg.state_tokens[j][0]
                 for i, (off, names) in enumerate(segments):
@@ -134,7 +173,19 @@ class VLA(nn.Module):
                         # a one-hot feature normalizes to > 0 where it is 1 and < 0 elsewhere
                         hot = (obs.state[:, a + off : a + off + len(names)] > 0).astype(emb.dtype)
                     mentioned = (hot * said).sum(-1, keepdims=True)
-                    ents[j] = ents[j] + hot @ emb + mentioned * self.mention[i]
+                    # which grounded word of the instruction names this entity, in order: in
+                    # "push the green block into the yellow zone" both the green and the
+                    # yellow zone are mentioned, but only yellow is the 3rd grounded word
+                    rank = jax.nn.one_hot(
+                        order[:, name_ids(names, self.cfg.state_token_words)], MAX_MENTIONS
+                    )
+                    said_rank = (hot * said)[..., None] * rank  # [B, n, MAX_MENTIONS]
+                    ents[j] = (
+                        ents[j]
+                        + hot @ emb
+                        + mentioned * self.mention[i]
+                        + said_rank.sum(1) @ self.mention_order
+                    )
             parts.append(jnp.stack(ents, axis=1) + self.entity_pos[None])
         else:
             parts.append(self.state_proj(obs.state)[:, None])
