@@ -104,3 +104,24 @@ def test_resume_refuses_a_checkpoint_of_another_config(reach_run, tmp_path):
     (run / "config.json").write_text(cfg_json)
     with pytest.raises(CheckpointError, match="different config"):
         load_run(run)
+
+
+def test_eval_policy_writes_a_captioned_rollout_video(reach_run, tmp_path, capsys):
+    import json
+
+    import imageio.v2 as imageio
+
+    from anyskill.cli import main
+
+    cfg, _ = reach_run
+    video = tmp_path / "reach.gif"
+    args = ["eval", "policy", str(cfg.run_dir), "--episodes", "2", "--split", "train"]
+    assert main([*args, "--video", str(video), "--video-episodes", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["video"]["path"] == str(video)
+    assert len(out["video"]["instructions"]) == 2
+    frames = imageio.mimread(video)
+    # two tiles side by side, each with a caption band under the camera frame; at least the
+    # longer episode's steps plus the held last frame
+    assert frames[0].shape[1] > 2 * 128 and frames[0].shape[0] > 128
+    assert len(frames) >= 10
