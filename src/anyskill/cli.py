@@ -400,9 +400,10 @@ def cmd_eval_policy(args: list[str]) -> int:
             f"{parsed.run_dir}: its data was not recorded from a built-in tabletop env, so there "
             "is no simulator to evaluate it in"
         )
+    chunk_fn = chunk_fn_for(model, normalizer, parsed.num_steps)
     ev = Evaluator(
         env,
-        chunk_fn_for(model, normalizer, parsed.num_steps),
+        chunk_fn,
         parsed.split,
         parsed.episodes,
         parsed.replan_every or cfg.replan_every,
@@ -422,7 +423,7 @@ def cmd_eval_policy(args: list[str]) -> int:
 
         result["video"] = rollout_video(
             dataclasses.replace(env, split=parsed.split[0]),
-            chunk_fn_for(model, normalizer, parsed.num_steps),
+            chunk_fn,
             params,
             jax.random.key(parsed.seed + 1),
             parsed.video,

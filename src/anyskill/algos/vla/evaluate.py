@@ -71,7 +71,8 @@ def make_rollout(
     Every env runs its first episode to the end (the longest family's episode length);
     ``family`` is the index in ``tasks.FAMILIES`` of the task it drew. With ``record_size``
     > 0 the rollout also returns the camera frames ``[T, num_envs, S, S, 3]`` (uint8, the
-    state before each step; an env's frames past its episode's end are not meaningful)."""
+    state before each step; an env's frames past its episode's end are not meaningful) and
+    the task rows ``[num_envs, ROW_WIDTH]`` the envs drew."""
     rows, tokens = instruction_tokens(env, max_text_len, prompt_suffix)
     horizon = int(max(T.EPISODE_LENGTH[f] for f in env.families))
     n_plans = -(-horizon // replan_every)
@@ -113,7 +114,7 @@ def make_rollout(
                 frames.append(np.asarray(f))
         _, _, success, steps = carry
         if record_size:
-            return success, family, steps, np.concatenate(frames)[:horizon]
+            return success, family, steps, np.concatenate(frames)[:horizon], state.physics.task
         return success, family, steps
 
     return rollout
@@ -148,11 +149,8 @@ def rollout_video(
         max_text_len,
         record_size=size,
     )
-    k_reset = jax.random.split(key)[0]
-    first = jax.vmap(env.reset)(jax.random.split(k_reset, episodes))
-    texts = env.instruction(first)
-    texts = [texts] if isinstance(texts, str) else texts
-    success, _, steps, frames = (np.asarray(x) for x in roll(params, key))
+    success, _, steps, frames, rows = (np.asarray(x) for x in roll(params, key))
+    texts = [T.instruction(r) for r in rows]
     clips = []
     for i in range(episodes):
         n = int(steps[i])
