@@ -2,10 +2,12 @@
 compute (guidance weight, value-guided selection among N chunks) on the final policy.
 
     python benchmarks/flywheel.py --seeds 0 1 2          # the demo's configuration
+    python benchmarks/flywheel.py --name push --seeds 0 1 2 -- --env tabletop-push --demos 200
 
-Each seed is one ``anyskill flywheel`` run (``runs/bench-flywheel-ENV-sSEED``, resumed if it
-exists); the summary (mean ± std over seeds per round and method) goes to
-``benchmarks/results/flywheel-ENV.md``.
+Everything after ``--`` is an ``anyskill flywheel`` flag (see ``anyskill flywheel --help``);
+each seed is one such run (``runs/bench-flywheel-NAME-sSEED``, resumed if it exists) and the
+summary (mean ± std over seeds per round and method) goes to
+``benchmarks/results/flywheel-NAME.md``. NAME defaults to the env.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from common import write_report
 
+from anyskill import checkpoint
 from anyskill.flywheel.config import FlywheelConfig
 from anyskill.flywheel.loop import LABELS, Flywheel, outcome_metrics, selection_chunk_fn
 
@@ -71,45 +74,87 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
     return out
 
 
+def indicator_ablation(fw: Flywheel, episodes: int) -> dict:
+    """The final RECAP policy prompted with "advantage: positive", with no indicator, and with
+    "advantage: negative" (β = 1, the same episodes): does it use the indicator?"""
+    import jax
+
+    from anyskill.algos.vla.evaluate import make_rollout
+    from anyskill.flywheel import advantage as A
+    from anyskill.flywheel.loop import chunk_fn
+
+    c = fw.cfg
+    pol = fw.policy_params("recap")
+    fn = chunk_fn(fw.model, fw.normalizer)
+    out = {}
+    for name, suffix in (
+        ("positive", ", " + A.INDICATOR_TEXT[True]),
+        ("none", ""),
+        ("negative", ", " + A.INDICATOR_TEXT[False]),
+    ):
+        roll = make_rollout(
+            fw.env,
+            fn,
+            episodes,
+            c.replan_every,
+            fw.mcfg.image_size,
+            fw.mcfg.num_cameras,
+            fw.mcfg.max_text_len,
+            suffix,
+        )
+        success, _, steps = (np.asarray(x) for x in roll(pol, jax.random.key(c.seed + 77)))
+        out[name] = outcome_metrics(success, steps, float(fw.env.control_hz))
+    print("indicator ablation", {k: round(v["success"], 3) for k, v in out.items()}, flush=True)
+    return out
+
+
 def _f(x, spec=".2f"):
     return "–" if x is None else format(x, spec)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    base = FlywheelConfig()
-    ap.add_argument("--env", default=base.env)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--demos", type=int, default=base.demos)
-    ap.add_argument("--episodes-per-round", type=int, default=base.episodes_per_round)
-    ap.add_argument("--arch", default=base.model.arch)
-    ap.add_argument(
-        "--beta", type=float, default=base.beta, help="guidance weight of the run's RECAP policy"
+    import sys
+
+    import tyro
+
+    argv = sys.argv[1:]
+    flags = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Flags after -- go to every seed's `anyskill flywheel` run.",
     )
+    ap.add_argument("--name", default=None, help="run-dir and results name (default: the env)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--betas", type=float, nargs="+", default=[1.0, 1.5, 2.5])
     ap.add_argument("--candidates", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--ttc-episodes", type=int, default=128)
     ap.add_argument(
+        "--indicator-episodes",
+        type=int,
+        default=256,
+        help="episodes per prompt of the indicator ablation (every seed; 0: skip)",
+    )
+    ap.add_argument(
         "--no-ttc", action="store_true", help="skip the test-time compute sweep (first seed)"
     )
-    args = ap.parse_args()
-    name = args.env + ("" if args.beta == base.beta else f"-beta{args.beta:g}")
+    args = ap.parse_args(own)
+    for bad in ("--seed", "--run-dir", "--resume"):
+        if any(f == bad or f.startswith(bad + "=") for f in flags):
+            raise SystemExit(f"flywheel.py: {bad} is set per seed by the benchmark; drop it")
+    base = tyro.cli(FlywheelConfig, args=flags, prog="flywheel.py ... --")
+    base = dataclasses.replace(base, videos=False, progress=False)
+    name = args.name or base.env
+    cmdline = (
+        "python benchmarks/flywheel.py "
+        + " ".join(own)
+        + (" -- " + " ".join(flags) if flags else "")
+    )
 
     results = {}
     for seed in args.seeds:
         cfg = dataclasses.replace(
-            base,
-            env=args.env,
-            run_dir=Path(f"runs/bench-flywheel-{name}-s{seed}"),
-            rounds=args.rounds,
-            demos=args.demos,
-            episodes_per_round=args.episodes_per_round,
-            model=dataclasses.replace(base.model, arch=args.arch),
-            beta=args.beta,
-            seed=seed,
-            videos=False,
-            progress=False,
+            base, run_dir=Path(f"runs/bench-flywheel-{name}-s{seed}"), seed=seed
         )
         cfg = dataclasses.replace(cfg, resume=(cfg.run_dir / "state.json").exists())
         t0 = time.perf_counter()
@@ -120,6 +165,12 @@ def main():
             "detection": st["detection"],
             "minutes": (time.perf_counter() - t0) / 60,
         }
+        ind_path = Path("benchmarks/results") / f"flywheel-{name}-indicator-s{seed}.json"
+        if args.indicator_episodes and not ind_path.exists():
+            ind = indicator_ablation(fw, args.indicator_episodes)
+            checkpoint.atomic_write_bytes(ind_path, json.dumps(ind, indent=1).encode())
+        if ind_path.exists():
+            results[seed]["indicator"] = json.loads(ind_path.read_text())
         ttc_path = Path("benchmarks/results") / f"flywheel-{name}-ttc-s{seed}.json"
         if seed == args.seeds[0] and not args.no_ttc:
             ttc = test_time_compute(fw, args.betas, args.candidates, args.ttc_episodes)
@@ -130,12 +181,12 @@ def main():
     out.write_text(json.dumps(results, indent=1))
 
     lines = [
-        f"# Flywheel (RECAP) vs baselines on {args.env}, seeds {args.seeds}",
+        f"# Flywheel (RECAP) vs baselines on {base.env}, seeds {args.seeds}",
         "",
-        f"`python benchmarks/flywheel.py --env {args.env} --seeds "
-        f"{' '.join(map(str, args.seeds))} --rounds {args.rounds} --beta {args.beta:g}` "
-        f"(arch {args.arch}, "
-        f"{args.demos} demos, {args.episodes_per_round} episodes per round)",
+        f"`{cmdline}` (arch {base.model.arch}, {base.demos} demos at noise {base.demo_noise}, "
+        f"{base.init_steps} starting steps, {base.episodes_per_round} episodes and "
+        f"{base.policy_steps} fine-tuning steps per round, lr {base.lr:g}, replan every "
+        f"{base.replan_every}, β {base.beta:g})",
         "",
         "| round | method | success | failure | time to success (s) | throughput (/h) |",
         "|---|---|---|---|---|---|",
@@ -199,6 +250,21 @@ def main():
             lines.append(
                 f"| {seed} | {r['threshold']:.2f} | {_f(r['precision'])} | {_f(r['recall'])} | "
                 f"{_f(r['mean_lead_steps'], '.1f')} | {r['flagged']} |"
+            )
+    inds = {seed: s["indicator"] for seed, s in results.items() if "indicator" in s}
+    if inds:
+        lines += [
+            "",
+            "Indicator ablation: the final RECAP policy prompted three ways (β = 1, the same "
+            f"{args.indicator_episodes} episodes per prompt):",
+            "",
+            "| seed | advantage: positive | no indicator | advantage: negative |",
+            "|---|---|---|---|",
+        ]
+        for seed, d in inds.items():
+            lines.append(
+                f"| {seed} | {d['positive']['success']:.2f} | {d['none']['success']:.2f} | "
+                f"{d['negative']['success']:.2f} |"
             )
     tt = results[args.seeds[0]].get("test_time", [])
     if tt:

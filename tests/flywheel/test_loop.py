@@ -47,7 +47,7 @@ def tiny(tmp_path, **kw) -> FlywheelConfig:
         model=ModelConfig(arch="mlp-flow", mlp_width=64, depth=2, width=32, horizon=5),
         value=ValueConfig(steps=30, finetune_steps=10, batch_size=32, hidden=32),
         corrector=CorrectorConfig(fraction=1.0, stall_window=10),
-        eval_episodes=8,
+        eval_episodes=16,  # = episodes_per_round: the evaluation reuses the compiled deployer
         videos=False,
         progress=False,
     )
@@ -86,6 +86,12 @@ def test_resume_after_a_kill_mid_round(tmp_path, monkeypatch):
     assert (cfg.run_dir / "report.md").exists()
     methods = {(r["round"], r["method"]) for r in out["rows"]}
     assert {(0, "start"), (1, "recap"), (1, "bc"), (1, "filtered")} <= methods
+    # every evaluated policy also ran with the corrector on call: how much help it needed
+    evaluated = [r for r in out["rows"] if r["method"] in ("start", "recap", "bc", "filtered")]
+    for r in evaluated:
+        for k in ("intervention_rate", "corrected_episodes", "assisted_success"):
+            assert 0.0 <= r[k] <= 1.0, r
+    assert any(r["intervention_rate"] > 0 for r in evaluated)  # the stall trigger fired
     # corrections were recorded as such and are marked positive
     adv = np.load(cfg.run_dir / "advantage-r1.npz")
     iv = np.asarray(ds.columns["intervention"], bool)

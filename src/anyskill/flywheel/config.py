@@ -58,6 +58,9 @@ class FlywheelConfig:
     """Actions executed per sampled chunk."""
     eval_episodes: int = 128
     """Evaluation episodes per policy per round (no corrector)."""
+    eval_interventions: bool = True
+    """Also deploy every evaluated policy with the expert corrector on call (as in data
+    collection) and report its intervention rate and success with corrections."""
     baselines: bool = True
     """Also train behaviour cloning on all data and filtered BC (successes only), same data."""
     videos: bool = True

@@ -482,7 +482,8 @@ class Flywheel:
             roll = self.rollout(conditioned)
             key = jax.random.fold_in(jax.random.key(c.seed), 5000 + rnd)
             success, _, steps = (np.asarray(x) for x in roll(params, key))
-            return {"round": rnd, "method": name, **outcome_metrics(success, steps, hz)}
+            row = {"round": rnd, "method": name, **outcome_metrics(success, steps, hz)}
+            return {**row, **self.assisted(params, conditioned, rnd)}
 
         if rnd == 1 and not any(r["method"] == "start" for r in st["rows"]):
             rows.append({**run("start", self.start_params, False), "round": 0})
@@ -512,6 +513,25 @@ class Flywheel:
                     f"round {r['round']} {r['method']:<20} success {r['success']:.2f} "
                     f"throughput {r['throughput_per_h']:.0f}/h"
                 )
+
+    def assisted(self, params, conditioned: bool, rnd: int) -> dict:
+        """How much help a policy needs: deployed as in data collection (the scripted
+        corrector watching the same fraction of envs, same trigger), on episodes that are the
+        same for every method of a round — intervention rate (frames under correction), episodes
+        corrected and success with corrections. Empty unless ``--eval-interventions`` and an
+        expert corrector (a person is not asked to correct evaluation runs)."""
+        c = self.cfg
+        if not c.eval_interventions or c.corrector.kind != "expert":
+            return {}
+        deploy = self.deployer(conditioned, c.eval_episodes, c.corrector)
+        vp = self._value_params() if c.corrector.trigger == "value" else None
+        ep = deploy(params, jax.random.fold_in(jax.random.key(c.seed), 6000 + rnd), vp)
+        live = np.arange(ep.intervention.shape[1])[None] < ep.length[:, None]
+        return {
+            "intervention_rate": float(ep.intervention[live].mean()),
+            "corrected_episodes": float(ep.intervention.any(1).mean()),
+            "assisted_success": float(np.mean(ep.success)),
+        }
 
     # -- driver ----------------------------------------------------------------------------
     def run(self) -> dict:

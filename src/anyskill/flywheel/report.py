@@ -20,8 +20,9 @@ def _fmt(x, spec=".2f"):
 
 def outcome_table(rows: list[dict]) -> str:
     lines = [
-        "| round | method | success | failure | time to success (s) | throughput (successes/h) |",
-        "|---|---|---|---|---|---|",
+        "| round | method | success | failure | time to success (s) | throughput (successes/h) "
+        "| intervention rate (frames) | success with corrections |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     from anyskill.flywheel.loop import LABELS
 
@@ -32,7 +33,8 @@ def outcome_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['round']} | {LABELS[r['method']]} | {_fmt(r['success'])} | "
             f"{_fmt(r['failure'])} | {_fmt(r['time_to_success_s'], '.1f')} | "
-            f"{_fmt(r['throughput_per_h'], '.0f')} |"
+            f"{_fmt(r['throughput_per_h'], '.0f')} | {_fmt(r.get('intervention_rate'), '.3f')} | "
+            f"{_fmt(r.get('assisted_success'))} |"
         )
     return "\n".join(lines)
 
@@ -177,7 +179,12 @@ def write_report(fw, st: dict) -> Path:
         f"dropout {c.indicator_dropout:.0%}, guidance β = {c.beta}. Data: {ds.num_episodes} "
         f"episodes, {ds.num_frames} frames in `{fw.data_dir}`.",
         "",
-        f"## Evaluation (no corrector; {c.eval_episodes} episodes per policy per round)",
+        f"## Evaluation ({c.eval_episodes} episodes per policy per round)",
+        "",
+        "Success, failure, time to success and throughput without a corrector; intervention "
+        "rate and success with corrections from a second run with the corrector on call as in "
+        "deployment (its own episodes, the same for every method of a round; – where not "
+        "measured).",
         "",
         outcome_table(rows),
         "",
