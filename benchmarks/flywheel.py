@@ -180,6 +180,12 @@ def main():
     out = Path("benchmarks/results") / f"flywheel-{name}.json"
     out.write_text(json.dumps(results, indent=1))
 
+    # evaluations with the corrector on call (runs made before --eval-interventions lack them)
+    assisted = any(
+        "intervention_rate" in r and r["method"] in LABELS
+        for s in results.values()
+        for r in s["rows"]
+    )
     lines = [
         f"# Flywheel (RECAP) vs baselines on {base.env}, seeds {args.seeds}",
         "",
@@ -188,8 +194,9 @@ def main():
         f"{base.policy_steps} fine-tuning steps per round, lr {base.lr:g}, replan every "
         f"{base.replan_every}, β {base.beta:g})",
         "",
-        "| round | method | success | failure | time to success (s) | throughput (/h) |",
-        "|---|---|---|---|---|---|",
+        "| round | method | success | failure | time to success (s) | throughput (/h) |"
+        + (" intervention rate | success with corrections |" if assisted else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if assisted else ""),
     ]
     keys = sorted(
         {
@@ -205,12 +212,17 @@ def main():
         ]
 
         def ms(k, spec=".2f", rs=rs):
-            v = np.array([r[k] for r in rs if r[k] is not None], float)
+            v = np.array([r[k] for r in rs if r.get(k) is not None], float)
             return f"{v.mean():{spec}} ± {v.std():{spec}}" if len(v) else "–"
 
         lines.append(
             f"| {rnd} | {LABELS[m]} | {ms('success')} | {ms('failure')} | "
             f"{ms('time_to_success_s', '.1f')} | {ms('throughput_per_h', '.0f')} |"
+            + (
+                f" {ms('intervention_rate', '.3f')} | {ms('assisted_success')} |"
+                if assisted
+                else ""
+            )
         )
     lines += [
         "",
