@@ -213,7 +213,10 @@ def main():
 
         def ms(k, spec=".2f", rs=rs):
             v = np.array([r[k] for r in rs if r.get(k) is not None], float)
-            return f"{v.mean():{spec}} ± {v.std():{spec}}" if len(v) else "–"
+            if not len(v):
+                return "–"
+            few = f" (n = {len(v)})" if len(v) < len(rs) else ""
+            return f"{v.mean():{spec}} ± {v.std():{spec}}{few}"
 
         lines.append(
             f"| {rnd} | {LABELS[m]} | {ms('success')} | {ms('failure')} | "
