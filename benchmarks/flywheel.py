@@ -30,7 +30,6 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
     """Success, throughput and sampling cost of the final RECAP policy per (β, N)."""
     import jax
 
-    from anyskill.algos.vla.evaluate import make_rollout
     from anyskill.flywheel import advantage as A
     from anyskill.flywheel.loop import chunk_fn
 
@@ -45,16 +44,7 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
             else:
                 fn = selection_chunk_fn(fw.model, fw.normalizer, fw.vf, n, beta, True)
                 params = (pol, vp)
-            roll = make_rollout(
-                fw.env,
-                fn,
-                episodes,
-                c.replan_every,
-                fw.mcfg.image_size,
-                fw.mcfg.num_cameras,
-                fw.mcfg.max_text_len,
-                ", " + A.INDICATOR_TEXT[True],
-            )
+            roll = fw.make_rollout(fn, episodes, ", " + A.INDICATOR_TEXT[True])
             key = jax.random.key(c.seed + 99)
             roll(params, key)  # compile
             t0 = time.perf_counter()
@@ -79,7 +69,6 @@ def indicator_ablation(fw: Flywheel, episodes: int) -> dict:
     "advantage: negative" (β = 1, the same episodes): does it use the indicator?"""
     import jax
 
-    from anyskill.algos.vla.evaluate import make_rollout
     from anyskill.flywheel import advantage as A
     from anyskill.flywheel.loop import chunk_fn
 
@@ -92,16 +81,7 @@ def indicator_ablation(fw: Flywheel, episodes: int) -> dict:
         ("none", ""),
         ("negative", ", " + A.INDICATOR_TEXT[False]),
     ):
-        roll = make_rollout(
-            fw.env,
-            fn,
-            episodes,
-            c.replan_every,
-            fw.mcfg.image_size,
-            fw.mcfg.num_cameras,
-            fw.mcfg.max_text_len,
-            suffix,
-        )
+        roll = fw.make_rollout(fn, episodes, suffix)
         success, _, steps = (np.asarray(x) for x in roll(pol, jax.random.key(c.seed + 77)))
         out[name] = outcome_metrics(success, steps, float(fw.env.control_hz))
     print("indicator ablation", {k: round(v["success"], 3) for k, v in out.items()}, flush=True)

@@ -253,17 +253,26 @@ class Flywheel:
         c = self.cfg
         key = ("eval", conditioned)
         if key not in self._compiled:
-            self._compiled[key] = make_rollout(
-                self.env,
+            self._compiled[key] = self.make_rollout(
                 chunk_fn(self.model, self.normalizer, c.beta, conditioned),
                 c.eval_episodes,
-                c.replan_every,
-                self.mcfg.image_size,
-                self.mcfg.num_cameras,
-                self.mcfg.max_text_len,
                 ", " + A.INDICATOR_TEXT[True] if conditioned else "",
             )
         return self._compiled[key]
+
+    def make_rollout(self, fn, episodes: int, prompt_suffix: str = ""):
+        """A closed-loop rollout of ``episodes`` envs of this run's task mix with the chunk
+        function ``fn`` (see :func:`anyskill.algos.vla.evaluate.make_rollout`)."""
+        return make_rollout(
+            self.env,
+            fn,
+            episodes,
+            self.cfg.replan_every,
+            self.mcfg.image_size,
+            self.mcfg.num_cameras,
+            self.mcfg.max_text_len,
+            prompt_suffix,
+        )
 
     def _make_deployer(self, conditioned: bool, num_envs: int, corrector, record_images=0):
         c = self.cfg
