@@ -30,9 +30,6 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
     """Success, throughput and sampling cost of the final RECAP policy per (β, N)."""
     import jax
 
-    from anyskill.flywheel import advantage as A
-    from anyskill.flywheel.loop import chunk_fn
-
     c = fw.cfg
     pol = fw.policy_params("recap")
     vp = fw._value_params()
@@ -40,11 +37,13 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
     for beta in betas:
         for n in candidates:
             if n == 1:
-                fn, params = chunk_fn(fw.model, fw.normalizer, beta, True), pol
+                fn, params = fw.chunk_fn(True, beta), pol
             else:
-                fn = selection_chunk_fn(fw.model, fw.normalizer, fw.vf, n, beta, True)
+                fn = selection_chunk_fn(
+                    fw.model, fw.normalizer, fw.vf, n, beta, True, c.indicator
+                )
                 params = (pol, vp)
-            roll = fw.make_rollout(fn, episodes, ", " + A.INDICATOR_TEXT[True])
+            roll = fw.make_rollout(fn, episodes, fw.prompt_suffix(True))
             key = jax.random.key(c.seed + 99)
             roll(params, key)  # compile
             t0 = time.perf_counter()
@@ -65,23 +64,31 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
 
 
 def indicator_ablation(fw: Flywheel, episodes: int) -> dict:
-    """The final RECAP policy prompted with "advantage: positive", with no indicator, and with
-    "advantage: negative" (β = 1, the same episodes): does it use the indicator?"""
+    """The final RECAP policy asked for "advantage: positive", given no indicator, and asked
+    for "advantage: negative" (β = 1, the same episodes): does it use the indicator?"""
     import jax
 
+    from anyskill.algos.vla import model as M
     from anyskill.flywheel import advantage as A
-    from anyskill.flywheel.loop import chunk_fn
+    from anyskill.flywheel.loop import chunk_fn, with_indicator
 
     c = fw.cfg
     pol = fw.policy_params("recap")
     fn = chunk_fn(fw.model, fw.normalizer)
     out = {}
-    for name, suffix in (
-        ("positive", ", " + A.INDICATOR_TEXT[True]),
-        ("none", ""),
-        ("negative", ", " + A.INDICATOR_TEXT[False]),
-    ):
-        roll = fw.make_rollout(fn, episodes, suffix)
+    kinds = (
+        ("positive", True, M.INDICATOR_POSITIVE),
+        ("none", None, M.INDICATOR_NONE),
+        ("negative", False, M.INDICATOR_NEGATIVE),
+    )
+    for name, positive, ind in kinds:
+        if c.indicator == "embedding":
+            roll = fw.make_rollout(
+                lambda p, k, o, ind=ind: fn(p, k, with_indicator(o, ind)), episodes
+            )
+        else:
+            suffix = "" if positive is None else ", " + A.INDICATOR_TEXT[positive]
+            roll = fw.make_rollout(fn, episodes, suffix)
         success, _, steps = (np.asarray(x) for x in roll(pol, jax.random.key(c.seed + 77)))
         out[name] = outcome_metrics(success, steps, float(fw.env.control_hz))
     print("indicator ablation", {k: round(v["success"], 3) for k, v in out.items()}, flush=True)

@@ -298,3 +298,44 @@ def test_mention_order_tells_the_object_colour_from_the_zone_colour():
     got = [{w: int(order[b, vocab.index(w)]) for w in ("green", "block", "yellow")} for b in (0, 1)]
     assert got[0] == {"green": 0, "block": 1, "yellow": 2}
     assert got[1]["yellow"] == 0
+
+
+def test_indicator_embedding_starts_at_zero_then_conditions_the_actions():
+    """``with_indicator`` adds a zero embedding: the starting policy's chunks are unchanged
+    whatever the indicator; once the embedding is non-zero, positive and negative differ, in
+    the cached and the uncached pass alike."""
+    from anyskill.algos.vla import model as M
+
+    plain = PolicyModel(TINY)
+    start = plain.init(jax.random.key(0))
+    model = PolicyModel(dataclasses.replace(TINY, indicator=True))
+    params = model.with_indicator(start)
+    obs = random_obs(jax.random.key(1), TINY)
+    pos = obs.replace(indicator=jnp.full((3,), M.INDICATOR_POSITIVE, jnp.int32))
+    neg = obs.replace(indicator=jnp.full((3,), M.INDICATOR_NEGATIVE, jnp.int32))
+    ref = plain.sample(start, jax.random.key(3), obs)
+    np.testing.assert_allclose(model.sample(params, jax.random.key(3), pos), ref, atol=1e-5)
+    np.testing.assert_allclose(model.sample(params, jax.random.key(3), neg), ref, atol=1e-5)
+
+    emb = jax.random.normal(jax.random.key(4), params["params"]["indicator"].shape)
+    trained = {**params, "params": {**params["params"], "indicator": emb}}
+    a = model.sample(trained, jax.random.key(3), pos)
+    b = model.sample(trained, jax.random.key(3), neg)
+    assert not np.allclose(a, b, atol=1e-3)
+    np.testing.assert_allclose(
+        a, model.sample(trained, jax.random.key(3), pos, cached=False), atol=1e-4
+    )
+    # guidance against the same observation with no indicator: beta 1 is conditioned sampling
+    unc = obs.replace(indicator=jnp.zeros((3,), jnp.int32))
+    g = model.sample_guided(trained, jax.random.key(3), pos, unc, beta=1.0)
+    np.testing.assert_allclose(a, g, atol=1e-4)
+
+
+def test_indicator_input_needs_a_model_built_for_it():
+    model = PolicyModel(TINY)
+    params = model.init(jax.random.key(0))
+    obs = random_obs(jax.random.key(1), TINY).replace(indicator=jnp.ones((3,), jnp.int32))
+    with pytest.raises(ValueError, match="indicator=True"):
+        model.sample(params, jax.random.key(3), obs)
+    with pytest.raises(ValueError, match="needs arch 'vla'"):
+        ModelConfig(arch="mlp-flow", indicator=True)

@@ -127,3 +127,36 @@ def test_training_batches_carry_the_indicator_with_dropout(tmp_path):
     assert abs(is_plain.mean() - 0.3) < 0.03  # binomial std at n = 4000: 0.007
     want = np.where(positive[data.last_index][:, None], pos, neg)
     assert ((tok == want).all(1) | is_plain).all()
+
+
+def test_training_batches_carry_the_indicator_as_an_input_with_dropout(tmp_path):
+    """``--indicator embedding``: the instruction stays plain; ``Obs.indicator`` is 1 on
+    positive frames, 2 on negative ones and 0 (none) on ~30 % of samples."""
+    from anyskill.algos.vla.config import ModelConfig
+    from anyskill.algos.vla.data import TrainingData
+    from anyskill.data.format import vector_feature
+    from anyskill.data.reader import Dataset
+    from anyskill.data.writer import EpisodeWriter
+    from anyskill.nets.transformer import tokenize
+
+    feats = {"observation.state": vector_feature(2), "action": vector_feature(2)}
+    w = EpisodeWriter.create(tmp_path / "d", feats, fps=10)
+    for e in range(4):
+        frames = {
+            k: np.random.default_rng(e).normal(size=(20, 2)).astype(np.float32) for k in feats
+        }
+        w.add_episode(frames, task="go to the red zone", success=True)
+    ds = Dataset.open(tmp_path / "d")
+    cfg = ModelConfig(
+        arch="vla", horizon=4, max_text_len=12, state_dim=2, action_dim=2, num_cameras=0
+    )
+    data = TrainingData.build(ds, cfg, batch_size=4000, seed=0)
+    positive = np.arange(ds.num_frames) % 2 == 0
+    data.set_indicator(positive, None, lambda r, n: A.drop_indicator(r, n, 0.3))
+    b = data.batch()
+    assert (np.asarray(b.obs.tokens) == tokenize("go to the red zone", 12)[0]).all()
+    ind = np.asarray(b.obs.indicator)
+    assert abs((ind == 0).mean() - 0.3) < 0.03  # binomial std at n = 4000: 0.007
+    want = np.where(positive[data.last_index], 1, 2)
+    assert ((ind == want) | (ind == 0)).all()
+    assert set(np.unique(ind)) == {0, 1, 2}

@@ -164,3 +164,27 @@ def test_a_human_corrector_needs_a_terminal(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="interactive terminal"):
         loop.run_flywheel(cfg)
     assert not cfg.run_dir.exists()  # refused before any work
+
+
+def test_a_round_with_the_indicator_as_an_embedding(tmp_path):
+    """``--indicator embedding``: RECAP learns the indicator input (it leaves zero), the
+    baselines, which never see it, keep it at zero, and the prompts stay plain."""
+    cfg = tiny(
+        tmp_path,
+        indicator="embedding",
+        model=ModelConfig(
+            arch="vla", width=32, depth=1, heads=2, head_dim=8, action_width=16, horizon=5
+        ),
+    )
+    out = loop.run_flywheel(cfg)
+    assert {r["method"] for r in out["rows"]} >= {"start", "recap", "bc", "filtered"}
+    fw = loop.Flywheel(dataclasses.replace(cfg, resume=True))
+    fw.setup()
+    assert fw.prompt_suffix(True) == ""
+    emb = {n: np.abs(fw.policy_params(n)["params"]["indicator"]).max() for n in loop.POLICIES}
+    assert emb["recap"] > 0 and emb["bc"] == 0 and emb["filtered"] == 0, emb
+
+
+def test_embedding_indicator_needs_the_vla(tmp_path):
+    with pytest.raises(ValueError, match="--model.arch vla"):
+        tiny(tmp_path, indicator="embedding")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.flywheel.deploy import CorrectorConfig
@@ -49,6 +50,11 @@ class FlywheelConfig:
     """n of the n-step advantage."""
     positive_fraction: float = 0.3
     """Fraction of each task family's frames marked "advantage: positive"."""
+    indicator: Literal["prompt", "embedding"] = "prompt"
+    """How RECAP's policy is told the advantage: prompt: the words "advantage: positive" /
+    "advantage: negative" end the instruction (π*0.6); embedding: a learned input of the
+    action expert (none / positive / negative), zero-initialised on the starting policy
+    (vla only)."""
     indicator_dropout: float = 0.3
     """Fraction of training samples shown without the indicator (learns the unconditioned
     policy, needed for guidance)."""
@@ -79,6 +85,15 @@ class FlywheelConfig:
             raise ValueError("rounds and episodes_per_round must be >= 1")
         if not 0 < self.positive_fraction < 1:
             raise ValueError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
+        if self.indicator not in ("prompt", "embedding"):
+            raise ValueError(
+                f"indicator must be 'prompt' or 'embedding', got {self.indicator!r}"
+            )
+        if self.indicator == "embedding" and self.model.arch != "vla":
+            raise ValueError(
+                f"--indicator embedding needs --model.arch vla (got {self.model.arch!r}); "
+                "use --indicator prompt with the MLP policies"
+            )
         if self.model.arch == "mlp-bc":
             raise ValueError(
                 "the flywheel needs a flow policy (--model.arch vla or mlp-flow): guidance "

@@ -13,8 +13,8 @@ Set-up (once): record scripted demonstrations into ``RUN/data`` and train the st
    (pretrained in round 1, fine-tuned after);
 4. **advantage** — n-step advantages of every frame, a per-family threshold marking the best
    ``positive_fraction`` positive, corrected frames positive;
-5. **policy** — fine-tune RECAP on all data with the indicator in the prompt (dropped 30 % of
-   the time); the baselines (behaviour cloning on all data, filtered BC on successful
+5. **policy** — fine-tune RECAP on all data with the advantage indicator (dropped 30 % of
+   the time), as a learned input of the action expert or as words of the prompt; the baselines (behaviour cloning on all data, filtered BC on successful
    episodes) are fine-tuned from their previous round on the same data;
 6. **evaluate** — every policy without a corrector: success, failure rate, time to success,
    throughput (successes per hour of robot time); the value function's early failure
@@ -42,7 +42,7 @@ from anyskill import checkpoint
 from anyskill.algos.vla.config import TrainConfig
 from anyskill.algos.vla.data import TrainingData
 from anyskill.algos.vla.evaluate import make_rollout
-from anyskill.algos.vla.model import Obs, PolicyModel
+from anyskill.algos.vla.model import INDICATOR_NONE, INDICATOR_POSITIVE, Obs, PolicyModel
 from anyskill.algos.vla.train import (
     TrainState,
     chunk_fn_for,
@@ -95,10 +95,35 @@ def strip_suffix(tokens: jax.Array, k: int) -> jax.Array:
     return jnp.where(pos < n - k, tokens, 0)
 
 
-def chunk_fn(model: PolicyModel, normalizer, beta: float = 1.0, conditioned: bool = False):
-    """``fn(params, key, obs) -> [B, H, A]`` env-unit chunks. ``conditioned``: the prompts carry
-    the positive indicator; ``beta != 1`` applies classifier-free guidance against the same
-    prompt without it."""
+def with_indicator(obs: Obs, value: int) -> Obs:
+    """``obs`` with every sample's ``Obs.indicator`` set to ``value``."""
+    return obs.replace(indicator=jnp.full(obs.state.shape[:1], value, jnp.int32))
+
+
+def chunk_fn(
+    model: PolicyModel,
+    normalizer,
+    beta: float = 1.0,
+    conditioned: bool = False,
+    indicator: str = "prompt",
+):
+    """``fn(params, key, obs) -> [B, H, A]`` env-unit chunks. ``conditioned``: ask for
+    "advantage: positive" — ``indicator="prompt"``: the prompts already carry the words;
+    ``"embedding"``: the indicator input is set to positive here. ``beta != 1`` applies
+    classifier-free guidance against the same observation without the indicator."""
+    if indicator == "embedding":
+        plain = chunk_fn_for(model, normalizer)
+        if not conditioned:
+            return plain
+
+        def emb(params, key, obs: Obs):
+            if beta == 1.0:
+                return plain(params, key, with_indicator(obs, INDICATOR_POSITIVE))
+            obs = obs.replace(state=normalizer.state(obs.state))
+            cond, unc = with_indicator(obs, INDICATOR_POSITIVE), with_indicator(obs, INDICATOR_NONE)
+            return normalizer.unaction(model.sample_guided(params, key, cond, unc, beta))
+
+        return emb
     if not conditioned or beta == 1.0:
         return chunk_fn_for(model, normalizer)
     k = suffix_length(model.cfg.max_text_len)
@@ -112,10 +137,12 @@ def chunk_fn(model: PolicyModel, normalizer, beta: float = 1.0, conditioned: boo
     return fn
 
 
-def selection_chunk_fn(model, normalizer, vf: ValueFunction, n: int, beta=1.0, conditioned=False):
+def selection_chunk_fn(
+    model, normalizer, vf: ValueFunction, n: int, beta=1.0, conditioned=False, indicator="prompt"
+):
     """Test-time compute: sample ``n`` chunks per observation and execute the one the value
     function ranks highest (``Q(s, chunk)``). ``params`` is ``(policy_params, value_params)``."""
-    base = chunk_fn(model, normalizer, beta, conditioned)
+    base = chunk_fn(model, normalizer, beta, conditioned, indicator)
     k = suffix_length(model.cfg.max_text_len)
 
     def fn(params, key, obs: Obs):
@@ -123,7 +150,8 @@ def selection_chunk_fn(model, normalizer, vf: ValueFunction, n: int, beta=1.0, c
         b = obs.state.shape[0]
         tiled = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), obs)
         chunks = base(pol, key, tiled)  # [B*n, H, A]
-        plain = strip_suffix(tiled.tokens, k) if conditioned else tiled.tokens
+        prompted = conditioned and indicator == "prompt"
+        plain = strip_suffix(tiled.tokens, k) if prompted else tiled.tokens
         vobs = tiled.replace(
             state=normalizer.state(tiled.state), tokens=plain, text_mask=plain != 0
         )
@@ -225,6 +253,10 @@ class Flywheel:
                 )
             )
         _, self.model, self.normalizer, self.start_params, _ = load_run(start)
+        if c.indicator == "embedding":
+            # one model for every method: the baselines never set the indicator input
+            self.model = PolicyModel(dataclasses.replace(self.model.cfg, indicator=True))
+            self.start_params = self.model.with_indicator(self.start_params)
         self.mcfg = self.model.cfg
         self.vf = ValueFunction(self.mcfg, c.value)
         from anyskill import envs
@@ -247,6 +279,17 @@ class Flywheel:
             )
         return self._compiled[key]
 
+    def prompt_suffix(self, conditioned: bool) -> str:
+        """What a conditioned policy's prompts end with (nothing with the embedding indicator,
+        which :func:`chunk_fn` sets)."""
+        prompted = conditioned and self.cfg.indicator == "prompt"
+        return ", " + A.INDICATOR_TEXT[True] if prompted else ""
+
+    def chunk_fn(self, conditioned: bool, beta: float | None = None):
+        """This run's chunk function (its indicator kind; β default: ``--beta``)."""
+        b = self.cfg.beta if beta is None else beta
+        return chunk_fn(self.model, self.normalizer, b, conditioned, self.cfg.indicator)
+
     def rollout(self, conditioned: bool):
         """The evaluation rollout (no corrector), compiled once per process and reused for
         every policy with the same prompt format."""
@@ -254,9 +297,7 @@ class Flywheel:
         key = ("eval", conditioned)
         if key not in self._compiled:
             self._compiled[key] = self.make_rollout(
-                chunk_fn(self.model, self.normalizer, c.beta, conditioned),
-                c.eval_episodes,
-                ", " + A.INDICATOR_TEXT[True] if conditioned else "",
+                self.chunk_fn(conditioned), c.eval_episodes, self.prompt_suffix(conditioned)
             )
         return self._compiled[key]
 
@@ -276,8 +317,8 @@ class Flywheel:
 
     def _make_deployer(self, conditioned: bool, num_envs: int, corrector, record_images=0):
         c = self.cfg
-        suffix = ", " + A.INDICATOR_TEXT[True] if conditioned else ""
-        fn = chunk_fn(self.model, self.normalizer, c.beta, conditioned)
+        suffix = self.prompt_suffix(conditioned)
+        fn = self.chunk_fn(conditioned)
 
         def value_fn(vp, obs):
             return self.vf.expected(vp, obs.replace(state=self.normalizer.state(obs.state)))
@@ -475,7 +516,7 @@ class Flywheel:
             if name == "recap":
                 data.set_indicator(
                     adv["indicator"],
-                    A.prompt_with_indicator,
+                    A.prompt_with_indicator if c.indicator == "prompt" else None,
                     lambda rng, n: A.drop_indicator(rng, n, c.indicator_dropout),
                 )
             log(f"round {rnd}: fine-tuning {LABELS[name]} ({c.policy_steps} steps)")

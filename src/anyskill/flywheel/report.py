@@ -176,7 +176,7 @@ def write_report(fw, st: dict) -> Path:
         f"trigger {c.corrector.trigger}, watching {c.corrector.fraction:.0%} of envs); "
         f"{c.policy_steps} fine-tuning steps per round per method; advantage n = "
         f"{c.advantage_n}, {c.positive_fraction:.0%} positive per task family, indicator "
-        f"dropout {c.indicator_dropout:.0%}, guidance β = {c.beta}. Data: {ds.num_episodes} "
+        f"as {c.indicator}, dropout {c.indicator_dropout:.0%}, guidance β = {c.beta}. Data: {ds.num_episodes} "
         f"episodes, {ds.num_frames} frames in `{fw.data_dir}`.",
         "",
         f"## Evaluation ({c.eval_episodes} episodes per policy per round)",

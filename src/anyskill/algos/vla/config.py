@@ -43,6 +43,11 @@ class ModelConfig:
     entity_tokens: bool = True
     """VLA: one prefix token per entity of the state (pusher, each object, each zone) when
     the data's env declares that layout, instead of one token for the whole state."""
+    indicator: bool = False
+    """VLA: a learned advantage-indicator input (none / positive / negative, RECAP) added to
+    every action-expert token, like the flow time; off for plain imitation. The flywheel
+    turns it on (``--indicator embedding``) and adds it, zero-initialised, to the starting
+    policy."""
     # Filled from the data, not by hand:
     state_dim: int = 0
     action_dim: int = 0
@@ -63,6 +68,11 @@ class ModelConfig:
         for name in ("horizon", "num_steps", "image_size", "patch_size", "width", "heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.indicator and self.arch != "vla":
+            raise ValueError(
+                f"indicator=True needs arch 'vla' (got {self.arch!r}); the MLP baselines take "
+                "the indicator in the prompt instead"
+            )
         for a, b, _ in self.state_tokens:
             if not 0 <= a < b <= max(self.state_dim, b):
                 raise ValueError(f"state token slice [{a}, {b}) is empty or out of range")

@@ -10,7 +10,13 @@ import numpy as np
 from flax import struct
 
 from anyskill.algos.vla.config import ModelConfig
-from anyskill.algos.vla.model import Batch, Obs
+from anyskill.algos.vla.model import (
+    INDICATOR_NEGATIVE,
+    INDICATOR_NONE,
+    INDICATOR_POSITIVE,
+    Batch,
+    Obs,
+)
 from anyskill.data.reader import Dataset
 from anyskill.data.sampler import Sampler, SamplerConfig
 from anyskill.nets.transformer import tokenize
@@ -166,18 +172,22 @@ class TrainingData:
 
     def set_indicator(self, indicator: np.ndarray, prompt, drop) -> None:
         """Condition on a per-frame advantage indicator (RECAP): ``indicator`` ``[N]`` bool
-        (True: positive); each sample's instruction becomes ``prompt(task, positive)``, except
-        where ``drop(rng, batch_size)`` is True: those samples keep the plain instruction (the
-        unconditioned policy). The flywheel passes
+        (True: positive). Where ``drop(rng, batch_size)`` is True a sample is shown without it
+        (the unconditioned policy). With a ``prompt`` function each sample's instruction
+        becomes ``prompt(task, positive)`` (dropped: the plain instruction); with
+        ``prompt=None`` the batch's ``Obs.indicator`` carries it instead (1 positive,
+        2 negative, 0 dropped; for models built with ``indicator=True``). The flywheel passes
         :func:`anyskill.flywheel.advantage.prompt_with_indicator` and ``drop_indicator``."""
         if len(indicator) != self.ds.num_frames:
             raise ValueError(
                 f"indicator has {len(indicator)} entries, the dataset {self.ds.num_frames} frames"
             )
-        tasks = list(self.ds.tasks) or [""]
-        L = self.task_tokens.shape[1]
-        self._tok_pos, _ = tokenize([prompt(t, True) for t in tasks], L)
-        self._tok_neg, _ = tokenize([prompt(t, False) for t in tasks], L)
+        self._prompted = prompt is not None
+        if self._prompted:
+            tasks = list(self.ds.tasks) or [""]
+            L = self.task_tokens.shape[1]
+            self._tok_pos, _ = tokenize([prompt(t, True) for t in tasks], L)
+            self._tok_neg, _ = tokenize([prompt(t, False) for t in tasks], L)
         self.indicator = np.asarray(indicator, bool)
         self._drop = drop
 
@@ -188,14 +198,20 @@ class TrainingData:
         self.last_index = idx
         ti = np.maximum(b.task_index, 0)
         tokens = self.task_tokens[ti]
+        ind = None
         if self.indicator is not None:
             pos = self.indicator[idx]
             keep = ~self._drop(self._rng, len(idx))
-            cond = np.where(pos[:, None], self._tok_pos[ti], self._tok_neg[ti])
-            tokens = np.where(keep[:, None], cond, tokens)
+            if self._prompted:
+                cond = np.where(pos[:, None], self._tok_pos[ti], self._tok_neg[ti])
+                tokens = np.where(keep[:, None], cond, tokens)
+            else:
+                ind = np.where(
+                    keep, np.where(pos, INDICATOR_POSITIVE, INDICATOR_NEGATIVE), INDICATOR_NONE
+                ).astype(np.int32)
         n = self._np
         return Batch(
-            obs=self._obs(b.state[:, -1], idx, tokens),
+            obs=self._obs(b.state[:, -1], idx, tokens).replace(indicator=ind),
             actions=((b.action - n["action_mean"]) / n["action_std"]).astype(np.float32),
             action_mask=b.action_mask,
         )

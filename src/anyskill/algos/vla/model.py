@@ -38,12 +38,19 @@ class Obs:
     images:    [B, C, H, W, 3] uint8, one image per camera
     tokens:    [B, L] int32 instruction bytes (+1), 0 = padding
     text_mask: [B, L] bool
+    indicator: [B] int32 advantage indicator (RECAP, models with ``indicator=True``):
+               0 none, 1 positive, 2 negative; None: no indicator input at all
     """
 
     state: jax.Array
     images: jax.Array
     tokens: jax.Array
     text_mask: jax.Array
+    indicator: jax.Array | None = None
+
+
+#: values of ``Obs.indicator``
+INDICATOR_NONE, INDICATOR_POSITIVE, INDICATOR_NEGATIVE = 0, 1, 2
 
 
 @struct.dataclass
@@ -149,6 +156,12 @@ class VLA(nn.Module):
         self.action_norm = nn.LayerNorm()
         self.action_out = nn.Dense(c.action_dim)
         self.prefix_norm = nn.LayerNorm()
+        if c.indicator:
+            # zero at initialisation: adding it to a trained policy leaves its actions as they
+            # were until fine-tuning teaches it what "positive" means
+            self.indicator_embed = self.param(
+                "indicator", nn.initializers.zeros, (3, c.action_width)
+            )
 
     def embed_prefix(self, obs: Obs):
         b = obs.state.shape[0]
@@ -192,16 +205,24 @@ class VLA(nn.Module):
         masks.append(jnp.ones((b, parts[-1].shape[1]), bool))
         return jnp.concatenate(parts, axis=1), jnp.concatenate(masks, axis=1)
 
-    def embed_actions(self, x_t, t):
+    def embed_actions(self, x_t, t, indicator=None):
         a = self.action_in(x_t)
         tt = jnp.broadcast_to(sincos_embedding(t, self.cfg.action_width)[:, None], a.shape)
         h = self.time_mlp2(nn.swish(self.time_mlp1(jnp.concatenate([a, tt], axis=-1))))
-        return h + self.action_pos[None]
+        h = h + self.action_pos[None]
+        if indicator is not None:
+            if not self.cfg.indicator:
+                raise ValueError(
+                    "this model has no indicator input (ModelConfig.indicator=False); pass "
+                    "Obs.indicator=None or build the model with indicator=True"
+                )
+            h = h + self.indicator_embed[indicator][:, None]
+        return h
 
     def velocity_joint(self, obs: Obs, x_t, t):
         """One pass over the joint sequence (training; the uncached reference)."""
         hp, mask = self.embed_prefix(obs)
-        ha = self.embed_actions(x_t, t)
+        ha = self.embed_actions(x_t, t, obs.indicator)
         for blk in self.blocks:
             hp, ha = blk.joint(hp, ha, mask)
         return self.action_out(self.action_norm(ha))
@@ -215,8 +236,8 @@ class VLA(nn.Module):
             cache.append(kv)
         return cache, mask, self.prefix_norm(hp)
 
-    def velocity_cached(self, cache, mask, x_t, t):
-        ha = self.embed_actions(x_t, t)
+    def velocity_cached(self, cache, mask, x_t, t, indicator=None):
+        ha = self.embed_actions(x_t, t, indicator)
         for blk, kv in zip(self.blocks, cache, strict=True):
             ha = blk.action(ha, kv, mask)
         return self.action_out(self.action_norm(ha))
@@ -329,7 +350,9 @@ class PolicyModel:
             cache, mask, _ = self.net.apply(params, obs, method=VLA.encode)
 
             def vel(x, t):
-                return self.net.apply(params, cache, mask, x, t, method=VLA.velocity_cached)
+                return self.net.apply(
+                    params, cache, mask, x, t, obs.indicator, method=VLA.velocity_cached
+                )
 
         else:
 
@@ -352,11 +375,15 @@ class PolicyModel:
         x1 = jax.random.normal(key, (b, c.horizon, c.action_dim))
         if c.arch == "vla":
             cc, mc, _ = self.net.apply(params, obs, method=VLA.encode)
-            cu, mu, _ = self.net.apply(params, obs_uncond, method=VLA.encode)
+            if obs_uncond.tokens is obs.tokens and obs_uncond.state is obs.state:
+                cu, mu = cc, mc  # only the indicator differs: one prefix serves both
+            else:
+                cu, mu, _ = self.net.apply(params, obs_uncond, method=VLA.encode)
+            ic, iu = obs.indicator, obs_uncond.indicator
 
             def vel(x, t):
-                vc = self.net.apply(params, cc, mc, x, t, method=VLA.velocity_cached)
-                vu = self.net.apply(params, cu, mu, x, t, method=VLA.velocity_cached)
+                vc = self.net.apply(params, cc, mc, x, t, ic, method=VLA.velocity_cached)
+                vu = self.net.apply(params, cu, mu, x, t, iu, method=VLA.velocity_cached)
                 return vu + beta * (vc - vu)
 
         else:
@@ -367,6 +394,17 @@ class PolicyModel:
                 return vu + beta * (vc - vu)
 
         return euler(vel, x1, n)
+
+    def with_indicator(self, params) -> Any:
+        """``params`` of the same model without the indicator input, plus a zero indicator
+        embedding (the model must have ``indicator=True``): the policy is unchanged until
+        fine-tuned with an indicator."""
+        if not self.cfg.indicator or self.cfg.arch != "vla":
+            raise ValueError("with_indicator needs a vla model built with indicator=True")
+        inner = dict(params["params"])
+        if "indicator" not in inner:
+            inner["indicator"] = jnp.zeros((3, self.cfg.action_width), jnp.float32)
+        return {**params, "params": inner}
 
     def prefix_features(self, params, obs: Obs) -> jax.Array:
         """``[B, P, width]`` final prefix features (the value function's shared encoder)."""
