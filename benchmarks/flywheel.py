@@ -39,9 +39,7 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
             if n == 1:
                 fn, params = fw.chunk_fn(True, beta), pol
             else:
-                fn = selection_chunk_fn(
-                    fw.model, fw.normalizer, fw.vf, n, beta, True, c.indicator
-                )
+                fn = selection_chunk_fn(fw.model, fw.normalizer, fw.vf, n, beta, True, c.indicator)
                 params = (pol, vp)
             roll = fw.make_rollout(fn, episodes, fw.prompt_suffix(True))
             key = jax.random.key(c.seed + 99)

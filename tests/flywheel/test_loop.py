@@ -73,6 +73,9 @@ def test_resume_after_a_kill_mid_round(tmp_path, monkeypatch):
     assert st["round"] == 1 and st["done"] == ["collect", "label", "value", "advantage"]
     with pytest.raises(ValueError, match="--resume"):
         loop.run_flywheel(cfg)  # refuses to overwrite
+    with pytest.raises(ValueError, match="--policy-steps was 30, now 31"):
+        loop.run_flywheel(dataclasses.replace(cfg, resume=True, policy_steps=31))
+    assert json.loads((cfg.run_dir / "state.json").read_text()) == st  # nothing touched
     out = loop.run_flywheel(dataclasses.replace(cfg, resume=True))
     assert out["round"] == 2 and out["done"] == []
     ds = Dataset.open(cfg.run_dir / "data")
@@ -172,6 +175,7 @@ def test_a_round_with_the_indicator_as_an_embedding(tmp_path):
     cfg = tiny(
         tmp_path,
         indicator="embedding",
+        eval_interventions=False,
         model=ModelConfig(
             arch="vla", width=32, depth=1, heads=2, head_dim=8, action_width=16, horizon=5
         ),
@@ -188,3 +192,14 @@ def test_a_round_with_the_indicator_as_an_embedding(tmp_path):
 def test_embedding_indicator_needs_the_vla(tmp_path):
     with pytest.raises(ValueError, match="--model.arch vla"):
         tiny(tmp_path, indicator="embedding")
+
+
+def test_config_changes_names_what_a_resume_would_change():
+    default = {"indicator": "prompt", "rounds": 3, "value": {"steps": 600}}
+    saved = {"rounds": 3, "value": {"steps": 600}}  # an older run: no indicator field
+    assert loop.config_changes(saved, {"rounds": 5, "value": {"steps": 600}}, default) == []
+    now = {"indicator": "embedding", "rounds": 3, "value": {"steps": 700}}
+    assert loop.config_changes(saved, now, default) == [
+        ("indicator", "prompt", "embedding"),
+        ("value.steps", 600, 700),
+    ]

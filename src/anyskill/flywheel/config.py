@@ -86,9 +86,7 @@ class FlywheelConfig:
         if not 0 < self.positive_fraction < 1:
             raise ValueError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         if self.indicator not in ("prompt", "embedding"):
-            raise ValueError(
-                f"indicator must be 'prompt' or 'embedding', got {self.indicator!r}"
-            )
+            raise ValueError(f"indicator must be 'prompt' or 'embedding', got {self.indicator!r}")
         if self.indicator == "embedding" and self.model.arch != "vla":
             raise ValueError(
                 f"--indicator embedding needs --model.arch vla (got {self.model.arch!r}); "

@@ -592,10 +592,22 @@ class Flywheel:
                 "choose another --run-dir (nothing was overwritten)"
             )
         self.dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_bytes(
-            self.dir / "config.json",
-            json.dumps(_jsonable(dataclasses.asdict(c)), indent=1).encode(),
-        )
+        now = _jsonable(dataclasses.asdict(c))
+        saved_path = self.dir / "config.json"
+        if c.resume and saved_path.exists():
+            default = _jsonable(dataclasses.asdict(FlywheelConfig()))
+            changed = config_changes(json.loads(saved_path.read_text()), now, default)
+            if changed:
+                raise ValueError(
+                    f"{self.dir} was started with other settings: "
+                    + "; ".join(
+                        f"--{k.replace('_', '-')} was {a!r}, now {b!r}" for k, a, b in changed
+                    )
+                    + ". Resume with the run's settings (see its config.json; only --rounds, "
+                    "--videos and --progress may change) or choose another --run-dir "
+                    "(nothing was overwritten)"
+                )
+        checkpoint.atomic_write_bytes(saved_path, json.dumps(now, indent=1).encode())
         self.setup()
         st = self.load_state()
         while st["round"] <= c.rounds:
@@ -624,6 +636,26 @@ class Flywheel:
             st = {**st, "round": rnd + 1, "done": []}
             self.save_state(st)
         return st
+
+
+#: settings a resumed run may change (run_dir: the same directory may be spelled differently)
+RESUMABLE = ("rounds", "resume", "progress", "videos", "run_dir")
+
+
+def config_changes(saved: dict, now: dict, default: dict, prefix: str = "") -> list:
+    """``(flag, saved, now)`` of every setting that differs, except :data:`RESUMABLE` (nested
+    configs as ``value.steps``); a setting an older run's config lacks counts as its
+    ``default``."""
+    out = []
+    for k, v in now.items():
+        if not prefix and k in RESUMABLE:
+            continue
+        was = saved.get(k, default.get(k))
+        if isinstance(v, dict) and isinstance(was, dict):
+            out += config_changes(was, v, default.get(k) or {}, f"{prefix}{k}.")
+        elif was != v:
+            out.append((prefix + k, was, v))
+    return out
 
 
 def _jsonable(x):
