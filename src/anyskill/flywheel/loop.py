@@ -527,13 +527,14 @@ class Flywheel:
         c = self.cfg
         hz = float(self.env.control_hz)
         rows = []
+        vp = self._value_params() if c.corrector.trigger == "value" else None
 
         def run(name, params, conditioned):
             roll = self.rollout(conditioned)
             key = jax.random.fold_in(jax.random.key(c.seed), 5000 + rnd)
             success, _, steps = (np.asarray(x) for x in roll(params, key))
             row = {"round": rnd, "method": name, **outcome_metrics(success, steps, hz)}
-            return {**row, **self.assisted(params, conditioned, rnd)}
+            return {**row, **self.assisted(params, conditioned, rnd, vp)}
 
         if rnd == 1 and not any(r["method"] == "start" for r in st["rows"]):
             rows.append({**run("start", self.start_params, False), "round": 0})
@@ -564,18 +565,19 @@ class Flywheel:
                     f"throughput {r['throughput_per_h']:.0f}/h"
                 )
 
-    def assisted(self, params, conditioned: bool, rnd: int) -> dict:
+    def assisted(self, params, conditioned: bool, rnd: int, value_params=None) -> dict:
         """How much help a policy needs: deployed as in data collection (the scripted
         corrector watching the same fraction of envs, same trigger), on episodes that are the
         same for every method of a round — intervention rate (frames under correction), episodes
         corrected and success with corrections. Empty unless ``--eval-interventions`` and an
-        expert corrector (a person is not asked to correct evaluation runs)."""
+        expert corrector (a person is not asked to correct evaluation runs). ``value_params``:
+        the value function, needed by ``--corrector.trigger value``."""
         c = self.cfg
         if not c.eval_interventions or c.corrector.kind != "expert":
             return {}
         deploy = self.deployer(conditioned, c.eval_episodes, c.corrector)
-        vp = self._value_params() if c.corrector.trigger == "value" else None
-        ep = deploy(params, jax.random.fold_in(jax.random.key(c.seed), 6000 + rnd), vp)
+        key = jax.random.fold_in(jax.random.key(c.seed), 6000 + rnd)
+        ep = deploy(params, key, value_params)
         live = np.arange(ep.intervention.shape[1])[None] < ep.length[:, None]
         return {
             "intervention_rate": float(ep.intervention[live].mean()),
