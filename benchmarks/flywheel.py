@@ -255,8 +255,8 @@ def main():
     if inds:
         lines += [
             "",
-            "Indicator ablation: the final RECAP policy prompted three ways (β = 1, the same "
-            f"{args.indicator_episodes} episodes per prompt):",
+            "Indicator ablation: the final RECAP policy asked three ways (β = 1, the same "
+            f"{args.indicator_episodes} episodes each; indicator as {base.indicator}):",
             "",
             "| seed | advantage: positive | no indicator | advantage: negative |",
             "|---|---|---|---|",
