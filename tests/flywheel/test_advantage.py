@@ -94,15 +94,13 @@ def test_failure_detection_precision_recall_lead():
     assert d["mean_lead_steps"] == 2 and d["flagged"] == 2
 
 
-def test_training_batches_carry_the_indicator_with_dropout(tmp_path):
-    """The policy's batches: positive frames get "advantage: positive", negative frames
-    "advantage: negative", and ~30 % of samples the plain instruction."""
+def _four_episodes(tmp_path, arch: str):
+    """Training data over a 4-episode store (one task), 4,000 samples per batch."""
     from anyskill.algos.vla.config import ModelConfig
     from anyskill.algos.vla.data import TrainingData
     from anyskill.data.format import vector_feature
     from anyskill.data.reader import Dataset
     from anyskill.data.writer import EpisodeWriter
-    from anyskill.nets.transformer import tokenize
 
     feats = {"observation.state": vector_feature(2), "action": vector_feature(2)}
     w = EpisodeWriter.create(tmp_path / "d", feats, fps=10)
@@ -113,10 +111,18 @@ def test_training_batches_carry_the_indicator_with_dropout(tmp_path):
         w.add_episode(frames, task="go to the red zone", success=True)
     ds = Dataset.open(tmp_path / "d")
     cfg = ModelConfig(
-        arch="mlp-flow", horizon=4, max_text_len=12, state_dim=2, action_dim=2, num_cameras=0
+        arch=arch, horizon=4, max_text_len=12, state_dim=2, action_dim=2, num_cameras=0
     )
-    data = TrainingData.build(ds, cfg, batch_size=4000, seed=0)
-    positive = np.arange(ds.num_frames) % 2 == 0
+    return TrainingData.build(ds, cfg, batch_size=4000, seed=0)
+
+
+def test_training_batches_carry_the_indicator_with_dropout(tmp_path):
+    """The policy's batches: positive frames get "advantage: positive", negative frames
+    "advantage: negative", and ~30 % of samples the plain instruction."""
+    from anyskill.nets.transformer import tokenize
+
+    data = _four_episodes(tmp_path, "mlp-flow")
+    positive = np.arange(data.ds.num_frames) % 2 == 0
     data.set_indicator(positive, A.prompt_with_indicator, lambda r, n: A.drop_indicator(r, n, 0.3))
     b = data.batch()
     tok = np.asarray(b.obs.tokens)
@@ -132,26 +138,10 @@ def test_training_batches_carry_the_indicator_with_dropout(tmp_path):
 def test_training_batches_carry_the_indicator_as_an_input_with_dropout(tmp_path):
     """``--indicator embedding``: the instruction stays plain; ``Obs.indicator`` is 1 on
     positive frames, 2 on negative ones and 0 (none) on ~30 % of samples."""
-    from anyskill.algos.vla.config import ModelConfig
-    from anyskill.algos.vla.data import TrainingData
-    from anyskill.data.format import vector_feature
-    from anyskill.data.reader import Dataset
-    from anyskill.data.writer import EpisodeWriter
     from anyskill.nets.transformer import tokenize
 
-    feats = {"observation.state": vector_feature(2), "action": vector_feature(2)}
-    w = EpisodeWriter.create(tmp_path / "d", feats, fps=10)
-    for e in range(4):
-        frames = {
-            k: np.random.default_rng(e).normal(size=(20, 2)).astype(np.float32) for k in feats
-        }
-        w.add_episode(frames, task="go to the red zone", success=True)
-    ds = Dataset.open(tmp_path / "d")
-    cfg = ModelConfig(
-        arch="vla", horizon=4, max_text_len=12, state_dim=2, action_dim=2, num_cameras=0
-    )
-    data = TrainingData.build(ds, cfg, batch_size=4000, seed=0)
-    positive = np.arange(ds.num_frames) % 2 == 0
+    data = _four_episodes(tmp_path, "vla")
+    positive = np.arange(data.ds.num_frames) % 2 == 0
     data.set_indicator(positive, None, lambda r, n: A.drop_indicator(r, n, 0.3))
     b = data.batch()
     assert (np.asarray(b.obs.tokens) == tokenize("go to the red zone", 12)[0]).all()
