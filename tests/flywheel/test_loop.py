@@ -169,6 +169,7 @@ def test_a_human_corrector_needs_a_terminal(tmp_path, monkeypatch):
     assert not cfg.run_dir.exists()  # refused before any work
 
 
+@pytest.mark.slow  # a second flywheel round end to end (~60-200 s); the unit tests cover the pieces
 def test_a_round_with_the_indicator_as_an_embedding(tmp_path):
     """``--indicator embedding``: RECAP learns the indicator input (it leaves zero), the
     baselines, which never see it, keep it at zero, and the prompts stay plain."""
