@@ -605,9 +605,9 @@ class Flywheel:
                     + "; ".join(
                         f"--{k.replace('_', '-')} was {a!r}, now {b!r}" for k, a, b in changed
                     )
-                    + ". Resume with the run's settings (see its config.json; only --rounds, "
-                    "--videos and --progress may change) or choose another --run-dir "
-                    "(nothing was overwritten)"
+                    + ". Resume with the run's settings (see its config.json; only "
+                    + ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k != "resume")
+                    + " may change) or choose another --run-dir (nothing was overwritten)"
                 )
         checkpoint.atomic_write_bytes(saved_path, json.dumps(now, indent=1).encode())
         self.setup()
