@@ -93,6 +93,17 @@ def indicator_ablation(fw: Flywheel, episodes: int) -> dict:
     return out
 
 
+def _ttc_cached(path: Path, args, fw: Flywheel) -> bool:
+    """Whether ``path`` already holds this sweep (same β, N and episode count) of the final
+    policy of ``fw``'s finished run: a re-summary then skips the ~10-minute sweep."""
+    if not path.exists() or path.stat().st_mtime < fw.state_path.stat().st_mtime:
+        return False
+    rows = json.loads(path.read_text())
+    grid = sorted((r["beta"], r["candidates"]) for r in rows)
+    want = sorted((float(b), int(n)) for b in args.betas for n in args.candidates)
+    return grid == want and all(r.get("episodes") == args.ttc_episodes for r in rows)
+
+
 def _f(x, spec=".2f"):
     return "–" if x is None else format(x, spec)
 
@@ -157,7 +168,7 @@ def main():
         if ind_path.exists():
             results[seed]["indicator"] = json.loads(ind_path.read_text())
         ttc_path = Path("benchmarks/results") / f"flywheel-{name}-ttc-s{seed}.json"
-        if seed == args.seeds[0] and not args.no_ttc:
+        if seed == args.seeds[0] and not args.no_ttc and not _ttc_cached(ttc_path, args, fw):
             ttc = test_time_compute(fw, args.betas, args.candidates, args.ttc_episodes)
             ttc_path.write_text(json.dumps(ttc, indent=1))
         if seed == args.seeds[0] and ttc_path.exists():

@@ -150,3 +150,14 @@ def test_training_batches_carry_the_indicator_as_an_input_with_dropout(tmp_path)
     want = np.where(positive[data.last_index], 1, 2)
     assert ((ind == want) | (ind == 0)).all()
     assert set(np.unique(ind)) == {0, 1, 2}
+
+
+def test_chunk_at_gives_the_batch_action_chunks(tmp_path):
+    """``--advantage chunk`` scores each frame with the chunk that followed it: the same
+    normalized chunks (last action repeated past the episode's end) the batches train on."""
+    data = _four_episodes(tmp_path, "vla")
+    b = data.batch()
+    np.testing.assert_allclose(data.chunk_at(data.last_index), b.actions, atol=1e-6)
+    last = data.ds.episodes.stop - 1  # each episode's last frame: its action, 4 times
+    ch = data.chunk_at(last)
+    assert (ch == ch[:, :1]).all()

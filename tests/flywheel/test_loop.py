@@ -99,6 +99,18 @@ def test_resume_after_a_kill_mid_round(tmp_path, monkeypatch):
     adv = np.load(cfg.run_dir / "advantage-r1.npz")
     iv = np.asarray(ds.columns["intervention"], bool)
     assert iv.any() and adv["indicator"][iv].all()
+    assert "q" not in adv
+
+    # --advantage chunk on the same store and value function: A = Q(s, chunk) - V(s)
+    fw = loop.Flywheel(dataclasses.replace(cfg, advantage="chunk"))
+    fw.setup()
+    fw.compute_advantages(1)
+    ch = np.load(cfg.run_dir / "advantage-r1.npz")
+    np.testing.assert_allclose(ch["values"], adv["values"], atol=1e-6)
+    np.testing.assert_allclose(ch["advantages"], ch["q"] - ch["values"], atol=1e-6)
+    assert np.abs(ch["q"] - ch["values"]).max() > 1e-4  # the chunk changes the estimate
+    assert ch["indicator"][iv].all()
+    assert abs(ch["indicator"][~iv].mean() - cfg.positive_fraction) < 0.1
 
 
 @pytest.mark.slow

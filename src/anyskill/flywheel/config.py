@@ -46,8 +46,13 @@ class FlywheelConfig:
     labels: str = "predicate"
     """predicate: success from the task's predicate; human: episodes are stored unlabelled and
     the loop waits for `anyskill label RUN_DIR/data`."""
+    advantage: Literal["nstep", "chunk"] = "nstep"
+    """How advantages are computed from the value function. nstep: ``A = sum of n step costs
+    + V(s_t+n) - V(s_t)`` (π*0.6); chunk: ``A = Q(s_t, a_t..t+H) - V(s_t)``, the value
+    function's estimate with the chunk of H actions that followed (the chunk the policy
+    predicts) against its estimate without it."""
     advantage_n: int = 10
-    """n of the n-step advantage."""
+    """n of the n-step advantage (--advantage nstep)."""
     positive_fraction: float = 0.3
     """Fraction of each task family's frames marked "advantage: positive"."""
     indicator: Literal["prompt", "embedding"] = "prompt"
@@ -85,6 +90,8 @@ class FlywheelConfig:
             raise ValueError("rounds and episodes_per_round must be >= 1")
         if not 0 < self.positive_fraction < 1:
             raise ValueError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
+        if self.advantage not in ("nstep", "chunk"):
+            raise ValueError(f"advantage must be 'nstep' or 'chunk', got {self.advantage!r}")
         if self.indicator not in ("prompt", "embedding"):
             raise ValueError(f"indicator must be 'prompt' or 'embedding', got {self.indicator!r}")
         if self.indicator == "embedding" and self.model.arch != "vla":

@@ -358,18 +358,23 @@ class Flywheel:
             ts, _ = step_fn(ts, data.batch())
         return ts.ema
 
-    def predict_values(self, value_params, data: TrainingData, frames=None, chunk: int = 1024):
-        """``V`` of ``frames`` (default: every frame of the store), in fixed-size batches."""
+    def predict_values(
+        self, value_params, data: TrainingData, frames=None, batch: int = 1024, q: bool = False
+    ):
+        """``V`` of ``frames`` (default: every frame of the store), in fixed-size batches;
+        with ``q``, ``Q(s, chunk)`` with the action chunk that followed each frame."""
         frames = np.arange(data.ds.num_frames) if frames is None else np.asarray(frames)
-        if "values" not in self._compiled:
-            self._compiled["values"] = jax.jit(lambda p, o: self.vf.expected(p, o))
-        fn = self._compiled["values"]
+        if ("values", q) not in self._compiled:
+            self._compiled[("values", q)] = jax.jit(
+                (lambda p, o, a: self.vf.expected(p, o, a)) if q else self.vf.expected
+            )
+        fn = self._compiled[("values", q)]
         out = np.zeros(len(frames), np.float32)
-        for s in range(0, len(frames), chunk):
-            idx = frames[s : s + chunk]
-            pad = chunk - len(idx)
-            obs = data.obs_at(np.concatenate([idx, np.full(pad, idx[-1])]))
-            out[s : s + len(idx)] = np.asarray(fn(value_params, obs))[: len(idx)]
+        for s in range(0, len(frames), batch):
+            idx = frames[s : s + batch]
+            full = np.concatenate([idx, np.full(batch - len(idx), idx[-1])])
+            args = (data.obs_at(full),) + ((data.chunk_at(full),) if q else ())
+            out[s : s + len(idx)] = np.asarray(fn(value_params, *args))[: len(idx)]
         return out
 
     def family_ids(self, ds: Dataset) -> np.ndarray:
@@ -489,15 +494,23 @@ class Flywheel:
         ds = Dataset.open(self.data_dir)
         ep = ds.episodes
         data = self.training_data(c.seed)
-        values = self.predict_values(self._value_params(), data)
-        adv = A.nstep_advantages(values, ep.start, ep.stop, ep.success, self.horizon, c.advantage_n)
+        vp = self._value_params()
+        values = self.predict_values(vp, data)
+        extra = {}
+        if c.advantage == "chunk":
+            extra["q"] = self.predict_values(vp, data, q=True)
+            adv = (extra["q"] - values).astype(np.float32)
+        else:
+            adv = A.nstep_advantages(
+                values, ep.start, ep.stop, ep.success, self.horizon, c.advantage_n
+            )
         fam = self.family_ids(ds)
         thr = A.positive_threshold(adv, fam, c.positive_fraction)
         iv = np.asarray(ds.columns["intervention"], bool)
         ind = A.indicator(adv, fam, thr, iv)
         path = self.dir / f"advantage-r{rnd}.npz"
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, values=values, advantages=adv, indicator=ind, family=fam)
+        np.savez(tmp, values=values, advantages=adv, indicator=ind, family=fam, **extra)
         tmp.replace(path)
 
     def train_policies(self, rnd: int) -> None:

@@ -174,8 +174,9 @@ def write_report(fw, st: dict) -> Path:
         f"{rnd} of {c.rounds} rounds; policy `{fw.mcfg.arch}`; {c.demos} demonstrations, "
         f"{c.episodes_per_round} deployed episodes per round (corrector: {c.corrector.kind}, "
         f"trigger {c.corrector.trigger}, watching {c.corrector.fraction:.0%} of envs); "
-        f"{c.policy_steps} fine-tuning steps per round per method; advantage n = "
-        f"{c.advantage_n}, {c.positive_fraction:.0%} positive per task family, indicator "
+        f"{c.policy_steps} fine-tuning steps per round per method; advantages "
+        + (f"n-step (n = {c.advantage_n})" if c.advantage == "nstep" else "Q(s, chunk) − V(s)")
+        + f", {c.positive_fraction:.0%} positive per task family, indicator "
         f"as {c.indicator}, dropout {c.indicator_dropout:.0%}, guidance β = {c.beta}. Data: {ds.num_episodes} "
         f"episodes, {ds.num_frames} frames in `{fw.data_dir}`.",
         "",

@@ -216,6 +216,14 @@ class TrainingData:
             action_mask=b.action_mask,
         )
 
+    def chunk_at(self, idx: np.ndarray) -> np.ndarray:
+        """Normalized action chunks ``[B, horizon, action_dim]`` that follow the frames
+        ``idx`` in their episodes (the last action repeated past an episode's end), as in
+        :meth:`batch`."""
+        a = self.sampler.batch_at(np.asarray(idx)).action
+        n = self._np
+        return ((a - n["action_mean"]) / n["action_std"]).astype(np.float32)
+
     def obs_at(self, idx: np.ndarray) -> Obs:
         """Model inputs (normalized, plain instruction) of the frames ``idx``."""
         idx = np.asarray(idx)
