@@ -216,3 +216,54 @@ def test_config_changes_names_what_a_resume_would_change():
         ("indicator", "prompt", "embedding"),
         ("value.steps", 600, 700),
     ]
+
+
+def test_saved_config_round_trips_a_runs_settings(tmp_path):
+    cfg = tiny(tmp_path, advantage="chunk", corrector=CorrectorConfig(fraction=0.5))
+    (cfg.run_dir).mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps(loop._jsonable(dataclasses.asdict(cfg))))
+    assert loop.saved_config(cfg.run_dir) == cfg
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        loop.saved_config(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("indicator", ["prompt", "embedding"])
+def test_guided_chunks_contrast_positive_with_no_indicator(indicator):
+    """``chunk_fn`` with β = 2: the prompt's indicator words stripped (prompt) or the indicator
+    input set to positive and to none (embedding) — the same chunks as ``sample_guided`` on
+    hand-built inputs; with β = 1, plain sampling of the positive input."""
+    import jax
+
+    from anyskill.algos.vla import model as M
+    from anyskill.algos.vla.data import Normalizer
+
+    cfg = ModelConfig(
+        arch="vla", horizon=4, num_steps=3, width=32, depth=1, heads=2, head_dim=8,
+        action_width=24, max_text_len=12, state_dim=3, action_dim=2, num_cameras=0,
+        indicator=indicator == "embedding",
+    )  # fmt: skip
+    model = M.PolicyModel(cfg)
+    params = model.init(jax.random.key(0))
+    if cfg.indicator:
+        emb = jax.random.normal(jax.random.key(1), params["params"]["indicator"].shape)
+        params = {**params, "params": {**params["params"], "indicator": emb}}
+    norm = Normalizer(jnp.zeros(3), jnp.full(3, 2.0), jnp.ones(2), jnp.full(2, 3.0))
+    text = "push the red block" + (", advantage: positive" if indicator == "prompt" else "")
+    tok = jnp.asarray(np.repeat(tokenize([text], 12)[0], 2, axis=0))
+    plain_tok = jnp.asarray(np.repeat(tokenize(["push the red block"], 12)[0], 2, axis=0))
+    state = jnp.array([[1.0, -2.0, 0.5], [0.0, 4.0, -1.0]])
+    obs = M.Obs(state=state, images=jnp.zeros((2, 0, 1, 1, 3), jnp.uint8), tokens=tok,
+                text_mask=tok != 0)  # fmt: skip
+    key = jax.random.key(3)
+    got = loop.chunk_fn(model, norm, 2.0, True, indicator)(params, key, obs)
+    n_obs = obs.replace(state=state / 2.0)
+    if indicator == "prompt":
+        cond, unc = n_obs, n_obs.replace(tokens=plain_tok, text_mask=plain_tok != 0)
+    else:
+        cond = loop.with_indicator(n_obs, M.INDICATOR_POSITIVE)
+        unc = loop.with_indicator(n_obs, M.INDICATOR_NONE)
+    want = model.sample_guided(params, key, cond, unc, 2.0) * 3.0 + 1.0
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    one = loop.chunk_fn(model, norm, 1.0, True, indicator)(params, key, obs)
+    np.testing.assert_allclose(one, model.sample(params, key, cond) * 3.0 + 1.0, atol=1e-5)
+    assert not np.allclose(one, got, atol=1e-3)

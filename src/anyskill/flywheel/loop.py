@@ -111,30 +111,29 @@ def chunk_fn(
     "advantage: positive" — ``indicator="prompt"``: the prompts already carry the words;
     ``"embedding"``: the indicator input is set to positive here. ``beta != 1`` applies
     classifier-free guidance against the same observation without the indicator."""
+    plain = chunk_fn_for(model, normalizer)
+    if not conditioned:
+        return plain
     if indicator == "embedding":
-        plain = chunk_fn_for(model, normalizer)
-        if not conditioned:
-            return plain
 
-        def emb(params, key, obs: Obs):
-            if beta == 1.0:
-                return plain(params, key, with_indicator(obs, INDICATOR_POSITIVE))
-            obs = obs.replace(state=normalizer.state(obs.state))
-            cond, unc = with_indicator(obs, INDICATOR_POSITIVE), with_indicator(obs, INDICATOR_NONE)
-            return normalizer.unaction(model.sample_guided(params, key, cond, unc, beta))
+        def split(obs: Obs):  # (asked for positive, no indicator): one shared prefix
+            return with_indicator(obs, INDICATOR_POSITIVE), with_indicator(obs, INDICATOR_NONE)
 
-        return emb
-    if not conditioned or beta == 1.0:
-        return chunk_fn_for(model, normalizer)
-    k = suffix_length(model.cfg.max_text_len)
+    else:
+        k = suffix_length(model.cfg.max_text_len)
 
-    def fn(params, key, obs: Obs):
-        obs = obs.replace(state=normalizer.state(obs.state))
-        plain = strip_suffix(obs.tokens, k)
-        unc = obs.replace(tokens=plain, text_mask=plain != 0)
-        return normalizer.unaction(model.sample_guided(params, key, obs, unc, beta))
+        def split(obs: Obs):  # (prompt with the words, prompt without them)
+            words = strip_suffix(obs.tokens, k)
+            return obs, obs.replace(tokens=words, text_mask=words != 0)
 
-    return fn
+    if beta == 1.0:
+        return lambda params, key, obs: plain(params, key, split(obs)[0])
+
+    def guided(params, key, obs: Obs):
+        cond, unc = split(obs.replace(state=normalizer.state(obs.state)))
+        return normalizer.unaction(model.sample_guided(params, key, cond, unc, beta))
+
+    return guided
 
 
 def selection_chunk_fn(
@@ -681,6 +680,33 @@ def _jsonable(x):
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+def _from_jsonable(template, saved: dict):
+    """``template`` (a config dataclass) with the fields ``saved`` (its :func:`_jsonable`
+    form) has; lists back to tuples, strings back to paths, nested configs recursively."""
+    kw = {}
+    for f in dataclasses.fields(template):
+        if f.name not in saved:
+            continue
+        cur, v = getattr(template, f.name), saved[f.name]
+        if dataclasses.is_dataclass(cur) and isinstance(v, dict):
+            v = _from_jsonable(cur, v)
+        elif isinstance(cur, tuple) and isinstance(v, list):
+            v = tuple(v)
+        elif isinstance(cur, Path):
+            v = Path(v)
+        kw[f.name] = v
+    return dataclasses.replace(template, **kw)
+
+
+def saved_config(run_dir: Path) -> FlywheelConfig:
+    """The configuration a flywheel run in ``run_dir`` was started with (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} holds no flywheel run (no config.json)")
+    cfg = _from_jsonable(FlywheelConfig(), json.loads(path.read_text()))
+    return dataclasses.replace(cfg, run_dir=Path(run_dir))
 
 
 def run_flywheel(cfg: FlywheelConfig, human=None) -> dict:

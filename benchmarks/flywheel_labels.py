@@ -1,0 +1,129 @@
+"""What the advantage labels of a flywheel run say: n-step against chunk advantages
+(``Q(s, chunk) - V(s)``) from the same value function, on the same frames.
+
+    python benchmarks/flywheel_labels.py runs/bench-flywheel-push-emb-b2-s0 [more run dirs]
+
+Per run, from its latest value function and episode store: the fraction of frames marked
+positive per source (demonstrations, successful and failed rollouts, corrected frames), the
+share of each advantage's variance that lies between episodes (η²; 1: the label says only
+which episode a frame is from, 0: only which frame), the two advantages' correlation, and
+how much ``Q`` moves when a frame's own chunk is swapped for another frame's (does the value
+function read the chunk at all?). Written to ``benchmarks/results/flywheel-labels.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from anyskill.data.reader import Dataset
+from anyskill.flywheel import advantage as A
+from anyskill.flywheel.loop import Flywheel, saved_config
+
+
+def eta_squared(x: np.ndarray, start, stop) -> float:
+    """Between-episode share of the variance of the per-frame ``x``."""
+    x = np.asarray(x, np.float64)
+    means = np.concatenate(
+        [np.full(t - s, x[s:t].mean()) for s, t in zip(start, stop, strict=True)]
+    )
+    total = np.sum((x - x.mean()) ** 2)
+    return float(np.sum((means - x.mean()) ** 2) / total) if total > 0 else float("nan")
+
+
+def load(run_dir: Path) -> Flywheel:
+    fw = Flywheel(dataclasses.replace(saved_config(run_dir), progress=False))
+    fw.setup()
+    return fw
+
+
+def analyse(run_dir: Path, seed: int = 0) -> dict:
+    fw = load(run_dir)
+    c = fw.cfg
+    ds = Dataset.open(fw.data_dir)
+    ep = ds.episodes
+    data = fw.training_data(c.seed)
+    vp = fw._value_params()
+    v = fw.predict_values(vp, data)
+    q = fw.predict_values(vp, data, q=True)
+    nstep = A.nstep_advantages(v, ep.start, ep.stop, ep.success, fw.horizon, c.advantage_n)
+    chunk = q - v
+    fam = fw.family_ids(ds)
+    iv = np.asarray(ds.columns["intervention"], bool)
+    # Q with another frame's chunk (same store, random frame): how much the chunk matters
+    rng = np.random.default_rng(seed)
+    other = rng.permutation(ds.num_frames)
+    data_sw = copy.copy(data)
+    data_sw.chunk_at = lambda idx: data.chunk_at(other[np.asarray(idx)])
+    q_sw = fw.predict_values(vp, data_sw, q=True)
+
+    ep_of = np.repeat(np.arange(ds.num_episodes), ep.length)
+    demo = (ep.source == "demonstration")[ep_of]
+    ok = (ep.success > 0)[ep_of]
+    groups = {
+        "demonstrations": demo,
+        "successful rollouts": ~demo & ok,
+        "failed rollouts": ~demo & ~ok,
+        "corrected frames": iv,
+    }
+    out = {"run": str(run_dir), "frames": int(ds.num_frames), "episodes": int(ds.num_episodes)}
+    for name, adv in (("nstep", nstep), ("chunk", chunk)):
+        thr = A.positive_threshold(adv, fam, c.positive_fraction)
+        ind = A.indicator(adv, fam, thr, iv)
+        out[name] = {
+            "std": float(adv.std()),
+            "eta2_advantage": eta_squared(adv, ep.start, ep.stop),
+            "eta2_indicator": eta_squared(ind.astype(float), ep.start, ep.stop),
+            "positive": {k: float(ind[m].mean()) if m.any() else None for k, m in groups.items()},
+        }
+    out["corr_nstep_chunk"] = float(np.corrcoef(nstep, chunk)[0, 1])
+    out["q_own_minus_swapped_std"] = float(np.std(q - q_sw))
+    out["q_minus_v_std"] = float(np.std(q - v))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", type=Path, nargs="+", help="flywheel run directories")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/flywheel-labels.md"))
+    args = ap.parse_args()
+    res = [analyse(r) for r in args.runs]
+    lines = [
+        "# Advantage labels: n-step vs chunk (Q(s, chunk) − V(s)), same value function",
+        "",
+        "`python benchmarks/flywheel_labels.py " + " ".join(map(str, args.runs)) + "`",
+        "",
+        "| run | advantage | η² advantage | η² indicator | positive: demos | successful | "
+        "failed | corrected |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res:
+        for k in ("nstep", "chunk"):
+            p = r[k]["positive"]
+            f = [f"{p[g]:.2f}" if p[g] is not None else "–" for g in p]
+            lines.append(
+                f"| {Path(r['run']).name} | {k} | {r[k]['eta2_advantage']:.2f} | "
+                f"{r[k]['eta2_indicator']:.2f} | " + " | ".join(f) + " |"
+            )
+    lines += [
+        "",
+        "| run | corr(n-step, chunk) | std Q − V | std Q(own) − Q(swapped chunk) |",
+        "|---|---|---|---|",
+    ]
+    for r in res:
+        lines.append(
+            f"| {Path(r['run']).name} | {r['corr_nstep_chunk']:.2f} | {r['q_minus_v_std']:.4f} "
+            f"| {r['q_own_minus_swapped_std']:.4f} |"
+        )
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
