@@ -8,7 +8,8 @@ positive per source (demonstrations, successful and failed rollouts, corrected f
 share of each advantage's variance that lies between episodes (η²; 1: the label says only
 which episode a frame is from, 0: only which frame), the two advantages' correlation, and
 how much ``Q`` moves when a frame's own chunk is swapped for another frame's (does the value
-function read the chunk at all?). Written to ``benchmarks/results/flywheel-labels.md``.
+function read the chunk at all?), and with ``--indicator embedding`` whether the final RECAP
+policy's loss depends on the indicator it is given. Written to ``benchmarks/results/flywheel-labels.md``.
 """
 
 from __future__ import annotations
@@ -84,7 +85,76 @@ def analyse(run_dir: Path, seed: int = 0) -> dict:
     out["corr_nstep_chunk"] = float(np.corrcoef(nstep, chunk)[0, 1])
     out["q_own_minus_swapped_std"] = float(np.std(q - q_sw))
     out["q_minus_v_std"] = float(np.std(q - v))
+    out["indicator_use"] = indicator_use(fw, data, seed=seed)
     return out
+
+
+def indicator_use(fw: Flywheel, data, frames: int = 4096, repeats: int = 4, seed: int = 0):
+    """Does the final RECAP policy read the indicator? Its flow-matching loss on frames it was
+    trained on (the last round's labels) with each frame's own indicator, with none and with
+    the opposite one; the same noise and flow times for all three, so the differences are
+    paired. A policy that ignores the input scores the same three times."""
+    import jax
+    import jax.numpy as jnp
+
+    from anyskill.algos.vla.model import (
+        INDICATOR_NEGATIVE,
+        INDICATOR_NONE,
+        INDICATOR_POSITIVE,
+        sample_time,
+    )
+
+    rounds = sorted(fw.dir.glob("advantage-r*.npz"), key=lambda p: int(p.stem.split("-r")[1]))
+    if fw.cfg.indicator != "embedding" or not rounds:
+        return None
+    lab = np.load(rounds[-1])["indicator"]
+    params = fw.policy_params("recap")
+    model, n = fw.model, data._np
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(lab), size=min(frames, len(lab)), replace=False)
+
+    @jax.jit
+    def per_sample(params, obs, x_t, t, target, mask):
+        v = model.net.apply(params, obs, x_t, t)
+        err = jnp.mean((v - target) ** 2, -1)
+        m = mask.astype(jnp.float32)
+        return jnp.sum(err * m, -1) / jnp.maximum(jnp.sum(m, -1), 1.0)
+
+    own = np.where(lab[idx], INDICATOR_POSITIVE, INDICATOR_NEGATIVE).astype(np.int32)
+    flip = np.where(lab[idx], INDICATOR_NEGATIVE, INDICATOR_POSITIVE).astype(np.int32)
+    none = np.full_like(own, INDICATOR_NONE)
+    out = {k: np.zeros(len(idx)) for k in ("own", "none", "opposite", "start")}
+    key = jax.random.key(seed)
+    for lo in range(0, len(idx), 512):
+        j = idx[lo : lo + 512]
+        b = data.sampler.batch_at(j)
+        act = ((b.action - n["action_mean"]) / n["action_std"]).astype(np.float32)
+        obs = data.obs_at(j)
+        for _ in range(repeats):
+            key, kn, kt = jax.random.split(key, 3)
+            noise = jax.random.normal(kn, act.shape)
+            t = sample_time(kt, act.shape[:1])
+            x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * act
+            for name, ind in (("own", own), ("none", none), ("opposite", flip)):
+                o = obs.replace(indicator=jnp.asarray(ind[lo : lo + 512]))
+                loss = per_sample(params, o, x_t, t, noise - act, b.action_mask)
+                out[name][lo : lo + len(j)] += np.asarray(loss) / repeats
+            o = obs.replace(indicator=jnp.asarray(none[lo : lo + 512]))  # its rows are zero
+            loss = per_sample(fw.start_params, o, x_t, t, noise - act, b.action_mask)
+            out["start"][lo : lo + len(j)] += np.asarray(loss) / repeats
+
+    def paired(a, b):
+        d = out[a] - out[b]
+        return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
+
+    return {
+        "frames": int(len(idx)),
+        "positive_share": float(lab[idx].mean()),
+        "loss": {k: float(v.mean()) for k, v in out.items()},
+        "none_minus_own": paired("none", "own"),
+        "opposite_minus_own": paired("opposite", "own"),
+        "start_minus_own": paired("start", "own"),
+    }
 
 
 def main():
@@ -120,6 +190,26 @@ def main():
             f"| {Path(r['run']).name} | {r['corr_nstep_chunk']:.2f} | {r['q_minus_v_std']:.4f} "
             f"| {r['q_own_minus_swapped_std']:.4f} |"
         )
+    use = [r for r in res if r["indicator_use"]]
+    if use:
+        lines += [
+            "",
+            "Does the final RECAP policy read the indicator? Its flow-matching loss on frames of"
+            " its last training round with their own indicator, none and the opposite one"
+            " (paired: the same noise and flow times; ± one standard error); for scale, the"
+            " starting policy's loss on the same frames:",
+            "",
+            "| run | frames | loss, own | none − own | opposite − own | starting policy − own |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in use:
+            u = r["indicator_use"]
+            d = [u[k] for k in ("none_minus_own", "opposite_minus_own", "start_minus_own")]
+            lines.append(
+                f"| {Path(r['run']).name} | {u['frames']} | {u['loss']['own']:.4f} | "
+                + " | ".join(f"{x['mean']:+.4f} ± {x['se']:.4f}" for x in d)
+                + " |"
+            )
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     print("\n".join(lines))
