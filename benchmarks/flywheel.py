@@ -93,10 +93,25 @@ def indicator_ablation(fw: Flywheel, episodes: int) -> dict:
     return out
 
 
+def _fresh(path: Path, fw: Flywheel) -> bool:
+    """Whether ``path`` was written after ``fw``'s run last changed (not left over from an
+    earlier run of the same name)."""
+    return path.exists() and path.stat().st_mtime >= fw.state_path.stat().st_mtime
+
+
+def _ablation_cached(path: Path, args, fw: Flywheel) -> bool:
+    """Whether ``path`` holds the indicator ablation of ``fw``'s finished run, with as many
+    episodes per prompt as asked."""
+    if not _fresh(path, fw):
+        return False
+    rows = json.loads(path.read_text()).values()
+    return all(r.get("episodes") == args.indicator_episodes for r in rows)
+
+
 def _ttc_cached(path: Path, args, fw: Flywheel) -> bool:
     """Whether ``path`` already holds this sweep (same β, N and episode count) of the final
     policy of ``fw``'s finished run: a re-summary then skips the ~10-minute sweep."""
-    if not path.exists() or path.stat().st_mtime < fw.state_path.stat().st_mtime:
+    if not _fresh(path, fw):
         return False
     rows = json.loads(path.read_text())
     grid = sorted((r["beta"], r["candidates"]) for r in rows)
@@ -162,16 +177,16 @@ def main():
             "minutes": (time.perf_counter() - t0) / 60,
         }
         ind_path = Path("benchmarks/results") / f"flywheel-{name}-indicator-s{seed}.json"
-        if args.indicator_episodes and not ind_path.exists():
+        if args.indicator_episodes and not _ablation_cached(ind_path, args, fw):
             ind = indicator_ablation(fw, args.indicator_episodes)
             checkpoint.atomic_write_bytes(ind_path, json.dumps(ind, indent=1).encode())
-        if ind_path.exists():
+        if _fresh(ind_path, fw):
             results[seed]["indicator"] = json.loads(ind_path.read_text())
         ttc_path = Path("benchmarks/results") / f"flywheel-{name}-ttc-s{seed}.json"
         if seed == args.seeds[0] and not args.no_ttc and not _ttc_cached(ttc_path, args, fw):
             ttc = test_time_compute(fw, args.betas, args.candidates, args.ttc_episodes)
             ttc_path.write_text(json.dumps(ttc, indent=1))
-        if seed == args.seeds[0] and ttc_path.exists():
+        if seed == args.seeds[0] and _fresh(ttc_path, fw):
             results[seed]["test_time"] = json.loads(ttc_path.read_text())
     out = Path("benchmarks/results") / f"flywheel-{name}.json"
     out.write_text(json.dumps(results, indent=1))
