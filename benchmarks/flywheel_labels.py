@@ -101,6 +101,7 @@ def indicator_use(fw: Flywheel, data, frames: int = 4096, repeats: int = 4, seed
         INDICATOR_NEGATIVE,
         INDICATOR_NONE,
         INDICATOR_POSITIVE,
+        _masked_mse,
         sample_time,
     )
 
@@ -114,11 +115,8 @@ def indicator_use(fw: Flywheel, data, frames: int = 4096, repeats: int = 4, seed
     idx = rng.choice(len(lab), size=min(frames, len(lab)), replace=False)
 
     @jax.jit
-    def per_sample(params, obs, x_t, t, target, mask):
-        v = model.net.apply(params, obs, x_t, t)
-        err = jnp.mean((v - target) ** 2, -1)
-        m = mask.astype(jnp.float32)
-        return jnp.sum(err * m, -1) / jnp.maximum(jnp.sum(m, -1), 1.0)
+    def per_sample(params, obs, x_t, t, target, mask):  # the training loss, one per sample
+        return jax.vmap(_masked_mse)(model.net.apply(params, obs, x_t, t), target, mask)
 
     own = np.where(lab[idx], INDICATOR_POSITIVE, INDICATOR_NEGATIVE).astype(np.int32)
     flip = np.where(lab[idx], INDICATOR_NEGATIVE, INDICATOR_POSITIVE).astype(np.int32)
@@ -135,13 +133,15 @@ def indicator_use(fw: Flywheel, data, frames: int = 4096, repeats: int = 4, seed
             noise = jax.random.normal(kn, act.shape)
             t = sample_time(kt, act.shape[:1])
             x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * act
-            for name, ind in (("own", own), ("none", none), ("opposite", flip)):
+            for name, p, ind in (
+                ("own", params, own),
+                ("none", params, none),
+                ("opposite", params, flip),
+                ("start", fw.start_params, none),  # its indicator rows are zero
+            ):
                 o = obs.replace(indicator=jnp.asarray(ind[lo : lo + 512]))
-                loss = per_sample(params, o, x_t, t, noise - act, b.action_mask)
+                loss = per_sample(p, o, x_t, t, noise - act, b.action_mask)
                 out[name][lo : lo + len(j)] += np.asarray(loss) / repeats
-            o = obs.replace(indicator=jnp.asarray(none[lo : lo + 512]))  # its rows are zero
-            loss = per_sample(fw.start_params, o, x_t, t, noise - act, b.action_mask)
-            out["start"][lo : lo + len(j)] += np.asarray(loss) / repeats
 
     def paired(a, b):
         d = out[a] - out[b]
