@@ -80,7 +80,7 @@ def indicator_ablation(fw: Flywheel, episodes: int) -> dict:
         ("negative", False, M.INDICATOR_NEGATIVE),
     )
     for name, positive, ind in kinds:
-        if c.indicator == "embedding":
+        if c.indicator != "prompt":
             roll = fw.make_rollout(
                 lambda p, k, o, ind=ind: fn(p, k, with_indicator(o, ind)), episodes
             )

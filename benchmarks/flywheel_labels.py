@@ -8,7 +8,7 @@ positive per source (demonstrations, successful and failed rollouts, corrected f
 share of each advantage's variance that lies between episodes (η²; 1: the label says only
 which episode a frame is from, 0: only which frame), the two advantages' correlation, and
 how much ``Q`` moves when a frame's own chunk is swapped for another frame's (does the value
-function read the chunk at all?), and with ``--indicator embedding`` whether the final RECAP
+function read the chunk at all?), and with ``--indicator embedding`` or ``modulation`` whether the final RECAP
 policy's loss depends on the indicator it is given. Written to ``benchmarks/results/flywheel-labels.md``.
 """
 
@@ -106,7 +106,7 @@ def indicator_use(fw: Flywheel, data, frames: int = 4096, repeats: int = 4, seed
     )
 
     rounds = sorted(fw.dir.glob("advantage-r*.npz"), key=lambda p: int(p.stem.split("-r")[1]))
-    if fw.cfg.indicator != "embedding" or not rounds:
+    if fw.cfg.indicator == "prompt" or not rounds:
         return None
     lab = np.load(rounds[-1])["indicator"]
     params = fw.policy_params("recap")

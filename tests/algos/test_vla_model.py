@@ -300,15 +300,17 @@ def test_mention_order_tells_the_object_colour_from_the_zone_colour():
     assert got[1]["yellow"] == 0
 
 
-def test_indicator_embedding_starts_at_zero_then_conditions_the_actions():
-    """``with_indicator`` adds a zero embedding: the starting policy's chunks are unchanged
-    whatever the indicator; once the embedding is non-zero, positive and negative differ, in
-    the cached and the uncached pass alike."""
+@pytest.mark.parametrize("modulation", [False, True])
+def test_indicator_embedding_starts_at_zero_then_conditions_the_actions(modulation):
+    """``with_indicator`` adds a zero embedding (and, with ``indicator_modulation``, a zero
+    modulation): the starting policy's chunks are unchanged whatever the indicator; once the
+    embedding (or the modulation alone) is non-zero, positive and negative differ, in the
+    cached and the uncached pass alike."""
     from anyskill.algos.vla import model as M
 
     plain = PolicyModel(TINY)
     start = plain.init(jax.random.key(0))
-    model = PolicyModel(dataclasses.replace(TINY, indicator=True))
+    model = PolicyModel(dataclasses.replace(TINY, indicator=True, indicator_modulation=modulation))
     params = model.with_indicator(start)
     obs = random_obs(jax.random.key(1), TINY)
     pos = obs.replace(indicator=jnp.full((3,), M.INDICATOR_POSITIVE, jnp.int32))
@@ -317,8 +319,9 @@ def test_indicator_embedding_starts_at_zero_then_conditions_the_actions():
     np.testing.assert_allclose(model.sample(params, jax.random.key(3), pos), ref, atol=1e-5)
     np.testing.assert_allclose(model.sample(params, jax.random.key(3), neg), ref, atol=1e-5)
 
-    emb = jax.random.normal(jax.random.key(4), params["params"]["indicator"].shape)
-    trained = {**params, "params": {**params["params"], "indicator": emb}}
+    name = "indicator_mod" if modulation else "indicator"
+    emb = 0.5 * jax.random.normal(jax.random.key(4), params["params"][name].shape)
+    trained = {**params, "params": {**params["params"], name: emb}}
     a = model.sample(trained, jax.random.key(3), pos)
     b = model.sample(trained, jax.random.key(3), neg)
     assert not np.allclose(a, b, atol=1e-3)
@@ -331,6 +334,40 @@ def test_indicator_embedding_starts_at_zero_then_conditions_the_actions():
     np.testing.assert_allclose(a, g, atol=1e-4)
 
 
+def test_stream_modulation_against_its_equations():
+    """adaLN rows: zero is the plain block; gates of -1 switch both residual branches off
+    (the block returns its input); a norm scale of -1 zeroes the normalised input, so q/k/v
+    are the projection's bias alone; a shift adds straight onto the normalised input."""
+    from anyskill.nets.transformer import Stream
+
+    s = Stream(8, 2, 4)
+    h = jax.random.normal(jax.random.key(0), (2, 5, 8))
+    att = jax.random.normal(jax.random.key(1), (2, 5, 2, 4))
+    p = s.init(
+        jax.random.key(2), h, att, method=lambda m, h, a: m.finish(h, a) + m.project(h)[0].sum()
+    )
+    zero = jnp.zeros((2, 6, 8))
+    np.testing.assert_array_equal(
+        s.apply(p, h, att, zero, method=Stream.finish), s.apply(p, h, att, method=Stream.finish)
+    )
+    for i in range(3):
+        np.testing.assert_array_equal(
+            s.apply(p, h, zero, method=Stream.project)[i], s.apply(p, h, method=Stream.project)[i]
+        )
+    off = zero.at[:, 2].set(-1.0).at[:, 5].set(-1.0)
+    np.testing.assert_allclose(s.apply(p, h, att, off, method=Stream.finish), h, atol=1e-6)
+    q, k, v = s.apply(p, h, zero.at[:, 1].set(-1.0), method=Stream.project)
+    bias = p["params"]["qkv"]["bias"]  # [3, heads, hd]
+    np.testing.assert_allclose(q, jnp.broadcast_to(bias[0], q.shape), atol=1e-6)
+    np.testing.assert_allclose(v, jnp.broadcast_to(bias[2], v.shape), atol=1e-6)
+    shift = jax.random.normal(jax.random.key(3), (2, 8))
+    q2 = s.apply(p, h, zero.at[:, 0].set(shift), method=Stream.project)[0]
+    normed = s.apply(p, h, method=lambda m, h: m.norm1(h))
+    kernel = p["params"]["qkv"]["kernel"][:, 0]  # [width, heads, hd]
+    want = jnp.einsum("btw,whd->bthd", normed + shift[:, None], kernel) + bias[0]
+    np.testing.assert_allclose(q2, want, atol=1e-5)
+
+
 def test_indicator_input_needs_a_model_built_for_it():
     model = PolicyModel(TINY)
     params = model.init(jax.random.key(0))
@@ -339,3 +376,5 @@ def test_indicator_input_needs_a_model_built_for_it():
         model.sample(params, jax.random.key(3), obs)
     with pytest.raises(ValueError, match="needs arch 'vla'"):
         ModelConfig(arch="mlp-flow", indicator=True)
+    with pytest.raises(ValueError, match="needs indicator=True"):
+        ModelConfig(indicator_modulation=True)

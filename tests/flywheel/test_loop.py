@@ -182,12 +182,13 @@ def test_a_human_corrector_needs_a_terminal(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow  # a second flywheel round end to end (~60-200 s); the unit tests cover the pieces
-def test_a_round_with_the_indicator_as_an_embedding(tmp_path):
-    """``--indicator embedding``: RECAP learns the indicator input (it leaves zero), the
-    baselines, which never see it, keep it at zero, and the prompts stay plain."""
+@pytest.mark.parametrize("indicator", ["embedding", "modulation"])
+def test_a_round_with_the_indicator_as_an_input(tmp_path, indicator):
+    """``--indicator embedding`` / ``modulation``: RECAP learns the indicator input (it leaves
+    zero), the baselines, which never see it, keep it at zero, and the prompts stay plain."""
     cfg = tiny(
         tmp_path,
-        indicator="embedding",
+        indicator=indicator,
         eval_interventions=False,
         model=ModelConfig(
             arch="vla", width=32, depth=1, heads=2, head_dim=8, action_width=16, horizon=5
@@ -198,13 +199,18 @@ def test_a_round_with_the_indicator_as_an_embedding(tmp_path):
     fw = loop.Flywheel(dataclasses.replace(cfg, resume=True))
     fw.setup()
     assert fw.prompt_suffix(True) == ""
-    emb = {n: np.abs(fw.policy_params(n)["params"]["indicator"]).max() for n in loop.POLICIES}
-    assert emb["recap"] > 0 and emb["bc"] == 0 and emb["filtered"] == 0, emb
+    names = ["indicator"] + (["indicator_mod"] if indicator == "modulation" else [])
+    for name in names:
+        emb = {n: np.abs(fw.policy_params(n)["params"][name]).max() for n in loop.POLICIES}
+        assert emb["recap"] > 0 and emb["bc"] == 0 and emb["filtered"] == 0, (name, emb)
 
 
-def test_embedding_indicator_needs_the_vla(tmp_path):
-    with pytest.raises(ValueError, match="--model.arch vla"):
-        tiny(tmp_path, indicator="embedding")
+@pytest.mark.parametrize("indicator", ["embedding", "modulation"])
+def test_an_input_indicator_needs_the_vla(tmp_path, indicator):
+    with pytest.raises(ValueError, match=f"--indicator {indicator} needs --model.arch vla"):
+        tiny(tmp_path, indicator=indicator)
+    with pytest.raises(ValueError, match="indicator must be one of"):
+        tiny(tmp_path, indicator="words")
 
 
 def test_config_changes_names_what_a_resume_would_change():
@@ -227,11 +233,11 @@ def test_saved_config_round_trips_a_runs_settings(tmp_path):
         loop.saved_config(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("indicator", ["prompt", "embedding"])
+@pytest.mark.parametrize("indicator", ["prompt", "embedding", "modulation"])
 def test_guided_chunks_contrast_positive_with_no_indicator(indicator):
     """``chunk_fn`` with β = 2: the prompt's indicator words stripped (prompt) or the indicator
-    input set to positive and to none (embedding) — the same chunks as ``sample_guided`` on
-    hand-built inputs; with β = 1, plain sampling of the positive input."""
+    input set to positive and to none (embedding, modulation) — the same chunks as
+    ``sample_guided`` on hand-built inputs; with β = 1, plain sampling of the positive input."""
     import jax
 
     from anyskill.algos.vla import model as M
@@ -240,13 +246,14 @@ def test_guided_chunks_contrast_positive_with_no_indicator(indicator):
     cfg = ModelConfig(
         arch="vla", horizon=4, num_steps=3, width=32, depth=1, heads=2, head_dim=8,
         action_width=24, max_text_len=12, state_dim=3, action_dim=2, num_cameras=0,
-        indicator=indicator == "embedding",
+        indicator=indicator != "prompt", indicator_modulation=indicator == "modulation",
     )  # fmt: skip
     model = M.PolicyModel(cfg)
     params = model.init(jax.random.key(0))
-    if cfg.indicator:
-        emb = jax.random.normal(jax.random.key(1), params["params"]["indicator"].shape)
-        params = {**params, "params": {**params["params"], "indicator": emb}}
+    for i, name in enumerate(["indicator", "indicator_mod"]):
+        if name in params["params"]:  # random, so that the indicator changes the chunks
+            emb = jax.random.normal(jax.random.key(1 + i), params["params"][name].shape)
+            params = {**params, "params": {**params["params"], name: 0.5 * emb}}
     norm = Normalizer(jnp.zeros(3), jnp.full(3, 2.0), jnp.ones(2), jnp.full(2, 3.0))
     text = "push the red block" + (", advantage: positive" if indicator == "prompt" else "")
     tok = jnp.asarray(np.repeat(tokenize([text], 12)[0], 2, axis=0))

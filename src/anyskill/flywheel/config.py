@@ -10,6 +10,9 @@ from anyskill.algos.vla.config import ModelConfig
 from anyskill.flywheel.deploy import CorrectorConfig
 from anyskill.flywheel.value import ValueConfig
 
+#: how RECAP's policy is told the advantage (``--indicator``)
+INDICATORS = ("prompt", "embedding", "modulation")
+
 
 @dataclasses.dataclass(frozen=True)
 class FlywheelConfig:
@@ -55,11 +58,12 @@ class FlywheelConfig:
     """n of the n-step advantage (--advantage nstep)."""
     positive_fraction: float = 0.3
     """Fraction of each task family's frames marked "advantage: positive"."""
-    indicator: Literal["prompt", "embedding"] = "prompt"
+    indicator: Literal["prompt", "embedding", "modulation"] = "prompt"
     """How RECAP's policy is told the advantage: prompt: the words "advantage: positive" /
     "advantage: negative" end the instruction (π*0.6); embedding: a learned input of the
-    action expert (none / positive / negative), zero-initialised on the starting policy
-    (vla only)."""
+    action expert (none / positive / negative), added to its tokens and zero-initialised on
+    the starting policy (vla only); modulation: the same, and it also scales, shifts and
+    gates every action-expert block (adaLN, as DiT conditions on a class; vla only)."""
     indicator_dropout: float = 0.3
     """Fraction of training samples shown without the indicator (learns the unconditioned
     policy, needed for guidance)."""
@@ -92,11 +96,11 @@ class FlywheelConfig:
             raise ValueError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         if self.advantage not in ("nstep", "chunk"):
             raise ValueError(f"advantage must be 'nstep' or 'chunk', got {self.advantage!r}")
-        if self.indicator not in ("prompt", "embedding"):
-            raise ValueError(f"indicator must be 'prompt' or 'embedding', got {self.indicator!r}")
-        if self.indicator == "embedding" and self.model.arch != "vla":
+        if self.indicator not in INDICATORS:
+            raise ValueError(f"indicator must be one of {INDICATORS}, got {self.indicator!r}")
+        if self.indicator != "prompt" and self.model.arch != "vla":
             raise ValueError(
-                f"--indicator embedding needs --model.arch vla (got {self.model.arch!r}); "
+                f"--indicator {self.indicator} needs --model.arch vla (got {self.model.arch!r}); "
                 "use --indicator prompt with the MLP policies"
             )
         if self.model.arch == "mlp-bc":

@@ -109,12 +109,12 @@ def chunk_fn(
 ):
     """``fn(params, key, obs) -> [B, H, A]`` env-unit chunks. ``conditioned``: ask for
     "advantage: positive" — ``indicator="prompt"``: the prompts already carry the words;
-    ``"embedding"``: the indicator input is set to positive here. ``beta != 1`` applies
+    ``"embedding"`` / ``"modulation"``: the indicator input is set to positive here. ``beta != 1`` applies
     classifier-free guidance against the same observation without the indicator."""
     plain = chunk_fn_for(model, normalizer)
     if not conditioned:
         return plain
-    if indicator == "embedding":
+    if indicator != "prompt":
 
         def split(obs: Obs):  # (asked for positive, no indicator): one shared prefix
             return with_indicator(obs, INDICATOR_POSITIVE), with_indicator(obs, INDICATOR_NONE)
@@ -252,9 +252,15 @@ class Flywheel:
                 )
             )
         _, self.model, self.normalizer, self.start_params, _ = load_run(start)
-        if c.indicator == "embedding":
+        if c.indicator != "prompt":
             # one model for every method: the baselines never set the indicator input
-            self.model = PolicyModel(dataclasses.replace(self.model.cfg, indicator=True))
+            self.model = PolicyModel(
+                dataclasses.replace(
+                    self.model.cfg,
+                    indicator=True,
+                    indicator_modulation=c.indicator == "modulation",
+                )
+            )
             self.start_params = self.model.with_indicator(self.start_params)
         self.mcfg = self.model.cfg
         self.vf = ValueFunction(self.mcfg, c.value)
@@ -279,7 +285,7 @@ class Flywheel:
         return self._compiled[key]
 
     def prompt_suffix(self, conditioned: bool) -> str:
-        """What a conditioned policy's prompts end with (nothing with the embedding indicator,
+        """What a conditioned policy's prompts end with (nothing with an input indicator,
         which :func:`chunk_fn` sets)."""
         prompted = conditioned and self.cfg.indicator == "prompt"
         return ", " + A.INDICATOR_TEXT[True] if prompted else ""

@@ -89,7 +89,14 @@ class PatchEncoder(nn.Module):
 
 
 class Stream(nn.Module):
-    """One stream's weights in a block: pre-norm, q/k/v and output projections, MLP."""
+    """One stream's weights in a block: pre-norm, q/k/v and output projections, MLP.
+
+    ``mod`` (optional, ``[B, 6, width]``): adaptive-norm modulation from a conditioning input
+    (DiT's adaLN, Peebles & Xie 2023, §3.2), rows ``shift1, scale1, gate1, shift2, scale2,
+    gate2``: each norm's output becomes ``norm(h) * (1 + scale) + shift`` and each residual
+    branch is multiplied by ``1 + gate``. All zero is the unmodulated block, so a zero-
+    initialised modulation can be added to a trained network without changing it (DiT zeroes
+    the gates themselves, which would switch a trained block off)."""
 
     width: int
     heads: int
@@ -104,13 +111,20 @@ class Stream(nn.Module):
         self.up = nn.Dense(self.width * self.mlp_ratio)
         self.down = nn.Dense(self.width)
 
-    def project(self, h):
-        qkv = self.qkv(self.norm1(h))  # [B, T, 3, heads, hd]
+    def project(self, h, mod=None):
+        x = self.norm1(h)
+        if mod is not None:
+            x = x * (1 + mod[:, None, 1]) + mod[:, None, 0]
+        qkv = self.qkv(x)  # [B, T, 3, heads, hd]
         return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
 
-    def finish(self, h, attended):
-        h = h + self.out(attended)
-        return h + self.down(nn.gelu(self.up(self.norm2(h))))
+    def finish(self, h, attended, mod=None):
+        if mod is None:
+            h = h + self.out(attended)
+            return h + self.down(nn.gelu(self.up(self.norm2(h))))
+        h = h + (1 + mod[:, None, 2]) * self.out(attended)
+        x = self.norm2(h) * (1 + mod[:, None, 4]) + mod[:, None, 3]
+        return h + (1 + mod[:, None, 5]) * self.down(nn.gelu(self.up(x)))
 
 
 def attention(q, k, v, mask):
@@ -144,16 +158,17 @@ class TwoStreamBlock(nn.Module):
         self.p = Stream(self.prefix_width, self.heads, self.head_dim, name="prefix")
         self.a = Stream(self.action_width, self.heads, self.head_dim, name="action")
 
-    def joint(self, hp, ha, prefix_mask):
-        """Both streams in one attention over the joint sequence, block-causal mask."""
+    def joint(self, hp, ha, prefix_mask, mod=None):
+        """Both streams in one attention over the joint sequence, block-causal mask. ``mod``:
+        the action stream's modulation (see :class:`Stream`)."""
         qp, kp, vp = self.p.project(hp)
-        qa, ka, va = self.a.project(ha)
+        qa, ka, va = self.a.project(ha, mod)
         q = jnp.concatenate([qp, qa], axis=1)
         k = jnp.concatenate([kp, ka], axis=1)
         v = jnp.concatenate([vp, va], axis=1)
         out = attention(q, k, v, block_causal_mask(prefix_mask, ha.shape[1]))
         p = hp.shape[1]
-        return self.p.finish(hp, out[:, :p]), self.a.finish(ha, out[:, p:])
+        return self.p.finish(hp, out[:, :p]), self.a.finish(ha, out[:, p:], mod)
 
     def prefix(self, hp, prefix_mask):
         """The prefix stream alone; returns its output and its keys/values (the cache)."""
@@ -161,13 +176,13 @@ class TwoStreamBlock(nn.Module):
         mask = jnp.broadcast_to(prefix_mask[:, None, :], (hp.shape[0], hp.shape[1], hp.shape[1]))
         return self.p.finish(hp, attention(qp, kp, vp, mask)), (kp, vp)
 
-    def action(self, ha, cache, prefix_mask):
+    def action(self, ha, cache, prefix_mask, mod=None):
         """The action stream alone, attending to cached prefix keys/values and itself."""
         kp, vp = cache
-        qa, ka, va = self.a.project(ha)
+        qa, ka, va = self.a.project(ha, mod)
         k = jnp.concatenate([kp, ka], axis=1)
         v = jnp.concatenate([vp, va], axis=1)
         b, a = ha.shape[0], ha.shape[1]
         cols = jnp.concatenate([prefix_mask, jnp.ones((b, a), bool)], axis=1)
         mask = jnp.broadcast_to(cols[:, None, :], (b, a, cols.shape[1]))
-        return self.a.finish(ha, attention(qa, k, v, mask))
+        return self.a.finish(ha, attention(qa, k, v, mask), mod)

@@ -48,6 +48,10 @@ class ModelConfig:
     every action-expert token, like the flow time; off for plain imitation. The flywheel
     turns it on (``--indicator embedding``) and adds it, zero-initialised, to the starting
     policy."""
+    indicator_modulation: bool = False
+    """VLA with ``indicator``: the indicator also scales and shifts every action-expert
+    block's norms and gates its residual branches (adaLN, as DiT conditions on a class),
+    zero-initialised; a stronger input than one added vector (``--indicator modulation``)."""
     # Filled from the data, not by hand:
     state_dim: int = 0
     action_dim: int = 0
@@ -73,6 +77,8 @@ class ModelConfig:
                 f"indicator=True needs arch 'vla' (got {self.arch!r}); the MLP baselines take "
                 "the indicator in the prompt instead"
             )
+        if self.indicator_modulation and not self.indicator:
+            raise ValueError("indicator_modulation=True needs indicator=True")
         for a, b, _ in self.state_tokens:
             if not 0 <= a < b <= max(self.state_dim, b):
                 raise ValueError(f"state token slice [{a}, {b}) is empty or out of range")

@@ -162,6 +162,11 @@ class VLA(nn.Module):
             self.indicator_embed = self.param(
                 "indicator", nn.initializers.zeros, (3, c.action_width)
             )
+        if c.indicator_modulation:
+            # per block and indicator value: the rows of Stream's modulation, zero = none
+            self.indicator_mod = self.param(
+                "indicator_mod", nn.initializers.zeros, (c.depth, 3, 6, c.action_width)
+            )
 
     def embed_prefix(self, obs: Obs):
         b = obs.state.shape[0]
@@ -219,12 +224,19 @@ class VLA(nn.Module):
             h = h + self.indicator_embed[indicator][:, None]
         return h
 
+    def modulation(self, indicator):
+        """Per block, the action stream's ``[B, 6, action_width]`` modulation for this
+        indicator (None without ``indicator_modulation`` or without an indicator)."""
+        if indicator is None or not self.cfg.indicator_modulation:
+            return [None] * self.cfg.depth
+        return list(self.indicator_mod[:, indicator])  # depth x [B, 6, W]
+
     def velocity_joint(self, obs: Obs, x_t, t):
         """One pass over the joint sequence (training; the uncached reference)."""
         hp, mask = self.embed_prefix(obs)
         ha = self.embed_actions(x_t, t, obs.indicator)
-        for blk in self.blocks:
-            hp, ha = blk.joint(hp, ha, mask)
+        for blk, mod in zip(self.blocks, self.modulation(obs.indicator), strict=True):
+            hp, ha = blk.joint(hp, ha, mask, mod)
         return self.action_out(self.action_norm(ha))
 
     def encode(self, obs: Obs):
@@ -238,8 +250,9 @@ class VLA(nn.Module):
 
     def velocity_cached(self, cache, mask, x_t, t, indicator=None):
         ha = self.embed_actions(x_t, t, indicator)
-        for blk, kv in zip(self.blocks, cache, strict=True):
-            ha = blk.action(ha, kv, mask)
+        mods = self.modulation(indicator)
+        for blk, kv, mod in zip(self.blocks, cache, mods, strict=True):
+            ha = blk.action(ha, kv, mask, mod)
         return self.action_out(self.action_norm(ha))
 
     def __call__(self, obs: Obs, x_t, t):
@@ -401,9 +414,12 @@ class PolicyModel:
         fine-tuned with an indicator."""
         if not self.cfg.indicator or self.cfg.arch != "vla":
             raise ValueError("with_indicator needs a vla model built with indicator=True")
+        c = self.cfg
         inner = dict(params["params"])
         if "indicator" not in inner:
-            inner["indicator"] = jnp.zeros((3, self.cfg.action_width), jnp.float32)
+            inner["indicator"] = jnp.zeros((3, c.action_width), jnp.float32)
+        if c.indicator_modulation and "indicator_mod" not in inner:
+            inner["indicator_mod"] = jnp.zeros((c.depth, 3, 6, c.action_width), jnp.float32)
         return {**params, "params": inner}
 
     def prefix_features(self, params, obs: Obs) -> jax.Array:
