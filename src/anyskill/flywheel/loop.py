@@ -109,8 +109,9 @@ def chunk_fn(
 ):
     """``fn(params, key, obs) -> [B, H, A]`` env-unit chunks. ``conditioned``: ask for
     "advantage: positive" — ``indicator="prompt"``: the prompts already carry the words;
-    ``"embedding"`` / ``"modulation"``: the indicator input is set to positive here. ``beta != 1`` applies
-    classifier-free guidance against the same observation without the indicator."""
+    ``"embedding"`` / ``"modulation"``: the indicator input is set to positive here.
+    ``beta != 1`` applies classifier-free guidance against the same observation without the
+    indicator."""
     plain = chunk_fn_for(model, normalizer)
     if not conditioned:
         return plain
