@@ -46,7 +46,7 @@ class ModelConfig:
     indicator: bool = False
     """VLA: a learned advantage-indicator input (none / positive / negative, RECAP) added to
     every action-expert token, like the flow time; off for plain imitation. The flywheel
-    turns it on (``--indicator embedding``) and adds it, zero-initialised, to the starting
+    turns it on (``--indicator embedding`` or ``modulation``) and adds it, zero-initialised, to the starting
     policy."""
     indicator_modulation: bool = False
     """VLA with ``indicator``: the indicator also scales and shifts every action-expert

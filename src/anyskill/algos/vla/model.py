@@ -410,8 +410,9 @@ class PolicyModel:
 
     def with_indicator(self, params) -> Any:
         """``params`` of the same model without the indicator input, plus a zero indicator
-        embedding (the model must have ``indicator=True``): the policy is unchanged until
-        fine-tuned with an indicator."""
+        embedding and, with ``indicator_modulation``, zero modulation rows (the model must
+        have ``indicator=True``): the policy is unchanged until fine-tuned with an
+        indicator."""
         if not self.cfg.indicator or self.cfg.arch != "vla":
             raise ValueError("with_indicator needs a vla model built with indicator=True")
         c = self.cfg
