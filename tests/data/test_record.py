@@ -41,6 +41,6 @@ def test_dart_labels_are_the_noise_free_expert_along_the_noisy_trajectory(tmp_pa
 def test_a_recording_is_continued_only_the_way_it_was_started(tmp_path):
     out = tmp_path / "plain"
     record_expert(out, "tabletop-reach", episodes=1, seed=0, batch=1)
-    with pytest.raises(ValueError, match="without --dart"):
+    with pytest.raises(ValueError, match="the dataset has --dart=False, given --dart=True"):
         record_expert(out, "tabletop-reach", episodes=1, seed=0, batch=1, dart=True)
     assert Dataset.open(out).num_episodes == 1  # nothing already saved was lost

@@ -132,7 +132,8 @@ def test_recovery_trims_uncommitted_rows_and_files(tmp_path):
     w = EpisodeWriter.open(root)
     w.add_frame({"observation.state": state_of(2, 0), "action": action_of(2, 0)}, task="x")
     w.end_episode()
-    (root / "meta" / "info.json").write_bytes(info_before)  # roll the commit point back
+    w.close()  # the writer "died" (which releases its lock) ...
+    (root / "meta" / "info.json").write_bytes(info_before)  # ... and rolls the commit back
     (root / "data" / "chunk-000" / ".file-000.parquet.abc.tmp").write_bytes(b"partial")
     ds = Dataset.open(root, mmap=False)  # readers ignore the uncommitted rows
     assert ds.num_episodes == 2 and ds.num_frames == 7

@@ -17,6 +17,7 @@ from anyskill.data.format import (
     SchemaMismatchError,
     VersionError,
 )
+from anyskill.data.lock import LOCK_NAME
 from anyskill.data.reader import Dataset
 from anyskill.data.validate import validate
 from anyskill.data.writer import EpisodeWriter
@@ -35,7 +36,7 @@ def _snapshot(root):
     return {
         str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOCK_NAME  # the writer lock notes who tried last
     }
 
 

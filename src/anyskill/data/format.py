@@ -24,6 +24,7 @@ files above and override the per-episode values recorded at ``end_episode``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import tempfile
@@ -96,6 +97,33 @@ class VersionError(DatasetError):
 
 class DatasetExistsError(DatasetError):
     """Refusing to write over an existing dataset."""
+
+
+class DatasetLockedError(DatasetError):
+    """Another writer holds the dataset (see ``anyskill.data.lock``)."""
+
+
+class WriteFailedError(DatasetError):
+    """The file system refused a write (disk full, read-only, permissions); what was already
+    saved is intact."""
+
+
+class NonFiniteError(DatasetError):
+    """A float feature holds NaN or infinity."""
+
+
+def write_failed(path: Path | str, e: OSError, what: str) -> WriteFailedError:
+    """An ``OSError`` from writing ``path`` as one line: what failed, why, and what to do."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    why = e.strerror or (lines[-1] if lines else type(e).__name__)
+    fix = {
+        errno.ENOSPC: "free disk space and run again",
+        errno.EDQUOT: "free space within your quota and run again",
+        errno.EROFS: "the file system is read-only; choose a writable path",
+        errno.EACCES: "fix the permissions or choose a writable path",
+        errno.EPERM: "fix the permissions or choose a writable path",
+    }.get(e.errno, "fix the cause and run again")
+    return WriteFailedError(path, f"{what}: {why}", fix)
 
 
 # --------------------------------------------------------------------------- schema
@@ -245,6 +273,10 @@ def parse_version(v: str) -> tuple[int, int]:
 def read_info(root: Path) -> Info:
     """Parse and check ``meta/info.json``; typed errors for absent, corrupt or too-new files."""
     path = Path(root) / INFO_PATH
+    if Path(root).exists() and not Path(root).is_dir():
+        raise MissingMetaError(
+            root, "is a file, not a dataset directory", "point at the dataset root folder"
+        )
     if not Path(root).is_dir():
         raise MissingMetaError(root, "dataset directory does not exist")
     if not path.is_file():
@@ -257,6 +289,8 @@ def read_info(root: Path) -> Info:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptFileError(path, f"invalid JSON ({e})", "restore it from a copy") from e
+    except OSError as e:
+        raise CorruptFileError(path, f"cannot be read ({e.strerror or e})") from e
     if not isinstance(raw, dict):
         raise CorruptFileError(path, f"expected a JSON object, got {type(raw).__name__}")
     version = raw.get("codebase_version")
@@ -279,6 +313,16 @@ def read_info(root: Path) -> Info:
     for key in ("fps", "features", "total_episodes", "total_frames"):
         if key not in raw:
             raise SchemaMismatchError(path, f"required field {key!r} is missing")
+    fps = raw["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < float("inf"):
+        raise SchemaMismatchError(
+            path,
+            f"fps: expected a positive number of frames per second, got {fps!r}",
+            "set it to the rate the data was recorded at",
+        )
+    for key, least in (("total_episodes", 0), ("total_frames", 0), ("total_tasks", 0)):
+        _check_count(path, raw, key, least)
+    _check_count(path, raw, "chunks_size", 1)
     feats_raw = raw["features"]
     if not isinstance(feats_raw, dict):
         raise SchemaMismatchError(path, f"features: expected an object, got {feats_raw!r}")
@@ -295,7 +339,7 @@ def read_info(root: Path) -> Info:
                 "re-encode the images to video with LeRobot before loading",
             )
     return Info(
-        fps=int(raw["fps"]),
+        fps=int(fps) if float(fps).is_integer() else fps,
         features=features,
         robot_type=raw.get("robot_type"),
         codebase_version=str(version),
@@ -309,6 +353,16 @@ def read_info(root: Path) -> Info:
         video_path=raw.get("video_path"),
         splits=dict(raw.get("splits") or {}),
     )
+
+
+def _check_count(path: Path, raw: dict, key: str, least: int) -> None:
+    if key not in raw:
+        return
+    v = raw[key]
+    if isinstance(v, bool) or not isinstance(v, int | float) or not float(v).is_integer():
+        raise SchemaMismatchError(path, f"{key}: expected an integer, got {v!r}")
+    if v < least:
+        raise SchemaMismatchError(path, f"{key}: expected an integer >= {least}, got {v!r}")
 
 
 # --------------------------------------------------------------------------- atomic files

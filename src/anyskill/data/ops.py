@@ -112,6 +112,7 @@ def _copy(sources: list[tuple[Dataset, np.ndarray]], out: Path) -> Dataset:
             )
             for n, a in anns.items():
                 ann_out[n].append(a[s:t] if a is not None else np.full(t - s, np.nan, np.float32))
+    writer.close()
     result = Dataset.open(out, mmap=False)
     for n, parts in ann_out.items():
         if parts:
@@ -137,6 +138,8 @@ def split(
 ) -> tuple[Dataset, Dataset]:
     """Write ``out/train`` and ``out/val`` with a random (seeded) or explicit episode split."""
     out = Path(out)
+    if val_episodes is None and not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     _check_new(out)
     ds = Dataset.open(path, mmap=False)
     n = ds.num_episodes
@@ -145,8 +148,6 @@ def split(
         if len(val) and (val.min() < 0 or val.max() >= n):
             raise ValueError(f"--val-episodes must be in [0, {n}), got {val.tolist()}")
     else:
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction}")
         k = max(1, int(round(val_fraction * n)))
         val = np.sort(np.random.default_rng(seed).permutation(n)[:k])
     train = np.setdiff1d(np.arange(n), val)

@@ -35,6 +35,7 @@ from anyskill.data.format import (
     CorruptFileError,
     Info,
     MissingMetaError,
+    NonFiniteError,
     SchemaMismatchError,
     atomic_write,
     fsync_dir,
@@ -436,6 +437,37 @@ def _check_frames(path: Path, info: Info, cols, eps: list[dict], a: int) -> None
             )
 
 
+def first_non_finite(x: np.ndarray, block: int = 1 << 20) -> int | None:
+    """Row of the first NaN or ±inf in a float column ``[N]`` or ``[N, D]`` (None if all are
+    finite, or the column is not float); scanned in blocks so a memory-mapped column is never
+    copied whole."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return None
+    for s in range(0, len(x), block):
+        part = np.asarray(x[s : s + block])
+        bad = ~np.isfinite(part.reshape(len(part), -1)).all(1)
+        if bad.any():
+            return s + int(np.argmax(bad))
+    return None
+
+
+def check_finite(where: Path, cols: dict[str, np.ndarray], keys) -> None:
+    """Raise :class:`NonFiniteError` naming the feature, episode and frame of the first NaN
+    or infinity among ``cols[k]`` for ``k`` in ``keys`` (rows aligned with ``cols``'
+    ``episode_index``, ``frame_index`` and ``index``)."""
+    for k in keys:
+        i = first_non_finite(cols[k])
+        if i is not None:
+            raise NonFiniteError(
+                where,
+                f"field {k!r} of episode {int(cols['episode_index'][i])} holds non-finite values "
+                f"(first at frame {int(cols['frame_index'][i])} of the episode, index "
+                f"{int(cols['index'][i])}); training on it fails",
+                "re-record the episode, or copy the dataset without it "
+                "(`anyskill data split --val-episodes E` moves it into val)",
+            )
+
+
 def _fingerprint(root: Path, info: Info, rows: list[dict]) -> str:
     h = hashlib.sha1()
     h.update(json.dumps(info.to_json(), sort_keys=True).encode())
@@ -446,6 +478,32 @@ def _fingerprint(root: Path, info: Info, rows: list[dict]) -> str:
             h.update(f"{p.name}:{c}:{st.st_size}:{st.st_mtime_ns}".encode())
         except FileNotFoundError:
             h.update(f"{c}/{f}:missing".encode())
+    return h.hexdigest()[:20]
+
+
+def content_fingerprint(root: Path, info: Info, rows: list[dict]) -> str:
+    """Like the column cache's key, plus the dataset's resolved path and every video file's
+    path, size and modification time: changes when any data or video file changes, and
+    differs between two copies of a dataset (a cache of decoded frames is keyed on it)."""
+    h = hashlib.sha1()
+    h.update(str(Path(root).resolve()).encode())
+    h.update(_fingerprint(root, info, rows).encode())
+    seen = set()
+    for key in info.video_keys:
+        for r in rows:
+            p = Path(root) / VIDEO_PATH.format(
+                video_key=key,
+                chunk_index=r[f"videos/{key}/chunk_index"],
+                file_index=r[f"videos/{key}/file_index"],
+            )
+            if p in seen:
+                continue
+            seen.add(p)
+            try:
+                st = p.stat()
+                h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+            except FileNotFoundError:
+                h.update(f"{p.relative_to(root)}:missing".encode())
     return h.hexdigest()[:20]
 
 

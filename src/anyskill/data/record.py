@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anyskill.data.format import vector_feature, video_feature
-from anyskill.data.writer import EpisodeWriter
+from anyskill.data.format import read_info, vector_feature, video_feature
+from anyskill.data.writer import EpisodeWriter, load_source_env
 
 CAMERA = "observation.images.top"
 EXECUTED = "action.executed"
@@ -45,16 +45,110 @@ class Recording:
     success_rate: float
 
 
+def expert_envs() -> list[str]:
+    """Registered envs that have a scripted expert (the tabletop tasks)."""
+    from anyskill import envs
+    from anyskill.envs.tabletop import Tabletop
+
+    def is_tabletop(factory) -> bool:
+        cls = getattr(factory, "func", factory)  # registry entries are functools.partials
+        return isinstance(cls, type) and issubclass(cls, Tabletop)
+
+    return sorted(name for name, factory in envs.REGISTRY.items() if is_tabletop(factory))
+
+
 def _make_env(env_name: str, **overrides):
     from anyskill import envs
     from anyskill.envs.tabletop import Tabletop
 
+    def no_expert() -> ValueError:
+        return ValueError(
+            f"--env {env_name!r} has no scripted expert to record; envs with one: "
+            f"{', '.join(expert_envs())}"
+        )
+
+    # before constructing it: other envs do not take the tabletop's overrides (image_size)
+    if env_name in envs.REGISTRY and env_name not in expert_envs():
+        raise no_expert()
     env = envs.make(env_name, **overrides)
     if not isinstance(env, Tabletop):
-        raise ValueError(
-            f"{env_name} has no scripted expert (only tabletop tasks do); choose a tabletop-* env"
-        )
+        raise no_expert()
     return env
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingSpec:
+    """The dataset a recording writes: its features, fps and ``meta/anyskill/source.json``."""
+
+    features: dict
+    fps: int
+    source: dict
+
+
+def recording_spec(
+    env_name: str, images: bool, image_size: int, dart: bool, noise: float, seed: int
+) -> RecordingSpec:
+    env = _make_env(env_name, image_size=image_size)
+    features = {
+        "observation.state": vector_feature(env.obs_dim),
+        "observation.goal": vector_feature(env.goal_dim),
+        "action": vector_feature(env.action_dim),
+    }
+    if dart:
+        features[EXECUTED] = vector_feature(env.action_dim)
+    if images:
+        features[CAMERA] = video_feature(image_size, image_size, int(env.control_hz))
+    source = {"env": env_name, "image_size": image_size, "noise": noise, "seed": seed}
+    if dart:
+        source["dart"] = True
+    return RecordingSpec(features, int(env.control_hz), source)
+
+
+def _check_arguments(episodes: int, noise: float, image_size: int, images: bool, batch: int):
+    checks = [
+        ("--episodes", episodes, episodes >= 1, "at least 1"),
+        ("--noise", noise, noise >= 0, ">= 0 (the std of the expert's action noise)"),
+        ("--image-size", image_size, image_size > 0, "a positive number of pixels"),
+        ("batch", batch, batch >= 1, "at least 1"),
+    ]
+    if images and image_size > 0:
+        checks.append(("--image-size", image_size, image_size % 2 == 0, "even (H.264 video)"))
+    for flag, value, ok, want in checks:
+        if not ok:
+            raise ValueError(f"{flag} must be {want}, got {value}")
+
+
+def _check_continuation(
+    out: Path, spec: RecordingSpec, env_name: str, images: bool, image_size: int, dart: bool
+) -> None:
+    """Refuse to continue a recording with settings other than those it was started with:
+    the episodes would silently mix envs, cameras or labels."""
+    info = read_info(out)
+    source = load_source_env(out) or {}
+    have_images = CAMERA in info.features
+    checks = [
+        ("--env", source.get("env", info.robot_type), env_name),
+        ("--images", have_images, images),
+        ("--dart", EXECUTED in info.features, dart),
+    ]
+    if have_images and images:
+        checks.append(("--image-size", info.features[CAMERA].shape[0], image_size))
+    for flag, have, given in checks:
+        if have != given:
+            raise ValueError(
+                f"{out}: {flag} does not match the recording being continued: the dataset has "
+                f"{flag}={have}, given {flag}={given}; continue it with {flag}={have} or record "
+                "into a new --out"
+            )
+    want = {k: (f.dtype, f.shape) for k, f in spec.features.items()}
+    have = {
+        k: (f.dtype, f.shape) for k in info.user_keys + info.video_keys for f in [info.features[k]]
+    }
+    if want != have:
+        raise ValueError(
+            f"{out}: its features {have} differ from those --env {env_name} records {want}; "
+            "record into a new --out"
+        )
 
 
 def _episode_keys(seed: int, first: int, n: int) -> jax.Array:
@@ -78,36 +172,17 @@ def record_expert(
     that this function started earlier with the same env: episodes are appended).
 
     ``dart``: execute the noisy action but record the noise-free one as the label (see the
-    module docstring)."""
+    module docstring). ``progress(n)`` is called with 0 once the dataset is open, then with 1
+    per recorded episode. Continuing a recording with another env, camera, image size or
+    ``dart`` setting is refused before anything is written."""
     from anyskill.envs.tabletop import ScriptedExpert
 
+    _check_arguments(episodes, noise, image_size, images, batch)
+    out = Path(out)
+    spec = recording_spec(env_name, images, image_size, dart, noise, seed)
     env = _make_env(env_name, image_size=image_size)
     expert = ScriptedExpert(env, noise=noise)
     clean = ScriptedExpert(env, noise=0.0)
-    out = Path(out)
-    features = {
-        "observation.state": vector_feature(env.obs_dim),
-        "observation.goal": vector_feature(env.goal_dim),
-        "action": vector_feature(env.action_dim),
-    }
-    if dart:
-        features[EXECUTED] = vector_feature(env.action_dim)
-    if images:
-        features[CAMERA] = video_feature(image_size, image_size, int(env.control_hz))
-    source = {"env": env_name, "image_size": image_size, "noise": noise, "seed": seed}
-    if dart:
-        source["dart"] = True
-    if (out / "meta" / "info.json").exists():
-        writer = EpisodeWriter.open(out)
-        if (EXECUTED in writer.info.features) != dart:
-            raise ValueError(
-                f"{out} was recorded {'with' if not dart else 'without'} --dart; continue it "
-                f"{'with' if not dart else 'without'} --dart or record into a new --out"
-            )
-    else:
-        writer = EpisodeWriter.create(
-            out, features, fps=int(env.control_hz), robot_type=env_name, source_env=source
-        )
     steps = env.episode_length
 
     @jax.jit
@@ -133,46 +208,56 @@ def record_expert(
 
         return jax.vmap(one)(keys)
 
-    first = writer.total_episodes
-    batch = max(1, min(batch, episodes))
-    done = 0
-    wins = 0
-    while done < episodes:
-        n = min(batch, episodes - done)
-        # always a full batch (one compilation); episodes past n are dropped
-        keys = _episode_keys(seed, first + done, batch)
-        obs, goal, act, img, length, success, s0 = jax.device_get(rollout(keys))
-        texts = env.instruction(s0)
-        texts = [texts] if isinstance(texts, str) else texts
-        for i in range(n):
-            t = int(length[i])
-            frames = {
-                "observation.state": obs[i, :t],
-                "observation.goal": goal[i, :t],
-                "action": act[0][i, :t],
-            }
-            if dart:
-                frames[EXECUTED] = act[1][i, :t]
-            if images:
-                frames[CAMERA] = img[i, :t]
-            writer.add_episode(
-                frames,
-                task=texts[i],
-                success=bool(success[i]),
-                source="demonstration",
-                policy_version=f"scripted-expert(noise={noise}{', dart' if dart else ''})",
-                episode_info={"env_seed": int(seed), "env_episode": int(first + done + i)},
-            )
-            wins += int(success[i])
-            if progress is not None:
-                progress(1)
-        done += n
-    return Recording(
-        path=str(out),
-        episodes=writer.total_episodes,
-        frames=writer.total_frames,
-        success_rate=wins / max(episodes, 1),
-    )
+    if (out / "meta" / "info.json").exists():
+        _check_continuation(out, spec, env_name, images, image_size, dart)
+        writer = EpisodeWriter.open(out)
+    else:
+        writer = EpisodeWriter.create(
+            out, spec.features, fps=spec.fps, robot_type=env_name, source_env=spec.source
+        )
+    with writer:  # releases the writer lock however the recording ends
+        if progress is not None:
+            progress(0)
+        first = writer.total_episodes
+        batch = max(1, min(batch, episodes))
+        done = 0
+        wins = 0
+        while done < episodes:
+            n = min(batch, episodes - done)
+            # always a full batch (one compilation); episodes past n are dropped
+            keys = _episode_keys(seed, first + done, batch)
+            obs, goal, act, img, length, success, s0 = jax.device_get(rollout(keys))
+            texts = env.instruction(s0)
+            texts = [texts] if isinstance(texts, str) else texts
+            for i in range(n):
+                t = int(length[i])
+                frames = {
+                    "observation.state": obs[i, :t],
+                    "observation.goal": goal[i, :t],
+                    "action": act[0][i, :t],
+                }
+                if dart:
+                    frames[EXECUTED] = act[1][i, :t]
+                if images:
+                    frames[CAMERA] = img[i, :t]
+                writer.add_episode(
+                    frames,
+                    task=texts[i],
+                    success=bool(success[i]),
+                    source="demonstration",
+                    policy_version=f"scripted-expert(noise={noise}{', dart' if dart else ''})",
+                    episode_info={"env_seed": int(seed), "env_episode": int(first + done + i)},
+                )
+                wins += int(success[i])
+                if progress is not None:
+                    progress(1)
+            done += n
+        return Recording(
+            path=str(out),
+            episodes=writer.total_episodes,
+            frames=writer.total_frames,
+            success_rate=wins / max(episodes, 1),
+        )
 
 
 def replay_images(

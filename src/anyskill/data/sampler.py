@@ -25,7 +25,7 @@ import numpy as np
 from flax import struct
 
 from anyskill.data.format import SOURCES
-from anyskill.data.reader import Dataset
+from anyskill.data.reader import Dataset, check_finite
 
 
 @struct.dataclass
@@ -123,6 +123,9 @@ class Sampler:
         for k in (c.state_key, c.action_key, c.goal_key or c.state_key):
             if k not in dataset.columns:
                 raise KeyError(f"sampler: no feature {k!r}; features: {sorted(dataset.columns)}")
+        # NaN in a sampled feature only surfaces as a failed training step: name it here
+        keys = dict.fromkeys((c.state_key, c.action_key, c.goal_key or c.state_key))
+        check_finite(dataset.root / "data", dataset.columns, keys)
         self.state = _as_2d(dataset.columns[c.state_key])
         self.action = _as_2d(dataset.columns[c.action_key])
         self.goal_col = _as_2d(dataset.columns[c.goal_key or c.state_key])

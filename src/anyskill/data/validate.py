@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from anyskill.data import meta, parquet
 from anyskill.data.format import (
     EPISODE_ANNOTATIONS_PATH,
@@ -20,7 +18,8 @@ from anyskill.data.format import (
     SchemaMismatchError,
     read_info,
 )
-from anyskill.data.reader import check_episode_rows, data_files, read_data_file
+from anyskill.data.reader import check_episode_rows, check_finite, data_files, read_data_file
+from anyskill.data.video import VideoProbe, probe_mp4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +61,9 @@ def validate(root: Path | str, deep: bool = False) -> Report:
     files = data_files(info, rows)
     for c, f in files:
         cols = read_data_file(root, info, c, f, by_file[(c, f)])
-        for k in info.user_keys:
-            x = cols[k]
-            if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-                bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0])
-                warnings.append(
-                    f"{root / info.data_path.format(chunk_index=c, file_index=f)}: field {k!r} "
-                    f"has non-finite values (first at frame {bad + by_file[(c, f)][0]['dataset_from_index']})"
-                )
+        check_finite(
+            root / info.data_path.format(chunk_index=c, file_index=f), cols, info.user_keys
+        )
     referenced = {root / info.data_path.format(chunk_index=c, file_index=f) for c, f in files}
     for p in sorted((root / "data").glob("chunk-*/file-*.parquet")):
         if p not in referenced:
@@ -80,6 +74,7 @@ def validate(root: Path | str, deep: bool = False) -> Report:
     nvid = 0
     for key in info.video_keys:
         seen = set()
+        probes: dict[Path, VideoProbe] = {}
         for r in rows:
             path = root / VIDEO_PATH.format(
                 video_key=key,
@@ -90,6 +85,9 @@ def validate(root: Path | str, deep: bool = False) -> Report:
                 raise MissingMetaError(
                     path, f"video of episode {r['episode_index']} for camera {key!r} is missing"
                 )
+            if path not in probes:
+                probes[path] = probe_mp4(path)
+            _check_probe(path, probes[path], key, info, r)
             if deep:
                 from anyskill.data.video import decode_range
 
@@ -137,3 +135,23 @@ def validate(root: Path | str, deep: bool = False) -> Report:
         video_files=nvid,
         warnings=tuple(warnings),
     )
+
+
+def _check_probe(path: Path, probe: VideoProbe, key: str, info, r: dict) -> None:
+    """The container holds the episode's frames at the declared size (no decoding)."""
+    h, w = info.features[key].shape[:2]
+    if probe.width is not None and (probe.height, probe.width) != (h, w):
+        raise SchemaMismatchError(
+            path,
+            f"camera {key!r}: meta/info.json declares {h}x{w} frames, the video holds "
+            f"{probe.height}x{probe.width}",
+        )
+    first = int(round(float(r[f"videos/{key}/from_timestamp"]) * info.fps))
+    need = first + int(r["length"])
+    if probe.frames is not None and probe.frames < need:
+        raise CorruptFileError(
+            path,
+            f"camera {key!r}: the video holds {probe.frames} frames, episode "
+            f"{r['episode_index']} needs {need} (frames {first}..{need - 1})",
+            "the video is truncated or belongs to another episode; re-record the episode",
+        )

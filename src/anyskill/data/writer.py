@@ -15,6 +15,10 @@ process killed at any instant leaves each file either old or new, never torn. Re
 died between steps 2 and 4 is invisible; reopening the writer trims those rows, deletes
 unreferenced files and recomputes stale statistics, then continues appending.
 
+One writer at a time: a writer holds an exclusive lock on the dataset for its lifetime
+(``anyskill.data.lock``; released by :meth:`EpisodeWriter.close` or when the process dies), so
+a second writer is refused instead of silently overwriting the first one's commits.
+
 Why rewrite instead of append: a parquet file is only valid once its footer is written, so
 appending row groups to an open file (as LeRobot's writer does) loses the whole file on a
 crash. Rewriting keeps every finished episode safe at the price of write amplification,
@@ -46,8 +50,10 @@ from anyskill.data.format import (
     INTERVENTION,
     SOURCE_PATH,
     SOURCES,
+    STATS_PATH,
     UNKNOWN_SUCCESS,
     VIDEO_PATH,
+    CorruptFileError,
     DatasetExistsError,
     Feature,
     Info,
@@ -60,7 +66,9 @@ from anyskill.data.format import (
     index_features,
     is_temp_file,
     read_info,
+    write_failed,
 )
+from anyskill.data.lock import LOCK_NAME, WriterLock
 from anyskill.data.stats import (
     FeatureStats,
     aggregate,
@@ -88,7 +96,8 @@ class EpisodeWriter:
     """Append frames and finish episodes while a run is going.
 
     Create with :meth:`create` (a new dataset) or :meth:`open` (continue an existing one,
-    repairing what a crash left behind)."""
+    repairing what a crash left behind). The writer holds the dataset's writer lock until
+    :meth:`close` (also on leaving a ``with`` block) or until it is garbage collected."""
 
     def __init__(
         self,
@@ -98,7 +107,9 @@ class EpisodeWriter:
         _rows: list[dict],
         _tasks: list[str],
         durable: bool = True,
+        _lock: WriterLock | None = None,
     ):
+        self._lock = _lock
         self.root = Path(root)
         self.info = info
         self.durable = durable
@@ -145,6 +156,10 @@ class EpisodeWriter:
         data, so ``anyskill data render`` can redraw states. ``durable=False`` skips fsync:
         still safe when the process is killed, not when the machine loses power."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise DatasetExistsError(
+                root, "exists and is a file, not a dataset directory", "choose a new path"
+            )
         if root.exists() and any(root.iterdir()):
             raise DatasetExistsError(
                 root, "output directory exists and is not empty", "choose a new path"
@@ -169,39 +184,82 @@ class EpisodeWriter:
             splits={"train": "0:0"},
         )
         # Build the empty dataset beside ``root`` and rename it into place, so a crash during
-        # creation leaves either nothing or a complete empty dataset.
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".creating", dir=root.parent))
+        # creation leaves either nothing or a complete empty dataset. The lock is taken before
+        # the rename (it moves with the directory), so no other writer ever sees it unlocked.
+        tmp = None
+        lock = None
         try:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(
+                tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".creating", dir=root.parent)
+            )
+            lock = WriterLock.acquire(tmp)
             meta.write_tasks(tmp, [])
             if source_env is not None:
                 atomic_write_json(tmp / SOURCE_PATH, source_env)
             atomic_write_json(tmp / INFO_PATH, info.to_json())
-            os.replace(tmp, root)  # also replaces an empty directory
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                os.replace(tmp, root)  # also replaces an empty directory
+            except OSError as e:
+                if root.is_dir() and any(root.iterdir()):
+                    raise DatasetExistsError(
+                        root,
+                        "another writer created a dataset here at the same moment",
+                        "choose a new path, or continue that dataset once it is finished",
+                    ) from e
+                raise
+            lock.path = root / LOCK_NAME
+            fsync_dir(root.parent)
+        except BaseException as e:
+            if lock is not None:
+                lock.release()
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise write_failed(root, e, "cannot create the dataset") from e
             raise
-        fsync_dir(root.parent)
-        return cls(root, info, _rows=[], _tasks=[], durable=durable)
+        return cls(root, info, _rows=[], _tasks=[], durable=durable, _lock=lock)
 
     @classmethod
     def open(cls, root: Path | str, durable: bool = True) -> EpisodeWriter:
-        """Continue writing an existing dataset, first undoing any half-finished commit."""
-        root = Path(root)
-        info = read_info(root)
-        if info.codebase_version != CODEBASE_VERSION:
-            raise SchemaMismatchError(root / INFO_PATH, f"cannot append to {info.codebase_version}")
-        rows = meta.read_episode_rows(root, info.total_episodes)
-        tasks = meta.read_tasks(root)
-        from anyskill.data.reader import check_episode_rows
+        """Continue writing an existing dataset, first undoing any half-finished commit.
 
-        check_episode_rows(root, info, rows, len(tasks))
-        w = cls.__new__(cls)
-        w.root, w.info = root, info
-        w._recover(rows, tasks)
-        cls.__init__(
-            w, root, w.info, _rows=rows[-1:], _tasks=tasks[: info.total_tasks], durable=durable
-        )
+        Raises :class:`DatasetLockedError` (naming the holder) while another writer has it."""
+        root = Path(root)
+        read_info(root)  # a path that is no dataset gets that error, and no lock file
+        lock = WriterLock.acquire(root)
+        try:
+            # read under the lock: the last writer may have committed until a moment ago
+            info = read_info(root)
+            if info.codebase_version != CODEBASE_VERSION:
+                raise SchemaMismatchError(
+                    root / INFO_PATH, f"cannot append to {info.codebase_version}"
+                )
+            rows = meta.read_episode_rows(root, info.total_episodes)
+            tasks = meta.read_tasks(root)
+            from anyskill.data.reader import check_episode_rows
+
+            check_episode_rows(root, info, rows, len(tasks))
+            w = cls.__new__(cls)
+            w.root, w.info = root, info
+            try:
+                w._recover(rows, tasks)
+            except OSError as e:
+                raise write_failed(
+                    root, e, "cannot repair what an interrupted write left behind"
+                ) from e
+            cls.__init__(
+                w,
+                root,
+                w.info,
+                _rows=rows[-1:],
+                _tasks=tasks[: info.total_tasks],
+                durable=durable,
+                _lock=lock,
+            )
+        except BaseException:
+            lock.release()
+            raise
         return w
 
     def _recover(self, rows: list[dict], tasks: list[str]) -> None:
@@ -335,10 +393,10 @@ class EpisodeWriter:
         try:
             for i in range(t):
                 self.add_frame({k: v[i] for k, v in frames.items()}, task, bool(iv[i]))
+            return self.end_episode(**end_kwargs)
         except BaseException:
             self.discard_episode()
             raise
-        return self.end_episode(**end_kwargs)
 
     def discard_episode(self) -> None:
         """Drop the frames of the episode in progress."""
@@ -355,9 +413,19 @@ class EpisodeWriter:
 
         ``success``: the episode's label (None = unknown); ``source``: demonstration,
         autonomous or corrected; ``policy_version``: which policy acted (free text);
-        ``episode_info``: extra scalar columns for the episodes table (e.g. ``env_seed``)."""
+        ``episode_info``: extra scalar columns for the episodes table (e.g. ``env_seed``).
+
+        If the file system refuses a write (disk full, read-only) this raises
+        :class:`WriteFailedError`: the episodes committed before are intact, and what the failed
+        commit wrote is invisible to readers and removed by the next :meth:`open`. The frames
+        stay in progress, so ``end_episode`` can be retried."""
+        if self._lock is not None and not self._lock.held:
+            raise ValueError(f"{self.root}: end_episode on a closed writer; open the dataset again")
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        for k in episode_info or {}:
+            if k in _EPISODE_COLUMNS or k.startswith(("stats/", "videos/", "data/", "meta/")):
+                raise ValueError(f"episode_info key {k!r} clashes with a standard column")
         length = self.frames_in_episode
         if length == 0:
             raise ValueError("end_episode: the episode has no frames (call add_frame first)")
@@ -377,6 +445,47 @@ class EpisodeWriter:
         cols["task_index"] = np.full(length, task_index, np.int64)
 
         row: dict = {"episode_index": ep, "tasks": [task], "length": length}
+        labels = {
+            "success": UNKNOWN_SUCCESS if success is None else int(bool(success)),
+            "source": source,
+            "policy_version": str(policy_version),
+            **(episode_info or {}),
+        }
+        try:
+            c = self._commit(cols, row, labels, task, new_task)
+        except OSError as e:
+            raise write_failed(
+                e.filename or root,
+                e,
+                f"episode {ep} was not saved (the {ep} episodes before it are intact)",
+            ) from e
+        # the episode is committed: only now does the writer's state move on
+        self._tasks = c.tasks
+        self._task_ids[task] = task_index
+        self._data_n, self._data_tables, self._data_bytes = c.data_n, c.data_tables, c.data_bytes
+        self._meta_n, self._meta_table = c.meta_n, c.meta_table
+
+        # 5. stats
+        self._stats = {
+            k: aggregate([self._stats[k], s]) if k in self._stats else s for k, s in c.stats.items()
+        }
+        self.discard_episode()
+        try:
+            meta.write_stats(root, self._stats, self.durable)
+        except OSError as e:
+            raise write_failed(
+                root / STATS_PATH,
+                e,
+                f"episode {ep} was saved but the statistics could not be updated (reopening "
+                "the dataset with a writer recomputes them)",
+            ) from e
+        return CommittedEpisode(ep, length, start, start + length, task_index)
+
+    def _commit(self, cols: dict, row: dict, labels: dict, task: str, new_task: bool) -> _Committed:
+        """Steps 1-4 of ``end_episode``. Of the writer's state only ``self.info`` changes (at
+        the commit); the rest is returned, so a write that fails leaves the writer as it was."""
+        info, root = self.info, self.root
+        ep, start, length = row["episode_index"], info.total_frames, row["length"]
 
         # 1. videos
         from anyskill.data.video import encode_mp4
@@ -395,14 +504,11 @@ class EpisodeWriter:
             [parquet.to_arrow(info.features[k], cols[k]) for k in self._schema.names],
             schema=self._schema,
         )
-        if (
-            self._data_tables
-            and self._data_bytes + table.nbytes > info.data_files_size_in_mb * 2**20
-        ):
-            self._data_n += 1
-            self._data_tables, self._data_bytes = [], 0
-        dc, df = chunk_file(self._data_n, info.chunks_size)
-        tables = self._data_tables + [table]
+        data_n, tables, data_bytes = self._data_n, self._data_tables, self._data_bytes
+        if tables and data_bytes + table.nbytes > info.data_files_size_in_mb * 2**20:
+            data_n, tables, data_bytes = data_n + 1, [], 0
+        dc, df = chunk_file(data_n, info.chunks_size)
+        tables = tables + [table]
         parquet.write_table(
             root / DATA_PATH.format(chunk_index=dc, file_index=df),
             pa.concat_tables(tables).combine_chunks(),
@@ -424,20 +530,13 @@ class EpisodeWriter:
                 "dataset_to_index": start + length,
             }
         )
-        meta_table = self._meta_table
+        meta_n, meta_table = self._meta_n, self._meta_table
         if meta_table is not None and meta_table.num_rows >= EPISODES_PER_META_FILE:
-            self._meta_n += 1
-            meta_table = None
-        mc, mf = chunk_file(self._meta_n, info.chunks_size)
+            meta_n, meta_table = meta_n + 1, None
+        mc, mf = chunk_file(meta_n, info.chunks_size)
         row["meta/episodes/chunk_index"] = mc
         row["meta/episodes/file_index"] = mf
-        row["success"] = UNKNOWN_SUCCESS if success is None else int(bool(success))
-        row["source"] = source
-        row["policy_version"] = str(policy_version)
-        for k, v in (episode_info or {}).items():
-            if k in row or k.startswith(("stats/", "videos/", "data/", "meta/")):
-                raise ValueError(f"episode_info key {k!r} clashes with a standard column")
-            row[k] = v
+        row.update(labels)
         row.update(flatten_episode_stats(ep_stats))
         meta_table = _append_row(meta_table, row)
         meta.write_episode_table(root, mc, mf, meta_table, self.durable)
@@ -452,30 +551,39 @@ class EpisodeWriter:
         )
         atomic_write_json(root / INFO_PATH, new_info.to_json(), self.durable)
         self.info = new_info
-        self._tasks = tasks
-        self._task_ids[task] = task_index
-        self._meta_table = meta_table
-        self._data_tables = tables
-        self._data_bytes += table.nbytes
-
-        # 5. stats
-        self._stats = {
-            k: aggregate([self._stats[k], s]) if k in self._stats else s
-            for k, s in ep_stats.items()
-        }
-        meta.write_stats(root, self._stats, self.durable)
-        self.discard_episode()
-        return CommittedEpisode(ep, length, start, start + length, task_index)
+        return _Committed(
+            tasks, data_n, tables, data_bytes + table.nbytes, meta_n, meta_table, ep_stats
+        )
 
     def close(self) -> None:
-        """Nothing is buffered beyond the episode in progress, which is discarded."""
+        """Discard the episode in progress (nothing else is buffered) and release the writer
+        lock; the writer cannot commit afterwards."""
         self.discard_episode()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> EpisodeWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+#: Episodes-table columns the writer fills in (``episode_info`` may not use these names).
+_EPISODE_COLUMNS = frozenset(meta.EPISODE_COLUMNS) | {"success", "source", "policy_version"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Committed:
+    """The writer's state after a commit (see ``EpisodeWriter._commit``)."""
+
+    tasks: list[str]
+    data_n: int
+    data_tables: list[pa.Table]
+    data_bytes: int
+    meta_n: int
+    meta_table: pa.Table
+    stats: dict[str, FeatureStats]
 
 
 def _append_row(table: pa.Table | None, row: dict) -> pa.Table:
@@ -521,7 +629,13 @@ def load_source_env(root: Path) -> dict | None:
     path = Path(root) / SOURCE_PATH
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(path, f"invalid JSON ({e})", "restore it from a copy") from e
+    if not isinstance(raw, dict):
+        raise CorruptFileError(path, f"expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 __all__ = ["CommittedEpisode", "EpisodeWriter", "EPISODES_PATH", "load_source_env"]

@@ -70,24 +70,35 @@ def camera_keys(ds: Dataset) -> list[str]:
 
 def decode_cameras(ds: Dataset, image_size: int, progress=None) -> np.ndarray | None:
     """All camera frames ``[N, C, S, S, 3] uint8`` in global frame order, decoded once per
-    dataset version and image size and kept (memory-mapped) in the dataset cache dir."""
+    dataset version and image size and kept (memory-mapped) in the dataset cache dir.
+
+    The cache is keyed on the dataset's resolved path and on every data and video file's
+    size and modification time, so a copy of a dataset, or one whose video was replaced or
+    damaged, is decoded afresh (and a damaged video fails naming the file)."""
     keys = camera_keys(ds)
     if not keys:
         return None
-    from anyskill.data.reader import _fingerprint, default_cache_dir
+    from anyskill.data.reader import content_fingerprint, default_cache_dir
 
+    shape = (ds.num_frames, len(keys), image_size, image_size, 3)
     cache = default_cache_dir() / (
-        f"frames-{_fingerprint(ds.root, ds.info, ds._rows)}-{image_size}.npy"
+        f"frames-{content_fingerprint(ds.root, ds.info, ds._rows)}-{image_size}.npy"
     )
     if cache.exists():
-        frames = np.load(cache, mmap_mode="r")
-        if frames.shape == (ds.num_frames, len(keys), image_size, image_size, 3):
-            return frames
+        try:
+            frames = np.load(cache, mmap_mode="r")
+            if frames.shape == shape:
+                return frames
+        except (OSError, ValueError):  # a damaged cache file is rebuilt below
+            pass
     out = _decode(ds, keys, image_size, progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, out)
-    os.replace(tmp, cache)
+    try:
+        np.save(tmp, out)
+        os.replace(tmp, cache)
+    except OSError:  # a full or read-only cache dir costs a decode next time, nothing more
+        tmp.unlink(missing_ok=True)
     return out
 
 
