@@ -15,5 +15,7 @@ def policy() -> CountingPolicy:
 
 @pytest.fixture
 def server(policy):
-    with ServerThread(policy, ServerConfig(port=0, max_request_bytes=64 << 10)) as srv:
+    # error_delay_ms=0: tests send many bad requests in a row on purpose
+    cfg = ServerConfig(port=0, max_request_bytes=64 << 10, error_delay_ms=0)
+    with ServerThread(policy, cfg) as srv:
         yield srv

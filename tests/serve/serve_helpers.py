@@ -52,3 +52,25 @@ def good_obs(value: float = 0.0) -> dict:
         "observation/image": np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
         "prompt": "go to the red zone",
     }
+
+
+def msgpack_values():
+    """Hypothesis strategy: any structure msgpack can carry (what a decoded frame may hold)."""
+    from hypothesis import strategies as st
+
+    leaves = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+        | st.floats()
+        | st.text(max_size=16)
+        | st.binary(max_size=16)
+    )
+    return st.recursive(
+        leaves,
+        lambda inner: (
+            st.lists(inner, max_size=6)
+            | st.dictionaries(st.text(max_size=8) | st.binary(max_size=8), inner, max_size=6)
+        ),
+        max_leaves=12,
+    )

@@ -40,7 +40,9 @@ def test_run_robot_without_server_fails_cleanly(capsys, monkeypatch):
             raise ConnectionError(f"no policy server answered at {server}")
 
     monkeypatch.setattr(robot, "SimRobot", NoSim)
-    assert main(["run-robot", "--server", "ws://127.0.0.1:1", "--episodes", "1"]) == 2
+    # --image-size: skip asking the (absent) server for its camera size, which waits 30 s
+    argv = ["run-robot", "--server", "ws://127.0.0.1:1", "--episodes", "1", "--image-size", "64"]
+    assert main(argv) == 2
     assert "no policy server answered" in capsys.readouterr().err
 
 

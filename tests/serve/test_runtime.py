@@ -229,3 +229,38 @@ def test_executed_actions_are_recorded_into_the_episode_store(tmp_path):
     np.testing.assert_allclose(ep["observation.state"][:, 0], np.arange(6))
     np.testing.assert_array_equal(ds.intervention, log.intervention)
     assert ds.summary()["by_source"]["corrected"]["success_rate"] == 1.0
+
+
+def test_runtime_and_run_robot_take_horizon_and_image_size_from_metadata(capsys, monkeypatch):
+    """A served policy trained to replan every 2 of its 6 actions, on 16 px images: the
+    runtime executes 2 per chunk and run-robot renders 16 px, without being told."""
+    import anyskill.serve.robot as robot
+    from anyskill.cli import main
+    from anyskill.policies.registry import make_policy
+
+    policy = make_policy(
+        "random-mlp", obs_dim=4, image_size=16, width=8, depth=1, horizon=6, execute_horizon=2
+    )
+    built: dict = {}
+
+    class FakeSim:
+        def __init__(self, task, image_size):
+            built["image_size"] = image_size
+
+        def run(self, server, **kw):
+            raise ConnectionError("stop here")
+
+    monkeypatch.setattr(robot, "SimRobot", FakeSim)
+    with ServerThread(policy, ServerConfig(port=0)) as srv:
+        link = PolicyLink(srv.url).start(wait_s=10)
+        try:
+            assert link.metadata["execute_horizon"] == 2
+            assert ChunkRuntime(link, hold_still(2)).execute_horizon == 2
+            cfg = RuntimeConfig(execute_horizon=4)  # an explicit setting still wins
+            assert ChunkRuntime(link, hold_still(2), cfg).execute_horizon == 4
+        finally:
+            link.close()
+        assert main(["run-robot", "--server", srv.url, "--episodes", "1"]) == 2
+        assert built["image_size"] == 16
+        assert main(["run-robot", "--server", srv.url, "--image-size", "32"]) == 2
+        assert built["image_size"] == 32

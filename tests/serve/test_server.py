@@ -81,6 +81,17 @@ def _bad_requests():
         ),
         "non-finite": (obs(**{"observation/state": nan}), None, "observation/state"),
         "missing key": (obs(**{"observation/image": None}), None, "observation/image"),
+        "float64 overflow": (
+            obs(**{"observation/state": np.array([1e300, 0, 0, 0])}),
+            "invalid_observation",
+            "observation/state",
+        ),
+        "ragged list": (
+            obs(**{"observation/state": [[1.0, 2.0], [3.0]]}),
+            "invalid_observation",
+            "observation/state",
+        ),
+        "bool state": (obs(**{"observation/state": [True] * 4}), None, "observation/state"),
         "prompt type": (obs(prompt=np.zeros(2, np.float32)), None, "prompt"),
         "prompt too long": (obs(prompt="go " * 65), None, "prompt"),
         "bad array": (

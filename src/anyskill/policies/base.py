@@ -50,6 +50,19 @@ class PolicySpec:
     control_hz: float
     """Rate the chunk's actions are meant to be executed at."""
     name: str = "policy"
+    execute_horizon: int | None = None
+    """Actions of each chunk the policy was trained to execute before replanning (a VLA's
+    ``replan_every``); None: the whole chunk. Announced to clients, whose runtime executes
+    this many by default."""
+
+    def __post_init__(self):
+        if self.execute_horizon is not None and not 1 <= self.execute_horizon <= (
+            self.action_horizon
+        ):
+            raise ValueError(
+                f"execute_horizon must be in 1..action_horizon ({self.action_horizon}), got "
+                f"{self.execute_horizon}"
+            )
 
     def metadata(self) -> dict[str, Any]:
         """JSON/msgpack-friendly description, sent to clients on connect."""
@@ -57,6 +70,7 @@ class PolicySpec:
             "name": self.name,
             "action_dim": self.action_dim,
             "action_horizon": self.action_horizon,
+            "execute_horizon": self.execute_horizon or self.action_horizon,
             "control_hz": self.control_hz,
             "inputs": {
                 s.name: {
@@ -87,28 +101,59 @@ class PolicySpec:
                     value = value.decode("utf-8", errors="replace")
                 if not isinstance(value, str):
                     raise ObservationError(s.name, f"expected a string, got {type(value).__name__}")
-                n_words = len(value.split())
-                if s.max_length and n_words > s.max_length:
+                # maxsplit: a 4 MB prompt of one-letter words is refused without splitting it
+                if s.max_length and len(value.split(maxsplit=s.max_length)) > s.max_length:
+                    n = len(value.split()) if len(value) <= 1 << 16 else f"more than {s.max_length}"
                     raise ObservationError(
-                        s.name,
-                        f"{n_words} words, longer than the policy's context of {s.max_length}",
+                        s.name, f"{n} words, longer than the policy's context of {s.max_length}"
                     )
                 out[s.name] = value
                 continue
-            arr = np.asarray(value)
-            if arr.shape != tuple(s.shape):
-                raise ObservationError(
-                    s.name, f"shape {arr.shape}, expected {tuple(s.shape)} ({s.description})"
-                )
-            if arr.dtype.kind not in "biuf":
-                raise ObservationError(s.name, f"dtype {arr.dtype}, expected {s.dtype}")
-            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                raise ObservationError(s.name, "contains NaN or infinity")
-            want = np.dtype(s.dtype)
-            if want == np.uint8 and arr.dtype != np.uint8:
-                raise ObservationError(s.name, f"dtype {arr.dtype}, expected uint8 image")
-            out[s.name] = arr.astype(want, copy=False)
+            out[s.name] = _as_array(s, value)
         return out
+
+
+def _as_array(s: InputSpec, value: Any) -> np.ndarray:
+    """``value`` as an array of ``s``'s shape and dtype, or an :class:`ObservationError` naming
+    ``s.name``. Finiteness is checked *after* the cast: a float64 1e300 is finite but becomes
+    inf in float32, and must be refused here rather than poison the batch it would join."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as e:  # ragged lists, huge ints, ...
+        raise ObservationError(
+            s.name, f"cannot be read as a {s.dtype} array of shape {tuple(s.shape)} ({e})"
+        ) from None
+    # bool, str, bytes, object (None, dicts, huge ints), complex: none is a number we read
+    if arr.dtype.kind not in "iuf":
+        raise ObservationError(
+            s.name, f"dtype {arr.dtype}, expected {s.dtype} numbers ({s.description})"
+        )
+    if arr.shape != tuple(s.shape):
+        raise ObservationError(
+            s.name, f"shape {arr.shape}, expected {tuple(s.shape)} ({s.description})"
+        )
+    want = np.dtype(s.dtype)
+    if want == np.uint8 and arr.dtype != np.uint8:
+        raise ObservationError(s.name, f"dtype {arr.dtype}, expected uint8 image")
+    if want.kind in "iu":
+        info = np.iinfo(want)
+        if arr.dtype.kind not in "iu" or (
+            arr.size and (arr.min() < info.min or arr.max() > info.max)
+        ):
+            raise ObservationError(
+                s.name,
+                f"dtype {arr.dtype}, expected {s.dtype} integers in [{info.min}, {info.max}]",
+            )
+        return arr.astype(want, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(want, copy=False)
+    if not np.all(np.isfinite(out)):
+        raise ObservationError(
+            s.name,
+            f"contains NaN or infinity (as {s.dtype}, whose largest value is "
+            f"{np.finfo(want).max:.3g})",
+        )
+    return out
 
 
 @runtime_checkable

@@ -133,6 +133,9 @@ class RandomMLP:
     horizon: int = 10
     action_dim: int = 2
     control_hz: float = 10.0
+    execute_horizon: int | None = None
+    """Actions of each chunk a client should execute before replanning (announced in the
+    server's metadata); None: the whole chunk."""
     seed: int = 0
 
     def __post_init__(self):
@@ -153,6 +156,7 @@ class RandomMLP:
             action_horizon=self.horizon,
             control_hz=self.control_hz,
             name=f"random-mlp(w{self.width},d{self.depth})",
+            execute_horizon=self.execute_horizon,
         )
         d_in = self.obs_dim + 3 * self.image_size**2
         sizes = [d_in] + [self.width] * self.depth + [self.horizon * self.action_dim]

@@ -120,7 +120,8 @@ class SimRobot:
             link.close()
             raise ValueError(
                 f"the policy wants {IMAGE} of shape {wanted[IMAGE]['shape']}; this robot "
-                f"renders {env.image_size}x{env.image_size} (set --image-size)"
+                f"renders {env.image_size}x{env.image_size} (drop --image-size to use the "
+                "policy's)"
             )
         if meta.get("control_hz") not in (None, env.control_hz):
             print(
@@ -215,9 +216,29 @@ class SimRobot:
         )
 
 
-def run_robot(server: str, task: str = "tabletop-reach", image_size: int = 64, **kw) -> RobotResult:
-    """Build a :class:`SimRobot` for ``task`` and run it once (``anyskill run-robot``)."""
+def run_robot(
+    server: str, task: str = "tabletop-reach", image_size: int | None = None, **kw
+) -> RobotResult:
+    """Build a :class:`SimRobot` for ``task`` and run it once (``anyskill run-robot``).
+    ``image_size=None`` renders the camera at the size the server's policy declares."""
+    if image_size is None:
+        image_size = policy_image_size(server, kw.get("connect_timeout_s", 30.0)) or 64
     return SimRobot(task, image_size).run(server, **kw)
+
+
+def policy_image_size(server: str, connect_timeout_s: float = 30.0) -> int | None:
+    """The side of the square camera image the policy at ``server`` declares in its metadata
+    (``inputs[observation/image].shape``), or None when it reads no image."""
+    link = PolicyLink(server).start(wait_s=connect_timeout_s)
+    try:
+        if not link.connected:
+            raise ConnectionError(
+                f"no policy server answered at {server} within {connect_timeout_s} s"
+            )
+        wanted = (link.metadata or {}).get("inputs", {})
+    finally:
+        link.close()
+    return int(wanted[IMAGE]["shape"][0]) if IMAGE in wanted else None
 
 
 def _open_store(path: Path, env, task: str, image_size: int | None):

@@ -32,6 +32,7 @@ import logging
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,19 @@ def hold_still(action_dim: int) -> Fallback:
 
 
 # ----------------------------------------------------------------------------- link
+
+
+def check_server_url(url: str) -> str:
+    """``url`` if it is a policy server address ``ws://HOST:PORT`` (or ``wss://``, with an
+    optional path), else a ValueError saying so; a typo fails here, not after a timeout."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("ws", "wss") and bool(parts.hostname) and parts.port is not None
+    except ValueError:  # a port that is not a number in 0..65535
+        ok = False
+    if not ok:
+        raise ValueError(f"server URL {url!r} is not of the form ws://HOST:PORT")
+    return url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +121,7 @@ class PolicyLink:
         backoff_s: tuple[float, float] = (0.05, 2.0),
         max_reply_bytes: int = 16 << 20,
     ):
-        self.url = url
+        self.url = check_server_url(url)
         self.faults = faults
         self.reply_timeout_s = reply_timeout_s
         self.backoff_s = backoff_s
@@ -365,8 +379,9 @@ class RuntimeConfig:
     """How chunks are scheduled, blended and replaced by the fallback."""
 
     execute_horizon: int | None = None
-    """Actions of each chunk to execute before the next one is due (default: the whole
-    chunk the server announces)."""
+    """Actions of each chunk to execute before the next one is due (default: the
+    ``execute_horizon`` the server announces, what the policy was trained to execute; else
+    its whole chunk)."""
     lead: int = 3
     """Request the next chunk when this many executable actions remain (covers latency of
     up to ``lead / control_hz`` seconds without a gap)."""
@@ -435,7 +450,7 @@ class ChunkRuntime:
         if self._horizon is not None:
             return self._horizon
         meta = self.link.metadata or {}
-        return int(meta.get("action_horizon", 1))
+        return int(meta.get("execute_horizon") or meta.get("action_horizon", 1))
 
     def _tag(self, t: int) -> int:
         # tags carry the episode so a reply to the previous episode is recognised as stale

@@ -6,21 +6,32 @@ exactly one reply, in order: a binary frame ``{"actions": [H, A] float32, "serve
 {...}, "batch_size": n}`` or, when the request is bad, a text frame naming the field (the
 connection stays open). ``GET /healthz`` answers 200 ``OK`` (503 while shutting down).
 
-Inside, every connection's handler decodes and validates its request on the event loop (cheap)
-and hands it to one *batcher* task, which gathers requests for up to ``batch_wait_ms`` (or
+Inside, every connection's handler decodes and validates its request on the event loop (cheap:
+the decoder stops after ``max_items`` msgpack objects, so no frame can stall the loop) and
+hands it to one *batcher* task, which gathers requests for up to ``batch_wait_ms`` (or
 until ``max_batch``, or until every open connection has a request waiting) and runs one
 ``policy.infer(batch)`` on a dedicated worker thread, so the event loop keeps accepting,
 validating and answering health checks while the forward pass runs. While one batch is in
-the worker, the next one accumulates in the queue.
+the worker, the next one accumulates in the queue. One bad row never fails the others: a
+row whose actions are not finite gets its own error reply, and a batch whose forward pass
+raises is retried row by row.
+
+What one client can cost the others is bounded by :class:`ServerConfig`: frame size
+(``max_request_bytes``, ``hard_limit_bytes``), decode work (``max_items``), connections
+(``max_connections``), bytes of requests held at once (``max_buffered_bytes``) and idle time
+(``idle_timeout_s``, ``handshake_timeout_s``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import http
 import logging
+import socket
 import threading
 import time
 from typing import Any
@@ -54,6 +65,27 @@ class ServerConfig:
     """Frames above this are not even read: the connection is closed (code 1009)."""
     max_queue: int = 256
     """Requests waiting for inference beyond which new ones get an ``overloaded`` reply."""
+    max_items: int = 1 << 14
+    """Most msgpack arrays, maps and their elements decoded from one request (a numpy array
+    counts as one); beyond it the decoder stops and the request gets a ``bad_frame`` reply.
+    Bounds the event loop's work per frame (send images as numpy arrays, not nested lists)."""
+    max_connections: int = 64
+    """Open websocket connections beyond which new ones are refused (HTTP 503)."""
+    max_buffered_bytes: int = 256 << 20
+    """Memory budget: bytes of request frames held at once across all connections (received,
+    not yet answered). A frame that would exceed it gets an ``overloaded`` reply and is
+    dropped. Request memory stays below this plus ``max_connections`` x 2 x
+    ``hard_limit_bytes`` (each connection buffers at most one further frame)."""
+    idle_timeout_s: float = 60.0
+    """Close a connection (code 1001) that completes no request frame for this long; also
+    ends slow senders that trickle a frame in. 0: never."""
+    error_delay_ms: float = 10.0
+    """After an error reply, wait this long before reading the connection's next frame,
+    doubling with each further error in a row up to 1 s (a good request resets it): a
+    client that keeps sending bad frames gets only a small share of the server. 0: off."""
+    handshake_timeout_s: float = 10.0
+    """Drop a TCP connection that has not finished its opening (or closing) websocket
+    handshake in this time."""
 
     def __post_init__(self):
         if self.max_batch < 1:
@@ -67,6 +99,53 @@ class ServerConfig:
             )
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        for name in ("max_queue", "max_items", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_buffered_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"max_buffered_bytes ({self.max_buffered_bytes}) must be >= max_request_bytes "
+                f"({self.max_request_bytes}), or no request of the largest size is ever answered"
+            )
+        if self.error_delay_ms < 0:
+            raise ValueError(f"error_delay_ms must be >= 0 (0: off), got {self.error_delay_ms}")
+        if self.idle_timeout_s < 0 or self.handshake_timeout_s <= 0:
+            raise ValueError(
+                f"need idle_timeout_s >= 0 and handshake_timeout_s > 0, got "
+                f"{self.idle_timeout_s} and {self.handshake_timeout_s}"
+            )
+
+
+class ListenError(ValueError):
+    """The server cannot listen on its host and port (in use, not an address of this host)."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or a :class:`ListenError` saying what to do.
+    Bound before a slow policy load or warm-up, so a port in use is reported at once."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise ListenError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"port {port} on {host} is already in use; pick another with --port or stop "
+                "the process holding it"
+            ) from None
+        raise ListenError(
+            f"cannot listen on {host}:{port}: {e.strerror or e} (check --host and --port)"
+        ) from None
+    sock.setblocking(False)
+    return sock
 
 
 @dataclasses.dataclass
@@ -99,7 +178,14 @@ class _Pending:
 class PolicyServer:
     """Serves one :class:`Policy` to many websocket clients (see module docstring)."""
 
-    def __init__(self, policy: Policy, config: ServerConfig = ServerConfig()):
+    def __init__(
+        self,
+        policy: Policy,
+        config: ServerConfig = ServerConfig(),
+        sock: socket.socket | None = None,
+    ):
+        """``sock``: an already listening socket (from :func:`bind`) instead of binding
+        ``config.host:config.port`` when serving starts."""
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must implement anyskill.policies.base.Policy, got {policy!r}")
         self.policy = policy
@@ -117,6 +203,8 @@ class PolicyServer:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._draining = False
         self._open = 0
+        self._held_bytes = 0
+        self._sock = sock
         self.port: int | None = None
 
     # --------------------------------------------------------------------- lifecycle
@@ -131,14 +219,17 @@ class PolicyServer:
         """Run until ``stop`` is set (forever without one), then shut down gracefully: stop
         accepting, answer what is queued, close connections with 1001 (going away)."""
         cfg = self.config
+        sock = self._sock if self._sock is not None else bind(cfg.host, cfg.port)
         self._queue = asyncio.Queue()
         batcher = asyncio.create_task(self._batch_loop(), name="batcher")
         async with serve(
             self._handle,
-            cfg.host,
-            cfg.port,
+            sock=sock,
             compression=None,
             max_size=cfg.hard_limit_bytes,
+            max_queue=1,  # one request answered at a time: buffer at most one more frame
+            open_timeout=cfg.handshake_timeout_s,
+            close_timeout=cfg.handshake_timeout_s,
             process_request=self._http,
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
@@ -157,6 +248,18 @@ class PolicyServer:
         self._executor.shutdown(wait=True)
         log.info("server stopped")
 
+    async def start(self, stop: asyncio.Event) -> asyncio.Task:
+        """Serve in a task until ``stop`` is set; returns the task once the server listens,
+        or raises what kept it from listening (never waits forever on a failed start)."""
+        ready = asyncio.Event()
+        task = asyncio.create_task(self.serve(ready, stop))
+        listening = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, listening}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.is_set():
+            listening.cancel()
+            await task  # raises serve()'s error
+        return task
+
     # --------------------------------------------------------------------- http + ws
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -164,23 +267,34 @@ class PolicyServer:
             if self._draining:
                 return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
             return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if self._open >= self.config.max_connections:
+            return connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                f"{self._open} connections open, the server's max_connections; retry later\n",
+            )
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.stats.connections += 1
         self._open += 1
         prev_total_ms: float | None = None
+        errors_in_row = 0
         try:
             await ws.send(self._metadata_frame)
-            async for frame in ws:
+            while (frame := await self._next_frame(ws)) is not None:
                 start = time.perf_counter()
                 self.stats.requests += 1
                 try:
-                    actions, timing, batch = await self._answer(frame)
+                    with self._holding(len(frame)):
+                        actions, timing, batch = await self._answer(frame)
                 except RequestError as e:
                     self.stats.errors += 1
                     await ws.send(wire.error_text(e.kind, e.field, e.message))
+                    errors_in_row += 1
+                    with contextlib.suppress(TimeoutError):  # or until the connection closes
+                        await asyncio.wait_for(ws.wait_closed(), self._error_delay_s(errors_in_row))
                     continue
+                errors_in_row = 0
                 timing = {**timing, "total_ms": (time.perf_counter() - start) * 1e3}
                 if prev_total_ms is not None:
                     timing["prev_total_ms"] = prev_total_ms
@@ -195,7 +309,44 @@ class PolicyServer:
         finally:
             self._open -= 1
 
-    async def _answer(self, frame: bytes | str) -> tuple[np.ndarray, dict[str, float], int]:
+    async def _next_frame(self, ws: ServerConnection) -> bytes | str | None:
+        """The next request frame, or None once the connection is closed or idle too long."""
+        idle = self.config.idle_timeout_s or None
+        try:
+            async with asyncio.timeout(idle):
+                return await ws.recv()
+        except websockets.ConnectionClosed:
+            return None
+        except TimeoutError:
+            await ws.close(1001, f"idle for {idle:g} s (the server's idle_timeout_s)")
+            return None
+
+    def _error_delay_s(self, errors_in_row: int) -> float:
+        """Pause before reading the next frame of a connection after its n-th error in a row
+        (a tarpit: the abuser waits, not the server)."""
+        base = self.config.error_delay_ms / 1e3
+        return min(base * 2.0 ** min(errors_in_row - 1, 30), max(base, 1.0))
+
+    @contextlib.contextmanager
+    def _holding(self, size: int):
+        """Count ``size`` bytes against ``max_buffered_bytes`` while a request is answered."""
+        budget = self.config.max_buffered_bytes
+        if self._held_bytes + size > budget:
+            raise RequestError(
+                "overloaded",
+                "<server>",
+                f"{self._held_bytes + size} bytes of requests would be held, more than the "
+                f"server's max_buffered_bytes {budget}; retry later",
+            )
+        self._held_bytes += size
+        try:
+            yield
+        finally:
+            self._held_bytes -= size
+
+    def parse_request(self, frame: bytes | str) -> dict[str, Any]:
+        """A request frame as a validated observation, or the :class:`RequestError` its
+        reply names. Bounded work whatever the frame holds."""
         cfg = self.config
         if isinstance(frame, str):
             raise RequestError(
@@ -209,13 +360,17 @@ class PolicyServer:
                 f"{cfg.max_request_bytes}",
             )
         try:
-            obs = wire.unpack(frame)
+            obs = wire.unpack(frame, max_items=cfg.max_items)
         except wire.WireError as e:
             raise RequestError("bad_frame", "<frame>", str(e)) from None
         try:
-            obs = self.policy.spec.validate(obs)
+            return self.policy.spec.validate(obs)
         except ObservationError as e:
             raise RequestError("invalid_observation", e.field, str(e)) from None
+
+    async def _answer(self, frame: bytes | str) -> tuple[np.ndarray, dict[str, float], int]:
+        cfg = self.config
+        obs = self.parse_request(frame)
         if self._draining:
             raise RequestError("overloaded", "<server>", "the server is shutting down")
         if self._queue.qsize() >= cfg.max_queue:
@@ -246,43 +401,61 @@ class PolicyServer:
         return items
 
     async def _batch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        spec = self.policy.spec
         while True:
             items = [p for p in await self._collect() if not p.future.done()]
             if not items:
                 continue
             start = time.perf_counter()
-            try:
-                actions = await loop.run_in_executor(
-                    self._executor, self.policy.infer, [p.obs for p in items]
-                )
-                actions = np.asarray(actions, np.float32)
-                want = (len(items), spec.action_horizon, spec.action_dim)
-                if actions.shape != want:
-                    raise ValueError(f"infer returned shape {actions.shape}, expected {want}")
-                if not np.all(np.isfinite(actions)):
-                    raise ValueError("infer returned NaN or infinite actions")
-                failure = None
-            except Exception as e:
-                log.exception("policy.infer failed on a batch of %d", len(items))
-                failure = RequestError(
-                    "policy_failed", "<policy>", f"inference failed ({type(e).__name__})"
-                )
+            rows = await self._infer_rows([p.obs for p in items])
             done = time.perf_counter()
             self.stats.infer_calls += 1
             self.stats.batch_sizes.append(len(items))
-            for i, p in enumerate(items):
+            for p, row in zip(items, rows, strict=True):
                 if p.future.done():  # the client went away meanwhile
                     continue
-                if failure is not None:
-                    p.future.set_exception(failure)
+                if isinstance(row, RequestError):
+                    p.future.set_exception(row)
                     continue
                 timing = {
                     "infer_ms": (done - start) * 1e3,
                     "queue_ms": (start - p.enqueued) * 1e3,
                 }
-                p.future.set_result((actions[i], timing, len(items)))
+                p.future.set_result((row, timing, len(items)))
+
+    async def _infer_rows(self, batch: list[dict[str, Any]]) -> list[np.ndarray | RequestError]:
+        """Each row's ``[H, A]`` chunk, or the error that row's reply carries. A row with
+        non-finite actions fails alone; a batch whose forward pass raises is retried row by
+        row, so one observation the policy cannot handle never fails the others."""
+        try:
+            actions = await self._infer(batch)
+        except Exception as e:
+            if len(batch) > 1:
+                log.warning("policy.infer failed on a batch of %d; retrying row by row", len(batch))
+                return [row for obs in batch for row in await self._infer_rows([obs])]
+            log.exception("policy.infer failed")
+            return [
+                RequestError("policy_failed", "<policy>", f"inference failed ({type(e).__name__})")
+            ]
+        finite = np.isfinite(actions).all(axis=(1, 2))
+        if not finite.all():
+            log.error("policy.infer returned NaN or infinite actions for %d rows", (~finite).sum())
+        return [
+            row if ok else RequestError("policy_failed", "<policy>", "non-finite actions")
+            for row, ok in zip(actions, finite, strict=True)
+        ]
+
+    async def _infer(self, batch: list[dict[str, Any]]) -> np.ndarray:
+        """One forward pass on the worker thread, checked for shape."""
+        spec = self.policy.spec
+        out = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.policy.infer, batch
+        )
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf rows
+            actions = np.asarray(out, np.float32)
+        want = (len(batch), spec.action_horizon, spec.action_dim)
+        if actions.shape != want:
+            raise ValueError(f"infer returned shape {actions.shape}, expected {want}")
+        return actions
 
 
 class ServerThread:
@@ -304,9 +477,7 @@ class ServerThread:
         async def main():
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            ready = asyncio.Event()
-            task = asyncio.create_task(self.server.serve(ready, self._stop))
-            await ready.wait()
+            task = await self.server.start(self._stop)
             self._ready.set()
             await task
 
@@ -340,11 +511,13 @@ class ServerThread:
         self.stop()
 
 
-def run_server(policy: Policy, config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully (``anyskill serve``)."""
+def run_server(policy: Policy, config: ServerConfig, sock: socket.socket | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully (``anyskill serve``). ``sock``:
+    the listening socket, bound by the caller before loading the policy (see :func:`bind`)."""
     import signal
 
-    server = PolicyServer(policy, config)
+    sock = sock if sock is not None else bind(config.host, config.port)
+    server = PolicyServer(policy, config, sock)
     server.warmup()
 
     async def main():
@@ -352,9 +525,7 @@ def run_server(policy: Policy, config: ServerConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        ready = asyncio.Event()
-        task = asyncio.create_task(server.serve(ready, stop))
-        await ready.wait()
+        task = await server.start(stop)
         print(
             f"serving {policy.spec.name} on ws://{config.host}:{server.port} "
             f"(max_batch {config.max_batch}, health: http://{config.host}:{server.port}/healthz)",

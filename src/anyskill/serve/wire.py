@@ -86,15 +86,55 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_encode)
 
 
-def unpack(frame: bytes) -> Any:
+def unpack(frame: bytes, max_items: int | None = None) -> Any:
     """Decode one frame; raises :class:`WireError` for anything that is not valid msgpack with
-    well-formed arrays. Decoded arrays are read-only views of the frame."""
+    well-formed arrays. Decoded arrays are read-only views of the frame.
+
+    ``max_items`` bounds the decoder's work on untrusted frames: no array or map may be
+    longer, and the decoder stops once the arrays and maps it has built hold more elements
+    in total (a numpy array counts as one map). Without it a 4 MB frame of four million
+    empty maps takes half a second to decode."""
+    if max_items is None:
+        hooks: dict[str, Any] = {"object_hook": _decode}
+    else:
+        hooks = _bounded_hooks(max_items)
+        hooks |= {"max_array_len": max_items, "max_map_len": max_items}
     try:
-        return msgpack.unpackb(frame, object_hook=_decode)
+        return msgpack.unpackb(frame, **hooks)
     except WireError:
         raise
     except Exception as e:  # msgpack raises several unrelated types for garbage input
+        if max_items is not None and "exceeds max_" in str(e):  # a container header too long
+            raise WireError(f"{e}: {_TOO_MANY.format(max_items)}") from None
         raise WireError(f"not a msgpack message ({type(e).__name__}: {e})") from None
+
+
+_TOO_MANY = (
+    "more than max_items={} arrays, maps and elements in one frame (send numpy arrays, "
+    "not nested lists)"
+)
+
+
+def _bounded_hooks(max_items: int) -> dict[str, Any]:
+    """msgpack hooks that count every built array and map (itself plus its elements) and
+    abort the decode beyond ``max_items``; msgpack calls them as each container completes."""
+    count = 0
+
+    def spend(n: int) -> None:
+        nonlocal count
+        count += n
+        if count > max_items:
+            raise WireError(_TOO_MANY.format(max_items))
+
+    def list_hook(items: list) -> list:
+        spend(1 + len(items))
+        return items
+
+    def object_hook(obj: dict) -> Any:
+        spend(1 + len(obj))
+        return _decode(obj)
+
+    return {"list_hook": list_hook, "object_hook": object_hook}
 
 
 # ------------------------------------------------------------------------------ errors

@@ -42,6 +42,9 @@ class VLAPolicy:
             action_horizon=m.horizon,
             control_hz=10.0,
             name=f"anyskill-{m.arch}",
+            # trained (and evaluated) replanning every `replan_every` actions; executing the
+            # whole chunk open loop succeeds far less often (issue 22)
+            execute_horizon=min(cfg.replan_every, m.horizon),
         )
         self._fn = jax.jit(chunk_fn_for(model, normalizer, num_steps))
         self._key = jax.random.key(seed)
