@@ -90,8 +90,29 @@ class FlywheelConfig:
     def __post_init__(self):
         if self.labels not in ("predicate", "human"):
             raise ValueError(f"labels must be 'predicate' or 'human', got {self.labels!r}")
-        if self.rounds < 1 or self.episodes_per_round < 1:
-            raise ValueError("rounds and episodes_per_round must be >= 1")
+        for name in (
+            "rounds",
+            "episodes_per_round",
+            "demos",
+            "init_steps",
+            "policy_steps",
+            "batch_size",
+            "eval_episodes",
+            "replan_every",
+            "advantage_n",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name} must be >= 1, got {getattr(self, name)} "
+                    f"(--{name.replace('_', '-')} takes a positive count)"
+                )
+        for name in ("lr", "demo_noise", "beta"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.indicator_dropout <= 1:
+            raise ValueError(
+                f"indicator_dropout must be in [0, 1], got {self.indicator_dropout} (a fraction)"
+            )
         if not 0 < self.positive_fraction < 1:
             raise ValueError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         if self.advantage not in ("nstep", "chunk"):

@@ -72,6 +72,13 @@ class CorrectorConfig:
             )
         if self.human_hz < 0:
             raise ValueError(f"corrector human_hz must be >= 0, got {self.human_hz}")
+        if not 0 <= self.fraction <= 1:
+            raise ValueError(f"corrector fraction must be in [0, 1], got {self.fraction}")
+        if not self.noise >= 0:
+            raise ValueError(f"corrector noise must be >= 0, got {self.noise}")
+        for name in ("stall_window", "correction_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"corrector {name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.fraction <= 1.0:
             raise ValueError(f"corrector fraction must be in [0, 1], got {self.fraction}")
 

@@ -22,13 +22,19 @@ Set-up (once): record scripted demonstrations into ``RUN/data`` and train the st
 7. **report** — ``RUN/report.md`` with the tables, plots and videos so far.
 
 ``RUN/state.json`` records the last finished phase; a killed run restarts (``--resume``) at
-the phase it was in, and every phase's outputs are written atomically.
+the phase it was in, and every phase's outputs are written atomically. Every phase is
+idempotent: a kill after a phase's artifact was written but before ``state.json`` recorded
+it must not redo the work in a way that changes results — collect counts the episodes the
+round already stored, the value function and the policies carry the round they were
+trained in (a finished one is not trained again; the held-out detection only ever uses the
+previous round's value function, on episodes it never saw), advantages, evaluation and the
+report are recomputed from the same inputs. ``config.json`` and ``state.json`` are read
+strictly (see :mod:`anyskill.rundir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anyskill import checkpoint
+from anyskill import checkpoint, rundir
 from anyskill.algos.vla.config import TrainConfig
 from anyskill.algos.vla.data import TrainingData
 from anyskill.algos.vla.evaluate import make_rollout
@@ -198,11 +204,21 @@ class Flywheel:
     # -- bookkeeping -----------------------------------------------------------------------
     def load_state(self) -> dict:
         if self.state_path.exists():
-            return json.loads(self.state_path.read_text())
+            st = rundir.read_json(self.state_path)
+            keys = {"round": int, "done": list, "rows": list, "detection": list}
+            for k, kind in keys.items():
+                if not isinstance(st, dict) or not isinstance(st.get(k), kind):
+                    raise rundir.RunError(
+                        f"{self.state_path}: field '{k}' must be "
+                        f"{'an integer' if kind is int else 'a list'}, got "
+                        f"{st.get(k) if isinstance(st, dict) else st!r}; this is not a flywheel "
+                        "run state (restore it or start a new --run-dir)"
+                    )
+            return st
         return {"round": 1, "done": [], "rows": [], "detection": []}
 
     def save_state(self, st: dict) -> None:
-        checkpoint.atomic_write_bytes(self.state_path, json.dumps(st, indent=1).encode())
+        rundir.write_json(self.state_path, st)  # atomic; never NaN
 
     def _params_path(self, name: str) -> Path:
         return self.dir / "policies" / f"{name}.msgpack"
@@ -423,26 +439,42 @@ class Flywheel:
                 episode_info={"round": rnd, "corrected": bool(ep.intervention[i, :t].any())},
             )
 
-        if c.corrector.kind == "human":
-            # a person's time is precious: every episode is stored the moment it ends, and a
-            # resumed round continues after the episodes already stored
-            deploy(params, key, vp, first=have, on_episode=lambda ep: store(ep, 0))
-            return
-        ep = deploy(params, key, vp)
-        for i in range(have, c.episodes_per_round):
-            store(ep, i)
+        with writer:  # releases the dataset's writer lock however the round ends
+            if c.corrector.kind == "human":
+                # a person's time is precious: every episode is stored the moment it ends, and
+                # a resumed round continues after the episodes already stored
+                deploy(params, key, vp, first=have, on_episode=lambda ep: store(ep, 0))
+                return
+            ep = deploy(params, key, vp)
+            for i in range(have, c.episodes_per_round):
+                store(ep, i)
+
+    @property
+    def value_path(self) -> Path:
+        return self.dir / "value.msgpack"
 
     def _value_params(self):
-        p = self.dir / "value.msgpack"
-        if not p.exists():
-            return None
-        return checkpoint.load(p, self.vf.init(jax.random.key(0)))[0]
+        return self._value_params_and_meta()[0]
+
+    def _value_params_and_meta(self):
+        """The latest value function and its metadata (``round``: the round it was trained
+        in, ``trained_on_episodes``: it saw the store's episodes ``[0, n)``); None, {} if
+        there is none yet."""
+        if not self.value_path.exists():
+            return None, {}
+        return checkpoint.load(self.value_path, self.vf.init(jax.random.key(0)))
 
     def train_value(self, rnd: int) -> None:
         c = self.cfg
         ds = Dataset.open(self.data_dir)
+        prev, prev_meta = self._value_params_and_meta()
+        if prev is not None and prev_meta.get("round") == rnd:
+            # killed after value.msgpack was written but before state.json said so: this
+            # round's value function is complete. Training again would fine-tune it twice, and
+            # the held-out detection would use a function that has seen these episodes.
+            log(f"round {rnd}: the value function of this round is already trained")
+            return
         targets = self.value_targets(ds)
-        prev = self._value_params()
         if prev is None:
             params = self.vf.init(jax.random.key(c.seed + 7), self.start_params)
             steps = c.value.steps
@@ -450,25 +482,39 @@ class Flywheel:
             params, steps = prev, c.value.finetune_steps
         data = self.training_data(c.seed + 100 * rnd)
         if prev is not None:
-            self.held_out_detection(rnd, prev, data)
+            self.held_out_detection(rnd, prev, data, prev_meta)
         log(f"round {rnd}: training the value function ({steps} steps, {ds.num_frames} frames)")
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc="value", disable=not c.progress, leave=False)
         params, losses = self.vf.train(params, data, targets, steps, c.seed + rnd, bar.update)
         bar.close()
-        checkpoint.save(
-            self.dir / "value.msgpack", params, {"round": rnd, "loss": float(losses[-50:].mean())}
-        )
+        meta = {
+            "round": rnd,
+            "loss": float(losses[-50:].mean()),
+            "trained_on_episodes": int(ds.num_episodes),
+        }
+        checkpoint.save(self.value_path, params, meta)
 
-    def held_out_detection(self, rnd: int, value_params, data: TrainingData) -> None:
+    def held_out_detection(
+        self, rnd: int, value_params, data: TrainingData, value_meta: dict | None = None
+    ) -> None:
         """Early failure detection of the previous round's value function on this round's
-        rollouts, which it has never seen (uncorrected episodes only)."""
+        rollouts, which it has never seen (uncorrected episodes only). ``value_meta``: the
+        function's checkpoint metadata; episodes it was trained on (``trained_on_episodes``:
+        the store's first n) are never scored, and a function of this round is refused."""
         ds = data.ds
         ep = ds.episodes
+        meta = value_meta or {}
+        if meta.get("round", 0) >= rnd:
+            raise RuntimeError(
+                f"held-out detection of round {rnd} asked of the value function of round "
+                f"{meta['round']}, which has seen this round's episodes"
+            )
+        seen = int(meta.get("trained_on_episodes", 0))
         tag = np.flatnonzero(ep.policy_version == f"recap-r{rnd - 1}")
         iv = np.asarray(ds.columns["intervention"], bool)
-        tag = [e for e in tag if not iv[ep.start[e] : ep.stop[e]].any()]
+        tag = [int(e) for e in tag if e >= seen and not iv[ep.start[e] : ep.stop[e]].any()]
         if not tag:
             return
         idx = np.concatenate([np.arange(ep.start[e], ep.stop[e]) for e in tag])
@@ -480,10 +526,13 @@ class Flywheel:
             "episodes": len(tag),
             "failures": int((ep.success[tag] <= 0).sum()),
             "rows": rows,
+            # provenance of the held-out claim: the function's round, the episodes it was
+            # trained on ([0, n) of the store) and the episodes scored (all >= n)
+            "value_round": meta.get("round"),
+            "value_trained_on_episodes": meta.get("trained_on_episodes"),
+            "episode_ids": tag,
         }
-        checkpoint.atomic_write_bytes(
-            self.dir / f"detection-r{rnd}.json", json.dumps(out, indent=1).encode()
-        )
+        rundir.write_json(self.dir / f"detection-r{rnd}.json", out)
 
     def value_targets(self, ds: Dataset) -> np.ndarray:
         ep = ds.episodes
@@ -576,7 +625,7 @@ class Flywheel:
         det = self.dir / f"detection-r{rnd}.json"
         st["rows"].extend(rows)
         if det.exists():
-            st["detection"].append(json.loads(det.read_text()))
+            st["detection"].append(rundir.read_json(det))
         for r in rows:
             if "success" in r:
                 log(
@@ -612,12 +661,13 @@ class Flywheel:
                 f"{self.dir} already holds a flywheel run; pass --resume to continue it or "
                 "choose another --run-dir (nothing was overwritten)"
             )
-        self.dir.mkdir(parents=True, exist_ok=True)
         now = _jsonable(dataclasses.asdict(c))
         saved_path = self.dir / "config.json"
         if c.resume and saved_path.exists():
+            # strict: a missing field, an unknown key or a wrong type is refused, not defaulted
+            saved = rundir.config_to_json(rundir.load_config(FlywheelConfig, saved_path))
             default = _jsonable(dataclasses.asdict(FlywheelConfig()))
-            changed = config_changes(json.loads(saved_path.read_text()), now, default)
+            changed = config_changes(saved, now, default)
             if changed:
                 raise ValueError(
                     f"{self.dir} was started with other settings: "
@@ -628,9 +678,10 @@ class Flywheel:
                     + ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k != "resume")
                     + " may change) or choose another --run-dir (nothing was overwritten)"
                 )
-        checkpoint.atomic_write_bytes(saved_path, json.dumps(now, indent=1).encode())
+        st = self.load_state()  # a broken state.json is refused before anything is written
+        self.dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(saved_path, now)
         self.setup()
-        st = self.load_state()
         while st["round"] <= c.rounds:
             rnd = st["round"]
             for phase in PHASES:
@@ -689,30 +740,13 @@ def _jsonable(x):
     return x
 
 
-def _from_jsonable(template, saved: dict):
-    """``template`` (a config dataclass) with the fields ``saved`` (its :func:`_jsonable`
-    form) has; lists back to tuples, strings back to paths, nested configs recursively."""
-    kw = {}
-    for f in dataclasses.fields(template):
-        if f.name not in saved:
-            continue
-        cur, v = getattr(template, f.name), saved[f.name]
-        if dataclasses.is_dataclass(cur) and isinstance(v, dict):
-            v = _from_jsonable(cur, v)
-        elif isinstance(cur, tuple) and isinstance(v, list):
-            v = tuple(v)
-        elif isinstance(cur, Path):
-            v = Path(v)
-        kw[f.name] = v
-    return dataclasses.replace(template, **kw)
-
-
 def saved_config(run_dir: Path) -> FlywheelConfig:
-    """The configuration a flywheel run in ``run_dir`` was started with (its config.json)."""
+    """The configuration a flywheel run in ``run_dir`` was started with (its config.json,
+    read strictly: see :func:`anyskill.rundir.load_config`)."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} holds no flywheel run (no config.json)")
-    cfg = _from_jsonable(FlywheelConfig(), json.loads(path.read_text()))
+    cfg = rundir.load_config(FlywheelConfig, path)
     return dataclasses.replace(cfg, run_dir=Path(run_dir))
 
 

@@ -47,6 +47,18 @@ class ValueConfig:
     chunk_dropout: float = 0.5
     """Fraction of training samples whose action chunk is hidden (learns V as well as Q)."""
 
+    def __post_init__(self):
+        for name in ("steps", "finetune_steps", "batch_size", "hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"value {name} must be >= 1, got {getattr(self, name)} "
+                    f"(--value.{name.replace('_', '-')} takes a positive count)"
+                )
+        if not self.lr >= 0:  # also refuses NaN
+            raise ValueError(f"value lr must be >= 0, got {self.lr}")
+        if not 0 <= self.chunk_dropout <= 1:
+            raise ValueError(f"value chunk_dropout must be in [0, 1], got {self.chunk_dropout}")
+
 
 class ValueNet(nn.Module):
     """Logits ``[B, NUM_BINS]`` of ``V(s)`` (``chunk=None``) or ``Q(s, chunk)``."""

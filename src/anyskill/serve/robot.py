@@ -197,6 +197,8 @@ class SimRobot:
                     )
         finally:
             link.close()
+            if writer is not None:
+                writer.close()  # releases the dataset's writer lock
         return RobotResult(
             episodes=episodes,
             success_rate=successes / episodes,

@@ -88,9 +88,15 @@ class CRLConfig:
             "num_eval_envs",
             "updates_per_unroll",
             "total_env_steps",
+            "learning_rate",
         ):
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:  # also refuses NaN
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("logsumexp_penalty", "entropy_scale"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(
+                    f"{name} must be >= 0, got {getattr(self, name)} (0 turns the term off)"
+                )
         if not 0.0 < self.discount < 1.0:
             raise ValueError(f"discount must be in (0, 1), got {self.discount}")
         if self.min_replay_steps < 2:

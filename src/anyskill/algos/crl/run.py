@@ -15,7 +15,6 @@ Python here only logs, checkpoints and draws progress; the work is in jitted fun
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -23,18 +22,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from anyskill import checkpoint
+from anyskill import checkpoint, rundir
 from anyskill.algos.crl.config import CRLConfig
 from anyskill.algos.crl.train import CRLTrainer, make_train
+from anyskill.rundir import RunError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.msgpack"
 CURVES_FILE = "curves.png"
-
-
-class RunError(ValueError):
-    """A run directory cannot be used as asked (not a run, already a run, diverged...)."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -53,29 +49,7 @@ def load_config(run_dir: Path) -> CRLConfig:
             f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
             f"create one with `anyskill train crl --run-dir {run_dir}`"
         )
-    try:
-        fields = json.loads(path.read_text())
-        return CRLConfig(**fields)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise RunError(f"{path}: not a valid CRL config ({e})") from e
-
-
-def _read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a crash: everything after it is dropped
-    return rows
-
-
-def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    checkpoint.atomic_write_bytes(Path(run_dir) / METRICS_FILE, text.encode())
+    return rundir.load_config(CRLConfig, path)  # strict: a missing field is refused
 
 
 def _to_python(metrics: dict) -> dict:
@@ -113,13 +87,14 @@ def train_run(
         state, meta = checkpoint.load(ckpt_path, state)
         state = jax.device_put(state, shardings)
         start_epoch = int(meta["epoch"]) + 1
-        history = [r for r in _read_metrics(run_dir) if r["epoch"] < start_epoch]
-        _write_metrics(run_dir, history)
+        # rows of epochs after the checkpoint's (a kill between the row and the checkpoint)
+        # and a torn last line are dropped: this run writes them again
+        history = rundir.resume_metrics(run_dir / METRICS_FILE, "epoch", start_epoch - 1)
         wall_offset = history[-1]["wall_time"] if history else 0.0
         log(f"resuming {run_dir} after epoch {start_epoch - 1} ({int(state.env_steps)} env steps)")
     else:
-        (run_dir / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
-        _write_metrics(run_dir, [])
+        rundir.write_json(run_dir / CONFIG_FILE, rundir.config_to_json(config), indent=2)
+        checkpoint.atomic_write_bytes(run_dir / METRICS_FILE, b"")
         state = jax.jit(trainer.prefill, donate_argnums=0, out_shardings=shardings)(state)
 
     train_epoch = jax.jit(trainer.train_epoch, donate_argnums=0, out_shardings=(shardings, None))
@@ -163,7 +138,9 @@ def train_run(
                     f"{ckpt_path}. Try a lower --learning-rate or a different --seed."
                 )
             history.append(row)
-            _write_metrics(run_dir, history)
+            # the row first, then the checkpoint: a kill between them leaves a row newer than
+            # the checkpoint, which a resume drops and writes again (never a lost row)
+            rundir.append_metrics(run_dir / METRICS_FILE, row)
             checkpoint.save(
                 ckpt_path,
                 state,
@@ -246,6 +223,8 @@ def eval_run(
     fps: int = 20,
 ) -> dict:
     """Evaluate a run's latest checkpoint on fresh goals; optionally write a rollout video."""
+    if num_episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {num_episodes}")
     trainer, state, meta = load_trained(run_dir)
     d = len(jax.local_devices())
     num_episodes = max(d, num_episodes // d * d)

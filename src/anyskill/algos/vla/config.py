@@ -100,7 +100,13 @@ class TrainConfig:
     steps: int = 3000
     """Gradient steps (the run also stops at --time-budget-min)."""
     time_budget_min: float = 0.0
-    """Stop after this many minutes of training (0: no limit)."""
+    """Stop once this many minutes were spent in training steps (0: no limit). Counted: the
+    wall-clock time of gradient steps (sampling a batch and updating), summed over every
+    session of the run — it is saved in the checkpoint (``train_seconds``), so a resumed run
+    continues the same budget instead of starting a new one. Not counted: each session's
+    first step (it compiles), evaluation, checkpoints, plots and loading the data. Checked
+    after every step: the run stops at the first step past the budget, with an evaluation
+    and a checkpoint."""
     batch_size: int = 64
     """Samples (observation + action chunk) per gradient step."""
     lr: float = 3e-4
@@ -127,3 +133,22 @@ class TrainConfig:
     """Continue the run in --run-dir from its last checkpoint."""
     progress: bool = True
     """Show a progress bar."""
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "replan_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, fix in (
+            ("lr", "a learning rate is a step size, e.g. 3e-4"),
+            ("warmup_steps", "0 for no warmup"),
+            ("weight_decay", "0 for none"),
+            ("eval_every", "0 evaluates only at the end"),
+            ("eval_episodes", "0 for no evaluation"),
+            ("time_budget_min", "0 for no limit"),
+        ):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)} ({fix})")
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip} (e.g. 1.0)")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema} (e.g. 0.999)")

@@ -178,6 +178,10 @@ class Evaluator:
     prompt_suffix: str = ""
 
     def __post_init__(self):
+        if self.episodes_per_family < 1:  # no episodes: every success rate would be NaN
+            raise ValueError(
+                f"episodes per task family must be >= 1, got {self.episodes_per_family}"
+            )
         n = self.episodes_per_family * len(self.env.families)
         self._rollouts = {
             s: make_rollout(

@@ -4,12 +4,16 @@ AdamW with linear warmup + cosine decay, global-norm gradient clipping, EMA weig
 for evaluation and deployment), atomic checkpoints with resume, a progress bar, periodic
 closed-loop evaluation in the simulator (success per task family, seen and held-out),
 ``metrics.jsonl`` and ``curves.png``.
+
+At every evaluation the metrics row is appended (fsynced) *before* the checkpoint is
+written; a resume drops rows newer than the checkpoint and a torn last line, and training
+runs again from the checkpoint's step (see :mod:`anyskill.rundir`). ``--resume`` takes the
+whole config, ``--data`` included, from the run's strict ``config.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -19,13 +23,15 @@ import numpy as np
 import optax
 from flax import struct
 
-from anyskill import checkpoint
+from anyskill import checkpoint, rundir
 from anyskill.algos.vla.config import ModelConfig, TrainConfig
 from anyskill.algos.vla.data import Normalizer, TrainingData
 from anyskill.algos.vla.evaluate import Evaluator
 from anyskill.algos.vla.model import Obs, PolicyModel
 
 CKPT = "checkpoint.msgpack"
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
 
 
 @struct.dataclass
@@ -102,25 +108,18 @@ def make_eval_env(src: dict | None, image_size: int):
 
 
 def _config_to_json(cfg: TrainConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    d["data"] = [str(p) for p in cfg.data]
-    d["run_dir"] = str(cfg.run_dir) if cfg.run_dir else None
-    return d
+    return rundir.config_to_json(cfg)
 
 
-def config_from_json(d: dict) -> TrainConfig:
-    d = dict(d)
-    m = dict(d["model"])
-    m["state_tokens"] = tuple(tuple(t) for t in m.get("state_tokens", ()))
-    m["state_token_words"] = tuple(
-        tuple((int(off), tuple(ws)) for off, ws in tok) for tok in m.get("state_token_words", ())
-    )
-    d["model"] = ModelConfig(**m)
-    d["data"] = tuple(Path(p) for p in d["data"])
-    d["run_dir"] = Path(d["run_dir"]) if d.get("run_dir") else None
-    for k in ("eval_split",):
-        d[k] = tuple(d[k])
-    return TrainConfig(**d)
+def config_from_json(d: dict, source: Path | str = CONFIG) -> TrainConfig:
+    """A :class:`TrainConfig` from its JSON form, strictly (see :mod:`anyskill.rundir`)."""
+    return rundir.config_from_json(TrainConfig, d, source)
+
+
+def load_config(run_dir: Path) -> TrainConfig:
+    """The config a policy run was trained with; a missing field, an unknown key or a wrong
+    type is refused in one line naming ``RUN/config.json``."""
+    return rundir.load_config(TrainConfig, Path(run_dir) / CONFIG)
 
 
 def load_run(run_dir: Path):
@@ -131,7 +130,7 @@ def load_run(run_dir: Path):
             f"{run_dir} is not a policy run (needs config.json and {CKPT}); "
             "train one with `anyskill train policy --data PATH --run-dir DIR`"
         )
-    cfg = config_from_json(json.loads((run_dir / "config.json").read_text()))
+    cfg = load_config(run_dir)
     model = PolicyModel(cfg.model)
     params = model.init(jax.random.key(0))
     opt = make_optimizer(cfg)
@@ -150,22 +149,29 @@ def train(cfg: TrainConfig, log=print) -> dict:
     """Train (or resume) a policy run; returns the last evaluation."""
     from anyskill.data.reader import Dataset
 
-    if len(cfg.data) != 1:
-        raise ValueError(
-            f"--data takes exactly one episode store, got {len(cfg.data)}; combine several "
-            "with `anyskill data merge A B --out C` first"
-        )
-    run_dir = cfg.run_dir or default_run_dir(cfg)
+    run_dir = Path(cfg.run_dir or default_run_dir(cfg))
     cfg = dataclasses.replace(cfg, run_dir=run_dir)
     if cfg.resume:
         if not (run_dir / CKPT).exists():
             raise ValueError(f"--resume: {run_dir} has no {CKPT} to resume from")
-        saved = config_from_json(json.loads((run_dir / "config.json").read_text()))
-        cfg = dataclasses.replace(saved, resume=True, progress=cfg.progress)
+        saved = load_config(run_dir)
+        if cfg.data and _resolved(cfg.data) != _resolved(saved.data):
+            raise ValueError(
+                f"--resume: {run_dir} was trained on --data "
+                f"{' '.join(str(p) for p in saved.data)}, not {' '.join(str(p) for p in cfg.data)}"
+                "; leave out --data to continue on the run's own data, or train the other data "
+                "in a new --run-dir"
+            )
+        cfg = dataclasses.replace(saved, run_dir=run_dir, resume=True, progress=cfg.progress)
     elif (run_dir / CKPT).exists():
         raise ValueError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another "
             "--run-dir (nothing was overwritten)"
+        )
+    if len(cfg.data) != 1:
+        raise ValueError(
+            f"--data takes exactly one episode store, got {len(cfg.data)}; combine several "
+            "with `anyskill data merge A B --out C` first"
         )
     ds = Dataset.open(cfg.data[0])
     src = source_env(ds.root)
@@ -186,9 +192,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     cfg = dataclasses.replace(cfg, model=m)
     model = PolicyModel(m)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_bytes(
-        run_dir / "config.json", json.dumps(_config_to_json(cfg), indent=2).encode()
-    )
+    rundir.write_json(run_dir / CONFIG, rundir.config_to_json(cfg), indent=2)
 
     log(f"decoding {ds.num_episodes} episodes' camera frames ({ds.num_frames} frames) ...")
     data = TrainingData.build(ds, m, cfg.batch_size, cfg.seed)
@@ -197,14 +201,20 @@ def train(cfg: TrainConfig, log=print) -> dict:
     params = model.init(key)
     ts = TrainState(params, params, opt.init(params), jnp.int32(0), jax.random.fold_in(key, 1))
     history: list[dict] = []
+    trained = 0.0  # seconds spent in training steps, over every session (see time_budget_min)
     if cfg.resume:
         tree, meta = checkpoint.load(
             run_dir / CKPT, {"train": ts, "ema": params, "normalizer": data.normalizer}
         )
         ts = tree["train"]
-        history = _read_metrics(run_dir)
+        trained = float(meta.get("train_seconds", 0.0))
+        # rows newer than the checkpoint (killed between the row and the checkpoint) and a
+        # torn last line are dropped: this run writes them again
+        history = rundir.resume_metrics(run_dir / METRICS, "step", int(ts.step))
         data.sampler.rng = np.random.default_rng(cfg.seed + int(ts.step))
         log(f"resumed at step {int(ts.step)}")
+    else:
+        checkpoint.atomic_write_bytes(run_dir / METRICS, b"")  # no rows of an unfinished run
     n_params = sum(x.size for x in jax.tree.leaves(params))
     log(
         f"{m.arch}: {n_params / 1e6:.2f}M parameters; {ds.num_frames} frames, {len(ds.tasks)} tasks"
@@ -230,32 +240,42 @@ def train(cfg: TrainConfig, log=print) -> dict:
             return {}
         return evaluator(ts.ema, jax.random.key(10_000 + step))
 
-    def save(metrics_row: dict | None):
+    def save(metrics_row: dict):
+        # the row first (one fsynced append), then the checkpoint: a kill between the two
+        # leaves a row newer than the checkpoint, which a resume drops and writes again
+        history.append(metrics_row)
+        rundir.append_metrics(run_dir / METRICS, metrics_row)
         tree = {"train": ts, "ema": ts.ema, "normalizer": data.normalizer}
-        checkpoint.save(run_dir / CKPT, tree, {"step": int(ts.step), "arch": m.arch})
-        if metrics_row is not None:
-            history.append(metrics_row)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics_row) + "\n")
-            plot_curves(history, run_dir / "curves.png")
+        meta = {"step": int(ts.step), "arch": m.arch, "train_seconds": trained}
+        checkpoint.save(run_dir / CKPT, tree, meta)
+        plot_curves(history, run_dir / "curves.png")
 
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
     start = int(ts.step)
+    if cfg.time_budget_min and trained > cfg.time_budget_min * 60:
+        log(f"the time budget of {cfg.time_budget_min} min was used up before step {start}")
+        return {"step": start}
     bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, unit="step")
     losses = []
     last = {}
     step = start
-    eval_total = 0.0  # evaluation time does not count against the training budget
+    # Training time (time_budget_min) runs from the end of this session's first step (which
+    # compiles) and is paused around evaluation, checkpoint and plot.
+    session_start, t_mark = trained, None
     while step < cfg.steps:
         ts, metrics = train_step(ts, data.batch())
         step += 1
         losses.append(metrics["loss"])
         bar.update(1)
-        trained = time.perf_counter() - t0 - eval_total
-        out_of_time = cfg.time_budget_min and trained > cfg.time_budget_min * 60
         at_eval = cfg.eval_every and step % cfg.eval_every == 0
+        if t_mark is None or at_eval or step == cfg.steps:
+            jax.block_until_ready(metrics["loss"])  # dispatched steps are finished steps
+        now = time.perf_counter()
+        if t_mark is not None:
+            trained += now - t_mark
+        t_mark = now
+        out_of_time = cfg.time_budget_min and trained > cfg.time_budget_min * 60
         if at_eval or step == cfg.steps or out_of_time:
             loss = float(np.mean(np.asarray(jnp.stack(losses))))
             if not np.isfinite(loss):
@@ -266,16 +286,19 @@ def train(cfg: TrainConfig, log=print) -> dict:
             t_eval = time.perf_counter()
             last = evaluate(step)
             eval_s = time.perf_counter() - t_eval
+            counted = step - start - 1  # this session's steps after its compiling one
             row = {
                 "step": step,
                 "train_seconds": round(trained, 1),
                 "loss": loss,
-                "samples_per_s": round(cfg.batch_size * (step - start) / max(trained, 1e-9), 1),
+                "samples_per_s": round(
+                    cfg.batch_size * counted / max(trained - session_start, 1e-9), 1
+                ),
                 "eval_seconds": round(eval_s, 1),
                 **last,
             }
-            eval_total += eval_s
             save(row)
+            t_mark = time.perf_counter()
             bar.set_postfix(
                 loss=f"{loss:.3f}", **{k: f"{v:.2f}" for k, v in last.items() if k.endswith("mean")}
             )
@@ -286,11 +309,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     return {"step": step, **last}
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
-    p = run_dir / "metrics.jsonl"
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+def _resolved(paths) -> list[Path]:
+    return [Path(p).resolve() for p in paths]
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
