@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -49,6 +50,192 @@ commands:
 
 `anyskill COMMAND --help` describes each command.
 """
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class CommandLineError(Exception):
+    """The command line was rejected; ``main`` prints ``PROG: error: MESSAGE`` and exits 2.
+
+    Not a ValueError on purpose: it is raised from inside tyro's parser, where a ValueError
+    could be caught and re-rendered."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+#: how a parse error names what a flag expects, by tyro's metavar
+_EXPECTS = {"INT": "an integer", "FLOAT": "a number", "STR": "a string", "PATH": "a path"}
+
+
+def _expects(metavar: str) -> str:
+    """``"INT"`` -> ``"an integer"``; ``"{None}|INT"`` -> ``"an integer or None"``."""
+    if metavar in _EXPECTS:
+        return _EXPECTS[metavar]
+    many = re.fullmatch(r"\[?([A-Z]+) \[\1 \.\.\.\]\]?", metavar)  # INT [INT ...]
+    if many and many.group(1) in _EXPECTS:
+        return _EXPECTS[many.group(1)].split(" ", 1)[1] + "s"  # "integers"
+    parts = metavar.split("|")
+    if len(parts) > 1 and all(p in _EXPECTS or p == "{None}" for p in parts):
+        named = [_EXPECTS[p] for p in parts if p in _EXPECTS]
+        return " or ".join(named + ["None"] * ("{None}" in parts))
+    return metavar or "another value"
+
+
+def _flag_value(args: list[str], flags: tuple[str, ...], nargs) -> str | None:
+    """The value given to ``flags`` on the command line (the last occurrence), if any."""
+    value = None
+    for i, a in enumerate(args):
+        for f in flags:
+            if a == f and i + 1 < len(args):
+                if nargs in (None, 1, "?"):
+                    value = args[i + 1]
+                else:  # the tokens up to the next flag
+                    rest = args[i + 1 :]
+                    n = next((j for j, t in enumerate(rest) if t.startswith("--")), len(rest))
+                    value = " ".join(rest[:n])
+            elif a.startswith(f + "="):
+                value = a[len(f) + 1 :]
+    return value
+
+
+def _parse_error_line(event, args: list[str]) -> str | None:
+    """One line for a tyro parse-error event, or None to let tyro render it (then condensed)."""
+    from tyro import _errors
+
+    def name(arg) -> str:
+        if arg.is_positional():
+            return str(arg.lowered.metavar)
+        return f"{arg.lowered.name_or_flags[0]} {arg.lowered.metavar or ''}".strip()
+
+    if isinstance(event, _errors.MissingArgs):
+        names = [name(a.arg) for a in event.missing_arguments]
+        # A positional's metavar (PATH) says little: add its help's first sentence.
+        helps = []
+        for a in event.missing_arguments:
+            text = a.arg.field.helptext
+            text = text() if callable(text) else text
+            if a.arg.is_positional() and text:
+                text = " ".join(str(text).split())
+                short = text if len(text) <= 80 else re.split(r"\.\s+(?=[A-Z])", text)[0]
+                helps.append(short.rstrip("."))
+        detail = f" ({'; '.join(helps)})" if helps else ""
+        return f"missing required argument {', '.join(names)}{detail}"
+    if isinstance(event, _errors.InvalidChoice):
+        return (
+            f"{event.argument.display_name()} must be one of {', '.join(event.choices)}, "
+            f"got {event.value!r}"
+        )
+    if isinstance(event, _errors.BadValue):
+        arg = event.argument
+        if event.reason == "too_few_values":
+            return f"{arg.display_name()} expects a value ({arg.lowered.metavar}), got none"
+        return f"{arg.display_name()} takes no value, got {event.offending_value!r}"
+    if isinstance(event, _errors.InstantiationFailure):
+        arg = event.argument
+        if arg is None:  # a config's own check (__post_init__): its message says it all
+            return event.message
+        expects = _expects(str(arg.lowered.metavar or ""))
+        given = (
+            _flag_value(args, tuple(arg.lowered.name_or_flags), arg.lowered.nargs)
+            if not arg.is_positional()
+            else None
+        )
+        got = f", got {given!r}" if given is not None else f": {event.message}"
+        return f"{arg.display_name()} expects {expects}{got}"
+    return None  # e.g. unrecognized options: tyro's own text has the "did you mean"
+
+
+def _condense(box: str) -> str:
+    """tyro's boxed error message as one line: its meaningful lines, without the title,
+    borders, help texts and the "--help" footer. tyro draws the box with line characters, or
+    (when the output cannot encode them) as plain text with the title above a dashed line."""
+    rows = []
+    for raw in re.sub(r"\x1b\[[0-9;]*m", "", box).splitlines():
+        if raw.lstrip().startswith(("╭", "╰")):  # the border, with the box's title
+            continue
+        line = raw.rstrip()
+        if line.lstrip().startswith("│"):  # inside the box's borders
+            line = line.lstrip()[1:].rstrip("│").rstrip()
+        rows.append((len(line) - len(line.lstrip()), line.strip()))
+    rows = [(i, t) for i, t in rows if t]
+    rule = set("─-")
+    plain = "│" not in box
+    if plain and len(rows) > 1 and not set(rows[0][1]) <= rule and set(rows[1][1]) <= rule:
+        rows = rows[1:]  # a plain-text title
+    lines = [
+        (indent, text)
+        for indent, text in rows
+        if not set(text) <= rule
+        and not text.startswith("For full helptext")
+        and not (text.endswith("--help") and not text.startswith("-"))
+    ]
+    if not lines:
+        return "invalid command line"
+    base = min(indent for indent, _ in lines)
+    # A line ending in ":" heads a list of invocations (indented; their help texts are
+    # indented further): missing arguments, suggestions, or an argument's help (skipped).
+    out, suggestions, section = [], [], None
+    for indent, text in lines:
+        if indent <= base + 1:
+            if text.startswith("Perhaps you meant"):
+                section = "suggest"
+            elif text.startswith("Argument helptext"):
+                section = "skip"
+            else:
+                section = "list" if text.endswith(":") else None
+                out.append(text)
+        elif indent <= base + 5 and section == "suggest" and text.startswith("-"):
+            suggestions.append(text.split()[0])
+        elif indent <= base + 5 and section == "list":
+            out[-1] += (" " if out[-1].endswith(":") else ", ") + text
+    message = " ".join(out) or lines[0][1]
+    message = message[0].lower() + message[1:]
+    if suggestions:
+        message += f" (did you mean {' or '.join(dict.fromkeys(suggestions))}?)"
+    return message
+
+
+def parse_cli(cls, args: list[str], *, prog: str, **kwargs):
+    """``tyro.cli(cls, args=args, prog=prog, **kwargs)``, with every parse error (missing,
+    unknown or ill-typed argument, a config check that fails) raised as one-line
+    :class:`CommandLineError` instead of tyro's multi-line box. ``--help`` is unchanged."""
+    import contextlib
+    import io
+
+    try:
+        from tyro import _errors  # private and experimental: the fallback below covers it
+
+        hook_context = _errors.on_parse_error
+    except (ImportError, AttributeError):
+        hook_context = None
+
+    def hook(event) -> None:
+        line = _parse_error_line(event, list(args))
+        if line is not None:
+            raise CommandLineError(prog, " ".join(line.split()))
+
+    captured = io.StringIO()  # tyro's box, or warnings raised while parsing (replayed)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(contextlib.redirect_stderr(captured))
+            if hook_context is not None:
+                stack.enter_context(hook_context(hook))
+            parsed = tyro.cli(cls, args=args, prog=prog, **kwargs)
+    except CommandLineError:
+        raise
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise CommandLineError(prog, _condense(captured.getvalue())) from None
+        sys.stderr.write(captured.getvalue())
+        raise
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
+    sys.stderr.write(captured.getvalue())
+    return parsed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +300,22 @@ class Render:
     seed: int = 0
     fps: float = 10.0
 
+    def __post_init__(self):
+        checks = [
+            ("--episodes", self.episodes, self.episodes >= 1, ">= 1"),
+            ("--size", self.size, self.size >= 16, ">= 16 pixels"),
+            ("--steps", self.steps, self.steps is None or self.steps >= 1, ">= 1"),
+            ("--noise", self.noise, self.noise >= 0, ">= 0"),
+            ("--fps", self.fps, self.fps > 0, "> 0"),
+        ]
+        for flag, value, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{flag} must be {rule}, got {value}")
+        if self.split is not None and self.split not in ("train", "heldout", "all"):
+            raise unknown_name("task split", self.split, ("train", "heldout", "all"))
+        if self.out.suffix.lower() not in (".gif", ".mp4"):
+            raise ValueError(f"--out must end in .gif or .mp4, got {str(self.out)!r}")
+
 
 # --------------------------------------------------------------------------- anyskill data
 
@@ -148,7 +351,8 @@ class DataValidate:
     path: tyro.conf.Positional[Path]
     """Dataset root."""
     deep: bool = False
-    """Also decode every video and check its frame count and size."""
+    """Also decode every video (without it, each video's container is read for its frame
+    count and size, which finds truncated or foreign files but not damaged pictures)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +410,8 @@ class DataRecord:
     """Record scripted-expert demonstrations of a tabletop task into a dataset."""
 
     out: Path
-    """Dataset root; a new one is created, or an existing recording is continued."""
+    """Dataset root; a new one is created, or an existing recording is continued (with the
+    same --env, --images, --image-size and --dart; one writer at a time)."""
     env: str = "tabletop-push"
     """A tabletop environment (see `anyskill envs`)."""
     episodes: int = 10
@@ -243,7 +448,7 @@ def cmd_data(args: list[str]) -> int:
     sub, rest = args[0], args[1:]
     if sub not in DATA_COMMANDS:
         raise unknown_name("data subcommand", sub, DATA_COMMANDS)
-    parsed = tyro.cli(DATA_COMMANDS[sub], args=rest, prog=f"anyskill data {sub}")
+    parsed = parse_cli(DATA_COMMANDS[sub], rest, prog=f"anyskill data {sub}")
     from anyskill.data import ops
     from anyskill.data.reader import Dataset
 
@@ -284,7 +489,14 @@ def cmd_data(args: list[str]) -> int:
 
         from anyskill.data.record import record_expert
 
-        with tqdm(total=parsed.episodes, desc="recording", unit="ep") as bar:
+        bars = []  # the bar appears once the dataset is open: a refusal is one clean line
+
+        def progress(n: int) -> None:
+            if not bars:
+                bars.append(tqdm(total=parsed.episodes, desc="recording", unit="ep"))
+            bars[0].update(n)
+
+        try:
             rec = record_expert(
                 parsed.out,
                 env_name=parsed.env,
@@ -293,9 +505,12 @@ def cmd_data(args: list[str]) -> int:
                 image_size=parsed.image_size,
                 noise=parsed.noise,
                 seed=parsed.seed,
-                progress=bar.update,
+                progress=progress,
                 dart=parsed.dart,
             )
+        finally:
+            for bar in bars:
+                bar.close()
         print(json.dumps(dataclasses.asdict(rec), indent=2))
     return 0
 
@@ -324,9 +539,9 @@ def cmd_train(args: list[str]) -> int:
     preset_name = _split_preset(rest, "pointmaze-u")
     preset = get_preset(preset_name)
 
-    parsed = tyro.cli(
+    parsed = parse_cli(
         TrainCRL,
-        args=rest,
+        rest,
         default=TrainCRL(config=preset, preset=preset_name),
         prog="anyskill train crl",
     )
@@ -348,7 +563,9 @@ def cmd_train(args: list[str]) -> int:
         result = crl_run.eval_run(run_dir, num_episodes=64, video=run_dir / "rollouts.gif")
         summary["video"] = result["video"]
     summary["curves"] = str(run_dir / crl_run.CURVES_FILE)
-    print(json.dumps(summary, indent=2))
+    from anyskill.rundir import dumps  # never NaN in JSON output
+
+    print(dumps(summary, indent=2))
     return 0
 
 
@@ -361,8 +578,8 @@ class EvalPolicy:
     """A run directory written by `anyskill train policy`."""
     episodes: int = 64
     """Episodes per task family and split."""
-    split: tuple[str, ...] = ("train", "heldout")
-    """Task splits: train (seen combinations and phrasings), heldout."""
+    split: tuple[Literal["train", "heldout", "all"], ...] = ("train", "heldout")
+    """Task splits: train (seen combinations and phrasings), heldout, all."""
     replan_every: int | None = None
     """Actions executed per chunk (default: the run's)."""
     num_steps: int | None = None
@@ -379,16 +596,24 @@ def cmd_train_policy(args: list[str]) -> int:
     from anyskill.algos.vla.config import TrainConfig
     from anyskill.algos.vla.train import train
 
-    cfg = tyro.cli(TrainConfig, args=args, prog="anyskill train policy")
+    cfg = parse_cli(TrainConfig, args, prog="anyskill train policy")
     if not cfg.data and not cfg.resume:
         raise ValueError("--data PATH is required: an episode store (see `anyskill data record`)")
-    result = train(cfg)
-    print(json.dumps(result, indent=2))
+    result = train(cfg)  # with --resume and no --data: the run's own data
+    from anyskill.rundir import dumps  # never NaN in JSON output
+
+    print(dumps(result, indent=2))
     return 0
 
 
 def cmd_eval_policy(args: list[str]) -> int:
-    parsed = tyro.cli(EvalPolicy, args=args, prog="anyskill eval policy")
+    parsed = parse_cli(EvalPolicy, args, prog="anyskill eval policy")
+    for flag, value in (
+        ("--episodes", parsed.episodes),
+        ("--video-episodes", parsed.video_episodes),
+    ):
+        if value < 1:  # no episodes would make every rate NaN
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     from anyskill.algos.vla.evaluate import Evaluator
     from anyskill.algos.vla.train import chunk_fn_for, load_run, make_eval_env, source_env
 
@@ -433,14 +658,22 @@ def cmd_eval_policy(args: list[str]) -> int:
             num_cameras=m.num_cameras,
             max_text_len=m.max_text_len,
         )
-    print(json.dumps(result, indent=2))
+    from anyskill.rundir import dumps  # never NaN in JSON output
+
+    print(dumps(result, indent=2))
     return 0
 
 
 def cmd_eval(args: list[str]) -> int:
     if args and args[0] == "policy":
         return cmd_eval_policy(args[1:])
-    parsed = tyro.cli(Eval, args=args, prog="anyskill eval")
+    parsed = parse_cli(Eval, args, prog="anyskill eval")
+    for flag, value in (
+        ("--episodes", parsed.episodes),
+        ("--video-episodes", parsed.video_episodes),
+    ):
+        if value < 1:  # no episodes would make every rate NaN
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     from anyskill.algos.crl import run as crl_run
 
     video = None if parsed.no_video else (parsed.video or parsed.run_dir / "rollouts.gif")
@@ -451,20 +684,31 @@ def cmd_eval(args: list[str]) -> int:
         video_episodes=parsed.video_episodes,
         seed=parsed.seed,
     )
-    print(json.dumps(result, indent=2))
+    from anyskill.rundir import dumps  # never NaN in JSON output
+
+    print(dumps(result, indent=2))
     return 0
 
 
 def cmd_render(args: list[str]) -> int:
-    parsed = tyro.cli(Render, args=args, prog="anyskill render")
+    parsed = parse_cli(Render, args, prog="anyskill render")
     import jax
 
     from anyskill import envs
     from anyskill.envs import video
 
-    if parsed.episodes < 1 or parsed.size < 16:
+    # Everything the user can get wrong fails here, before any compilation.
+    if parsed.env is not None and parsed.env not in envs.REGISTRY:
+        raise unknown_name("env", parsed.env, envs.REGISTRY)
+    if parsed.out.is_dir():
+        raise ValueError(f"--out {parsed.out} is a directory; give a video file path (.mp4/.gif)")
+    parent = next((p for p in parsed.out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {parsed.out}: {parent} is a file, not a directory")
+    if parsed.policy not in video.POLICIES and not Path(parsed.policy).is_dir():
         raise ValueError(
-            f"--episodes must be >= 1 and --size >= 16, got {parsed.episodes} and {parsed.size}"
+            f"--policy {parsed.policy!r} is neither one of {', '.join(video.POLICIES)} nor a "
+            "run directory (of `anyskill train crl`)"
         )
     overrides = {} if parsed.split is None else {"split": parsed.split}
     policy_path = Path(parsed.policy)
@@ -521,6 +765,12 @@ class Serve:
     """One forward pass per request (same as --max-batch 1)."""
     max_request_mb: float = 4.0
     """Requests larger than this get an error reply."""
+    max_connections: int = 64
+    """Open connections beyond which new ones are refused (HTTP 503)."""
+    memory_budget_mb: float = 256.0
+    """Most MB of requests held at once across connections (beyond: 'overloaded' replies)."""
+    idle_timeout_s: float = 60.0
+    """Close connections that send no complete request for this long (0: never)."""
     width: int | None = None
     """random-mlp only: hidden units per layer."""
     depth: int | None = None
@@ -554,21 +804,56 @@ class RunRobot:
     blend_steps: int = 3
     """Steps over which a new chunk is cross-faded in."""
     execute_horizon: int | None = None
-    """Actions of each chunk to execute (default: the whole chunk)."""
-    image_size: int = 64
-    """Camera size rendered when the policy asks for observation/image."""
+    """Actions of each chunk to execute (default: the execute horizon the server announces,
+    what the policy was trained to execute; else the whole chunk)."""
+    image_size: int | None = None
+    """Camera size rendered when the policy asks for observation/image (default: the size
+    the policy declares)."""
     record: Path | None = None
     """Append executed episodes to this episode store (created if missing)."""
     seed: int = 0
     """Seed of the episodes."""
 
+    def __post_init__(self):
+        # everything is checked before connecting: a bad flag never waits for a server
+        from anyskill.serve.runtime import check_server_url
+
+        try:
+            check_server_url(self.server)
+        except ValueError as e:
+            raise ValueError(f"--server: {e}") from None
+        from anyskill.data.record import expert_envs
+
+        tasks = expert_envs()
+        if self.task not in tasks:
+            raise unknown_name("tabletop task (--task)", self.task, tasks)
+        if self.fallback not in ("hold", "expert"):
+            raise ValueError(f"--fallback must be 'hold' or 'expert', got {self.fallback!r}")
+        for flag, value, least in (
+            ("--episodes", self.episodes, 1),
+            ("--latency-ms", self.latency_ms, 0),
+            ("--jitter-ms", self.jitter_ms, 0),
+            ("--disconnect-every", self.disconnect_every, 0),
+            ("--disconnect-for", self.disconnect_for, 0),
+            ("--lead", self.lead, 0),
+            ("--blend-steps", self.blend_steps, 0),
+            ("--execute-horizon", self.execute_horizon, 1),
+            ("--image-size", self.image_size, 1),
+        ):
+            if value is not None and not value >= least:  # `not >=` also refuses NaN
+                raise ValueError(f"{flag} must be >= {least}, got {value}")
+        if self.record is not None and self.record.exists() and not self.record.is_dir():
+            raise ValueError(
+                f"--record {self.record} is a file; give a dataset directory (new or existing)"
+            )
+
 
 def cmd_serve(args: list[str]) -> int:
-    parsed = tyro.cli(Serve, args=args, prog="anyskill serve")
+    parsed = parse_cli(Serve, args, prog="anyskill serve")
     import logging
 
     from anyskill.policies import registry
-    from anyskill.serve.server import ServerConfig, run_server
+    from anyskill.serve.server import ServerConfig, bind, run_server
 
     logging.basicConfig(level=logging.INFO if parsed.verbose else logging.WARNING)
     if (parsed.checkpoint is None) == (parsed.policy is None):
@@ -577,22 +862,36 @@ def cmd_serve(args: list[str]) -> int:
             f"({', '.join(registry.BUILTIN_POLICIES)}); got "
             f"CKPT={parsed.checkpoint!r}, --policy={parsed.policy!r}"
         )
-    overrides = {k: v for k in ("width", "depth") if (v := getattr(parsed, k)) is not None}
-    policy = registry.resolve(parsed.policy or parsed.checkpoint, **overrides)
+    if parsed.memory_budget_mb < parsed.max_request_mb:
+        raise ValueError(
+            f"--memory-budget-mb ({parsed.memory_budget_mb}) must be >= --max-request-mb "
+            f"({parsed.max_request_mb}), or no request of the largest size is ever answered"
+        )
+    request_bytes = int(parsed.max_request_mb * (1 << 20))
     config = ServerConfig(
         host=parsed.host,
         port=parsed.port,
         max_batch=1 if parsed.no_batching else parsed.max_batch,
         batch_wait_ms=parsed.batch_wait_ms,
-        max_request_bytes=int(parsed.max_request_mb * (1 << 20)),
-        hard_limit_bytes=max(16 << 20, 2 * int(parsed.max_request_mb * (1 << 20))),
+        max_request_bytes=request_bytes,
+        hard_limit_bytes=max(16 << 20, 2 * request_bytes),
+        max_connections=parsed.max_connections,
+        max_buffered_bytes=int(parsed.memory_budget_mb * (1 << 20)),
+        idle_timeout_s=parsed.idle_timeout_s,
     )
-    run_server(policy, config)
+    sock = bind(config.host, config.port)  # before loading: a port in use fails at once
+    overrides = {k: v for k in ("width", "depth") if (v := getattr(parsed, k)) is not None}
+    try:
+        policy = registry.resolve(parsed.policy or parsed.checkpoint, **overrides)
+    except BaseException:
+        sock.close()
+        raise
+    run_server(policy, config, sock)
     return 0
 
 
 def cmd_run_robot(args: list[str]) -> int:
-    parsed = tyro.cli(RunRobot, args=args, prog="anyskill run-robot")
+    parsed = parse_cli(RunRobot, args, prog="anyskill run-robot")
     from anyskill.serve.robot import run_robot
     from anyskill.serve.runtime import LinkFaults, RuntimeConfig
 
@@ -626,7 +925,18 @@ def cmd_run_robot(args: list[str]) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Envs:
+    """List the built-in environments: observation, goal and action sizes, episode length."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Presets:
+    """List the named training presets (`anyskill train crl --preset NAME`)."""
+
+
 def cmd_envs(args: list[str]) -> int:
+    parse_cli(Envs, args, prog="anyskill envs")  # --help; anything else is an error
     from anyskill import envs
 
     for name in sorted(envs.REGISTRY):
@@ -640,6 +950,7 @@ def cmd_envs(args: list[str]) -> int:
 
 
 def cmd_presets(args: list[str]) -> int:
+    parse_cli(Presets, args, prog="anyskill presets")
     for name, cfg in PRESETS.items():
         print(
             f"crl/{name:18s} env={cfg.env} steps={cfg.total_env_steps:,} envs={cfg.num_envs} "
@@ -652,7 +963,7 @@ def cmd_flywheel(args: list[str]) -> int:
     from anyskill.flywheel.config import FlywheelConfig
     from anyskill.flywheel.loop import NeedsLabels, run_flywheel
 
-    cfg = tyro.cli(FlywheelConfig, args=args, prog="anyskill flywheel")
+    cfg = parse_cli(FlywheelConfig, args, prog="anyskill flywheel")
     try:
         st = run_flywheel(cfg)
     except NeedsLabels as e:
@@ -668,9 +979,9 @@ def cmd_demo(args: list[str]) -> int:
     from anyskill.flywheel.loop import run_flywheel
 
     default = FlywheelConfig(run_dir=Path("runs/demo"))
-    cfg = tyro.cli(
+    cfg = parse_cli(
         FlywheelConfig,
-        args=args,
+        args,
         default=default,
         prog="anyskill demo",
         description="Record scripted demonstrations, train a starting policy, run the RECAP "
@@ -688,7 +999,7 @@ def cmd_demo(args: list[str]) -> int:
 def cmd_label(args: list[str]) -> int:
     from anyskill.flywheel.label import LabelConfig, label_episodes
 
-    cfg = tyro.cli(LabelConfig, args=args, prog="anyskill label")
+    cfg = parse_cli(LabelConfig, args, prog="anyskill label")
     print(json.dumps(label_episodes(cfg)))
     return 0
 
@@ -719,19 +1030,102 @@ def main(argv: list[str] | None = None) -> int:
 
         close = difflib.get_close_matches(cmd, COMMANDS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        print(f"anyskill: unknown command {cmd!r}.{hint}\n\n{USAGE}", file=sys.stderr)
+        _error_line(f"anyskill: error: unknown command {cmd!r}.{hint} See `anyskill --help`.")
         return 2
     from anyskill.algos.crl.run import NonFiniteLoss
     from anyskill.checkpoint import CheckpointError
 
+    # Every failure the user can cause or fix is one line and exit 2 (130 when interrupted);
+    # anything else (TypeError, AttributeError, ... from a bug) keeps its traceback.
     try:
         return COMMANDS[cmd](rest)
-    except NonFiniteLoss as e:
-        print(f"anyskill: {e}", file=sys.stderr)
-        return 3
-    except (ValueError, CheckpointError) as e:
-        print(f"anyskill: error: {e}", file=sys.stderr)
+    except CommandLineError as e:
+        _error_line(f"{e.prog}: error: {e}")
         return 2
+    except NonFiniteLoss as e:
+        _error_line(f"anyskill: {e}")
+        return 3
+    except json.JSONDecodeError as e:
+        _error_line(f"anyskill: error: {_json_error_message(e)}")
+        return 2
+    except BrokenPipeError:
+        # the reader went away (`anyskill ... | head`): not an error of the user's command.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, CheckpointError) as e:
+        _error_line(f"anyskill: error: {e}")
+        return 2
+    except OSError as e:
+        _error_line(f"anyskill: error: {_os_error_message(e)}")
+        return 2
+    except KeyboardInterrupt:
+        _error_line("anyskill: interrupted (what was already saved is kept)")
+        return 130
+
+
+def _error_line(message: str) -> None:
+    """``message`` on stderr as one line (a message spanning lines is joined)."""
+    print(" ".join(str(message).split()), file=sys.stderr)
+
+
+def _os_error_message(e: OSError) -> str:
+    """What went wrong with which path, and what to do, for the OSError family."""
+    import errno
+
+    fixes = {
+        errno.ENOENT: ("does not exist", "check the path"),
+        errno.EACCES: ("permission denied", "check its permissions or choose another path"),
+        errno.EPERM: ("operation not permitted", "check its permissions or choose another path"),
+        errno.EISDIR: ("is a directory, not a file", "give the path of a file"),
+        errno.ENOTDIR: (
+            "is not a directory (or a part of the path is a file)",
+            "give the path of a directory",
+        ),
+        errno.ENOSPC: (
+            "no space left on the device",
+            "free some space or write elsewhere, then run the command again",
+        ),
+        errno.EDQUOT: (
+            "disk quota exceeded",
+            "free some space or write elsewhere, then run the command again",
+        ),
+        errno.EROFS: ("is on a read-only file system", "write to a writable location"),
+        errno.EEXIST: ("already exists", "choose a new path or remove the existing one"),
+        errno.ENOTEMPTY: ("is a directory that is not empty", "choose a new or empty directory"),
+        errno.ENAMETOOLONG: ("has a name that is too long", "use a shorter path"),
+        errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) and run again"),
+    }
+    if e.errno not in fixes:
+        if e.filename is None:
+            return str(e)
+        return f"{e.filename}: {e.strerror or e}"
+    what, fix = fixes[e.errno]
+    if e.filename is None:
+        return f"{e.strerror or what}; {fix}"
+    path = str(e.filename) if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    return f"{path}: {what}; {fix}"
+
+
+def _json_error_message(e: json.JSONDecodeError) -> str:
+    """The parse error with the file it came from, found in the failing frames' locals (the
+    loaders that call ``json.loads(path.read_text())`` keep ``path`` there)."""
+    where = ""
+    tb = e.__traceback__
+    found = None
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, Path | str) and str(value).endswith((".json", ".jsonl")):
+                found = value
+        tb = tb.tb_next
+    if found is not None:
+        where = f"{found}: "
+    return (
+        f"{where}not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+        "restore or rewrite the file"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Literal
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.flywheel.deploy import CorrectorConfig
 from anyskill.flywheel.value import ValueConfig
+from anyskill.names import unknown_name
 
 #: how RECAP's policy is told the advantage (``--indicator``)
 INDICATORS = ("prompt", "embedding", "modulation")
@@ -88,6 +89,10 @@ class FlywheelConfig:
     """Show progress bars."""
 
     def __post_init__(self):
+        from anyskill.data.record import expert_envs
+
+        if self.env not in expert_envs():  # the flywheel records and corrects with the expert
+            raise unknown_name("env with a scripted expert (--env)", self.env, expert_envs())
         if self.labels not in ("predicate", "human"):
             raise ValueError(f"labels must be 'predicate' or 'human', got {self.labels!r}")
         for name in (

@@ -656,6 +656,11 @@ class Flywheel:
     # -- driver ----------------------------------------------------------------------------
     def run(self) -> dict:
         c = self.cfg
+        if c.resume and not (self.dir / "config.json").exists():
+            raise ValueError(
+                f"--resume: {self.dir} holds no flywheel run (no config.json); drop --resume "
+                "to start one there, or give the --run-dir of the run to continue"
+            )
         if self.state_path.exists() and not c.resume:
             raise ValueError(
                 f"{self.dir} already holds a flywheel run; pass --resume to continue it or "

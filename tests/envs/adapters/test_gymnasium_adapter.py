@@ -257,3 +257,65 @@ def test_vector_reset_mask_resets_only_the_masked_envs():
     assert np.all(np.abs(again[STATE_KEY][0, :2]) <= vec.env.start_noise + 1e-6)
     with pytest.raises(ValueError, match="reset_mask"):
         vec.reset(options={"reset_mask": np.zeros(2, bool)})
+
+
+# ---- Gymnasium's registry: make / make_vec with max_episode_steps (issue 22, defect 16) ----
+def test_make_vec_builds_tabletop_envs_with_the_specs_episode_length():
+    # make_vec hands the spec's max_episode_steps to the vector entry point; a tabletop env
+    # (whose episode length is set by its task families) used to fail with a TypeError.
+    (env_id,) = register_gymnasium_envs(["tabletop-reach"])
+    vec = gym.make_vec(env_id, num_envs=2)
+    obs, _ = vec.reset(seed=0)
+    assert obs[STATE_KEY].shape == (2, vec.unwrapped.env.obs_dim)
+    assert vec.unwrapped.env.episode_length == gym.spec(env_id).max_episode_steps
+
+
+def test_make_vec_max_episode_steps_shortens_a_tabletop_episode():
+    (env_id,) = register_gymnasium_envs(["tabletop-reach"])
+    vec = gym.make_vec(env_id, num_envs=2, max_episode_steps=3)
+    vec.reset(seed=0)
+    truncated = [vec.step(np.zeros((2, 2), np.float32))[3] for _ in range(3)]
+    assert [t.tolist() for t in truncated] == [[False, False], [False, False], [True, True]]
+
+
+@pytest.mark.parametrize("limit", [7, 60])  # shorter and longer than the env's own 50 steps
+def test_gym_make_honours_max_episode_steps(limit):
+    (env_id,) = register_gymnasium_envs(["pointmaze-arena"])
+    assert gym.spec(env_id).max_episode_steps == 50
+    env = gym.make(env_id, max_episode_steps=limit)
+    env.reset(seed=0)
+    ends = []
+    for t in range(1, limit + 1):
+        _, _, terminated, truncated, _ = env.step(np.zeros(2, np.float32))
+        if terminated or truncated:
+            ends.append(t)
+    assert ends == [limit]
+
+
+def test_gym_make_vec_honours_max_episode_steps_on_a_maze():
+    (env_id,) = register_gymnasium_envs(["pointmaze-arena"])
+    vec = gym.make_vec(env_id, num_envs=2, max_episode_steps=60)
+    vec.reset(seed=0)
+    ends = [bool(vec.step(np.zeros((2, 2), np.float32))[3].all()) for _ in range(60)]
+    assert ends == [False] * 59 + [True]
+
+
+def test_envs_are_registered_on_import_for_the_module_prefix():
+    # Gymnasium's way to use envs of a package it does not know: "module:id" imports the
+    # module, which registers its envs.
+    code = (
+        "import gymnasium as gym; "
+        "env = gym.make('anyskill.envs.adapters.gymnasium:anyskill/pointmaze-u-v0'); "
+        "vec = gym.make_vec('anyskill.envs.adapters.gymnasium:anyskill/tabletop-push-v0', 2); "
+        "print(type(env.unwrapped).__name__, type(vec).__name__, env.spec.max_episode_steps)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["GymnasiumEnv", "GymnasiumVectorEnv", "100"]
+
+
+def test_max_episode_steps_is_checked():
+    with pytest.raises(ValueError, match="max_episode_steps must be >= 1 .* got 0"):
+        GymnasiumEnv("pointmaze-u", max_episode_steps=0)
+    env = GymnasiumEnv(make("pointmaze-u"), max_episode_steps=9)  # an instance too
+    assert env.env.episode_length == 9

@@ -5,8 +5,21 @@
   LeRobot-style evaluation).
 * :class:`GymnasiumVectorEnv` — a ``gymnasium.vector.VectorEnv`` running N envs as one
   ``jax.jit(jax.vmap(env.step))`` call per step.
-* :func:`register_gymnasium_envs` — ``gymnasium.make("anyskill/pointmaze-u-v0")`` and
-  ``gymnasium.make_vec(...)`` for every registered env (nothing is registered on import).
+* Every env in :data:`anyskill.envs.REGISTRY` is registered with Gymnasium when this module
+  is imported, as ``anyskill/<name>-v0``: ``gymnasium.make("anyskill/pointmaze-u-v0")`` and
+  ``gymnasium.make_vec(...)`` work after ``import anyskill.envs.adapters.gymnasium``, or with
+  no import through Gymnasium's module prefix,
+  ``gymnasium.make("anyskill.envs.adapters.gymnasium:anyskill/pointmaze-u-v0")``.
+  :func:`register_gymnasium_envs` registers envs added to the registry later, or under
+  another namespace.
+
+Episode length. ``max_episode_steps`` is honoured everywhere, for every env: by
+``gymnasium.make`` through Gymnasium's ``TimeLimit`` (the anyskill env's own clock is then
+switched off, so a limit longer than the env's default is not cut short by it), and by
+``gymnasium.make_vec`` / the classes here through :func:`with_episode_length`. Either way the
+default is the env's ``episode_length`` (the spec's ``max_episode_steps``); an explicit limit
+applies to every task alike, also for envs whose tasks have lengths of their own (the mixed
+``tabletop`` env).
 
 Observations follow the adapters' convention (see :mod:`anyskill.envs.adapters.evaluation`):
 ``{"observation.state": obs, "observation.goal": goal}`` as float32, plus
@@ -23,6 +36,7 @@ vector env (``AutoresetMode.SAME_STEP``: the new episode's observation, the ende
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -114,25 +128,69 @@ def observation_space(env: Env) -> Any:
     return spaces.Dict(entries)
 
 
+#: the anyskill env's own clock when Gymnasium's TimeLimit keeps time (``gymnasium.make``):
+#: further than any episode runs, within int32 (``State.t``)
+NO_LIMIT = 2**31 - 1
+
+
+@functools.cache
+def _limited_class(cls: type) -> type:
+    """``cls`` with one episode length for every task (``episode_limit``), for envs whose
+    length is not a constructor field (a tabletop env derives it from its task families)."""
+
+    def episode_limit(self, physics: Any) -> int:
+        return self.episode_length
+
+    return type(
+        cls.__name__,
+        (cls,),
+        {"episode_limit": episode_limit, "__module__": cls.__module__, "__doc__": cls.__doc__},
+    )
+
+
+def _has_length_field(env: Env) -> bool:
+    return dataclasses.is_dataclass(env) and any(
+        f.name == "episode_length" and f.init for f in dataclasses.fields(env)
+    )
+
+
+def with_episode_length(env: Env, max_episode_steps: int) -> Env:
+    """``env`` with every episode truncated after ``max_episode_steps`` steps (``-1``: never).
+
+    An env with an ``episode_length`` field (the point mazes) is rebuilt with it; any other
+    (a tabletop env, whose tasks set their own lengths) gets the same length for every task.
+    """
+    if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int | np.integer):
+        raise TypeError(f"max_episode_steps must be an int, got {max_episode_steps!r}")
+    steps = NO_LIMIT if max_episode_steps == -1 else int(max_episode_steps)
+    if not 1 <= steps <= NO_LIMIT:
+        raise ValueError(
+            f"max_episode_steps must be >= 1 (or -1 for no limit), got {max_episode_steps}"
+        )
+    uniform = type(env).episode_limit is Env.episode_limit
+    if uniform and steps == env.episode_length:
+        return env
+    if uniform and _has_length_field(env):
+        return dataclasses.replace(env, episode_length=steps)
+    limited = copy.copy(env)  # frozen dataclasses: set through object.__setattr__
+    object.__setattr__(limited, "__class__", _limited_class(type(env)))
+    object.__setattr__(limited, "episode_length", steps)
+    return limited
+
+
 def _resolve_env(env: Env | str, max_episode_steps: int | None, overrides: dict) -> Env:
-    """An env instance from an instance or a registry name (+ overrides)."""
+    """An env instance from an instance or a registry name (+ overrides), with
+    ``max_episode_steps`` (``None``: the env's own episode length)."""
     if isinstance(env, str):
-        if max_episode_steps is not None:
-            overrides = {"episode_length": max_episode_steps, **overrides}
-        return make(env, **overrides)
-    if not isinstance(env, Env):
+        env = make(env, **overrides)
+    elif not isinstance(env, Env):
         raise TypeError(f"env must be an anyskill Env or a registered name, got {type(env)}")
-    if overrides:
+    elif overrides:
         raise ValueError(
             f"overrides {sorted(overrides)} need an env name (e.g. 'pointmaze-u'), not an instance: "
             f"build the instance with them instead"
         )
-    if max_episode_steps is not None and max_episode_steps != env.episode_length:
-        raise ValueError(
-            f"max_episode_steps={max_episode_steps} differs from the env's episode_length="
-            f"{env.episode_length}; pass the env by name to override it"
-        )
-    return env
+    return env if max_episode_steps is None else with_episode_length(env, max_episode_steps)
 
 
 # ---- compiled programs, shared by envs with the same settings ----------------------------
@@ -226,7 +284,9 @@ def _config_key(env: Env) -> Hashable:
     """Envs are static settings: two dataclass envs of one class with equal fields trace to the
     same program, so they share one compilation (XLA:CPU takes seconds per program)."""
     if dataclasses.is_dataclass(env):
-        key = (type(env), tuple((f.name, getattr(env, f.name)) for f in dataclasses.fields(env)))
+        # episode_length too: with_episode_length sets it on envs where it is not a field
+        fields = tuple((f.name, getattr(env, f.name)) for f in dataclasses.fields(env))
+        key = (type(env), fields, getattr(env, "episode_length", None))
         try:
             hash(key)
             return key
@@ -314,7 +374,8 @@ class GymnasiumEnv(gym.Env):
       render_mode: ``None`` or ``"rgb_array"`` (the env's ``render_image``, or the maze
         renderer for point mazes).
       render_size: longer side in pixels of maze renderings.
-      max_episode_steps: episode length (only with a name; Gymnasium's ``make`` passes it).
+      max_episode_steps: episode length (default: the env's; ``-1``: never truncate), see
+        :func:`with_episode_length`.
       **overrides: settings for ``anyskill.envs.make(name, **overrides)``.
 
     The action space is ``Box(-1, 1, (action_dim,), float32)``; ``info["is_success"]`` says
@@ -642,14 +703,34 @@ def gymnasium_id(name: str, namespace: str = "anyskill") -> str:
     return f"{namespace}/{name}-v0"
 
 
+def _make_registered(env: str, **kwargs: Any) -> GymnasiumEnv:
+    """``gymnasium.make``'s entry point for ``anyskill/<name>-v0``.
+
+    ``gymnasium.make`` ends episodes with its ``TimeLimit`` wrapper (at the spec's
+    ``max_episode_steps`` or the one given to ``make``) and does not pass that limit on, so
+    the anyskill env's own clock is switched off here: left on, it would end every episode at
+    the env's default length and a longer ``max_episode_steps`` would be ignored. An explicit
+    ``episode_length=`` override keeps the env's clock (the shorter of the two ends episodes).
+    """
+    if "episode_length" not in kwargs:
+        kwargs.setdefault("max_episode_steps", NO_LIMIT)
+    return GymnasiumEnv(env, **kwargs)
+
+
+_make_registered.metadata = GymnasiumEnv.metadata  # read by gymnasium.make for render modes
+
+
 def register_gymnasium_envs(
     names: Iterable[str] | None = None, namespace: str = "anyskill"
 ) -> list[str]:
     """Register anyskill envs with Gymnasium (``gymnasium.make`` and ``gymnasium.make_vec``).
 
-    Idempotent; ``names`` defaults to every env in :data:`anyskill.envs.REGISTRY`. Returns the
-    ids, e.g. ``["anyskill/pointmaze-u-v0", ...]``. ``make_vec`` uses
-    :class:`GymnasiumVectorEnv` (one jitted vmap) unless a vectorization mode is given.
+    Importing this module already registers every env of :data:`anyskill.envs.REGISTRY` under
+    ``anyskill``; call this for envs added to the registry later or for another namespace.
+    Idempotent; ``names`` defaults to every env in the registry. Returns the ids, e.g.
+    ``["anyskill/pointmaze-u-v0", ...]``. ``make_vec`` uses :class:`GymnasiumVectorEnv` (one
+    jitted vmap) unless a vectorization mode is given. The spec's ``max_episode_steps`` is the
+    env's ``episode_length``; a different one given to ``make``/``make_vec`` is honoured.
     """
     from anyskill.names import unknown_name
 
@@ -663,14 +744,17 @@ def register_gymnasium_envs(
             continue
         gym.register(
             id=env_id,
-            entry_point=f"{__name__}:GymnasiumEnv",
+            entry_point=f"{__name__}:_make_registered",
             vector_entry_point=f"{__name__}:GymnasiumVectorEnv",
-            # The env truncates by itself; declaring the length lets tools read it (and
-            # Gymnasium's TimeLimit then fires on the same step).
             max_episode_steps=make(name).episode_length,
             kwargs={"env": name},
         )
     return ids
+
+
+# Registered on import, Gymnasium's convention: ``gymnasium.make("module:id")`` imports the
+# module and expects that to register the id (Gymnasium 1.x loads no plugin entry points).
+register_gymnasium_envs()
 
 
 __all__ = [
@@ -680,6 +764,8 @@ __all__ = [
     "image_key",
     "gymnasium_id",
     "register_gymnasium_envs",
+    "with_episode_length",
+    "NO_LIMIT",
     "STATE_KEY",
     "GOAL_KEY",
     "IMAGE_KEY_PREFIX",
