@@ -20,6 +20,13 @@ TINY_OVERRIDES = dict(
 )
 
 
+@pytest.fixture(scope="session")
+def tiny_overrides() -> dict:
+    """TINY_OVERRIDES for fixtures of any scope (``from conftest import`` is ambiguous once
+    another folder's conftest.py has been imported)."""
+    return dict(TINY_OVERRIDES)
+
+
 @pytest.fixture
 def tiny_config() -> CRLConfig:
     return dataclasses.replace(get_preset("arena-smoke"), **TINY_OVERRIDES)

@@ -55,13 +55,11 @@ def test_config_that_is_not_json_names_file_line_and_column(tmp_path, tiny_confi
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, tiny_overrides):
     """A tiny two-epoch run (a few seconds)."""
-    from conftest import TINY_OVERRIDES
-
     from anyskill.algos.crl.config import get_preset
 
-    cfg = dataclasses.replace(get_preset("arena-smoke"), **TINY_OVERRIDES)
+    cfg = dataclasses.replace(get_preset("arena-smoke"), **tiny_overrides)
     run_dir = tmp_path_factory.mktemp("crl") / "run"
     crl_run.train_run(cfg, run_dir, progress=False, log=lambda *_: None)
     return run_dir
