@@ -276,6 +276,10 @@ class Eval:
     seed: int = 12345
     """Seed for the evaluation goals."""
 
+    def __post_init__(self):
+        # no episodes would make every rate NaN
+        _at_least(("--episodes", self.episodes, 1), ("--video-episodes", self.video_episodes, 1))
+
 
 @dataclasses.dataclass(frozen=True)
 class Render:
@@ -315,6 +319,14 @@ class Render:
             raise unknown_name("task split", self.split, ("train", "heldout", "all"))
         if self.out.suffix.lower() not in (".gif", ".mp4"):
             raise ValueError(f"--out must end in .gif or .mp4, got {str(self.out)!r}")
+
+
+def _at_least(*checks: tuple[str, float | None, float]) -> None:
+    """Refuse the first ``(flag, value, least)`` whose value is below ``least`` (or NaN);
+    a value of None (a default decided later) passes."""
+    for flag, value, least in checks:
+        if value is not None and not value >= least:  # `not >=` also refuses NaN
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
 
 
 # --------------------------------------------------------------------------- anyskill data
@@ -591,6 +603,10 @@ class EvalPolicy:
     """Episodes in the video."""
     seed: int = 123
 
+    def __post_init__(self):
+        # no episodes would make every rate NaN
+        _at_least(("--episodes", self.episodes, 1), ("--video-episodes", self.video_episodes, 1))
+
 
 def cmd_train_policy(args: list[str]) -> int:
     from anyskill.algos.vla.config import TrainConfig
@@ -608,12 +624,6 @@ def cmd_train_policy(args: list[str]) -> int:
 
 def cmd_eval_policy(args: list[str]) -> int:
     parsed = parse_cli(EvalPolicy, args, prog="anyskill eval policy")
-    for flag, value in (
-        ("--episodes", parsed.episodes),
-        ("--video-episodes", parsed.video_episodes),
-    ):
-        if value < 1:  # no episodes would make every rate NaN
-            raise ValueError(f"{flag} must be >= 1, got {value}")
     from anyskill.algos.vla.evaluate import Evaluator
     from anyskill.algos.vla.train import chunk_fn_for, load_run, make_eval_env, source_env
 
@@ -668,12 +678,6 @@ def cmd_eval(args: list[str]) -> int:
     if args and args[0] == "policy":
         return cmd_eval_policy(args[1:])
     parsed = parse_cli(Eval, args, prog="anyskill eval")
-    for flag, value in (
-        ("--episodes", parsed.episodes),
-        ("--video-episodes", parsed.video_episodes),
-    ):
-        if value < 1:  # no episodes would make every rate NaN
-            raise ValueError(f"{flag} must be >= 1, got {value}")
     from anyskill.algos.crl import run as crl_run
 
     video = None if parsed.no_video else (parsed.video or parsed.run_dir / "rollouts.gif")
@@ -829,7 +833,7 @@ class RunRobot:
             raise unknown_name("tabletop task (--task)", self.task, tasks)
         if self.fallback not in ("hold", "expert"):
             raise ValueError(f"--fallback must be 'hold' or 'expert', got {self.fallback!r}")
-        for flag, value, least in (
+        _at_least(
             ("--episodes", self.episodes, 1),
             ("--latency-ms", self.latency_ms, 0),
             ("--jitter-ms", self.jitter_ms, 0),
@@ -839,9 +843,7 @@ class RunRobot:
             ("--blend-steps", self.blend_steps, 0),
             ("--execute-horizon", self.execute_horizon, 1),
             ("--image-size", self.image_size, 1),
-        ):
-            if value is not None and not value >= least:  # `not >=` also refuses NaN
-                raise ValueError(f"{flag} must be >= {least}, got {value}")
+        )
         if self.record is not None and self.record.exists() and not self.record.is_dir():
             raise ValueError(
                 f"--record {self.record} is a file; give a dataset directory (new or existing)"

@@ -666,12 +666,12 @@ class Flywheel:
                 f"{self.dir} already holds a flywheel run; pass --resume to continue it or "
                 "choose another --run-dir (nothing was overwritten)"
             )
-        now = _jsonable(dataclasses.asdict(c))
+        now = rundir.config_to_json(c)
         saved_path = self.dir / "config.json"
         if c.resume and saved_path.exists():
             # strict: a missing field, an unknown key or a wrong type is refused, not defaulted
             saved = rundir.config_to_json(rundir.load_config(FlywheelConfig, saved_path))
-            default = _jsonable(dataclasses.asdict(FlywheelConfig()))
+            default = rundir.config_to_json(FlywheelConfig())
             changed = config_changes(saved, now, default)
             if changed:
                 raise ValueError(
@@ -733,16 +733,6 @@ def config_changes(saved: dict, now: dict, default: dict, prefix: str = "") -> l
         elif was != v:
             out.append((prefix + k, was, v))
     return out
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def saved_config(run_dir: Path) -> FlywheelConfig:
