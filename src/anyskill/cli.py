@@ -1044,7 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
     except CommandLineError as e:
         _error_line(f"{e.prog}: error: {e}")
         return 2
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, FloatingPointError) as e:  # a diverged run; its last checkpoint is kept
         _error_line(f"anyskill: {e}")
         return 3
     except json.JSONDecodeError as e:

@@ -84,6 +84,8 @@ def test_policy_from_checkpoint_serves_chunks_and_rejects_bad_input(reach_run):
     policy = VLAPolicy(cfg.run_dir)
     names = [s.name for s in policy.spec.inputs]
     assert names == ["observation/state", "prompt"]  # recorded without a camera
+    # the server announces what the policy was trained to execute per chunk (issue 22, 15)
+    assert policy.spec.execute_horizon == min(cfg.replan_every, cfg.model.horizon)
     d = policy.spec.inputs[0].shape[0]
     obs = {"observation/state": np.zeros(d, np.float32), "prompt": "move to the red zone"}
     out = policy.infer([policy.spec.validate(obs)] * 3)

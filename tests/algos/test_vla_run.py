@@ -95,6 +95,33 @@ def test_a_kill_around_the_checkpoint_loses_no_metrics_row(data, tmp_path, monke
     assert steps_in_metrics(run) == [2, 4, 6, 8]
 
 
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(data, tmp_path, monkeypatch):
+    """The batch stream is checkpointed with the weights: killed after the checkpoint of step
+    4 and resumed, the run draws the batches the uninterrupted run drew (it used to reseed
+    its sampler, so the weights differed)."""
+    import jax
+    import numpy as np
+
+    train_mod.train(tiny_cfg(data, tmp_path / "whole"), log=quiet)
+    run = tmp_path / "run"
+    real = checkpoint.save
+
+    def save(path, tree, meta):
+        real(path, tree, meta)
+        if meta["step"] == 4:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    with pytest.raises(Killed):
+        train_mod.train(tiny_cfg(data, run), log=quiet)
+    monkeypatch.setattr(checkpoint, "save", real)
+    train_mod.train(tiny_cfg(data, run, resume=True), log=quiet)
+    whole = train_mod.load_run(tmp_path / "whole")[3]
+    resumed = train_mod.load_run(run)[3]
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 class FakeTime:
     """A clock that only moves when a training step runs (10 s each)."""
 

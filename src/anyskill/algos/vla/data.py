@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax.numpy as jnp
@@ -180,6 +181,17 @@ class TrainingData:
         self.indicator: np.ndarray | None = None
         self._rng = np.random.default_rng(self.sampler.config.seed + 1)
         self.last_index = np.zeros(0, np.int64)
+
+    def rng_state(self) -> str:
+        """Where the batch stream stands (both generators), as JSON for a checkpoint's
+        metadata: restoring it with :meth:`set_rng_state` continues the exact stream, so a
+        resumed run draws the batches an uninterrupted one would."""
+        return json.dumps([self.sampler.rng.bit_generator.state, self._rng.bit_generator.state])
+
+    def set_rng_state(self, state: str) -> None:
+        sampler, indicator = json.loads(state)
+        self.sampler.rng.bit_generator.state = sampler
+        self._rng.bit_generator.state = indicator
 
     def set_indicator(self, indicator: np.ndarray, prompt, drop) -> None:
         """Condition on a per-frame advantage indicator (RECAP): ``indicator`` ``[N]`` bool

@@ -211,7 +211,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
         # rows newer than the checkpoint (killed between the row and the checkpoint) and a
         # torn last line are dropped: this run writes them again
         history = rundir.resume_metrics(run_dir / METRICS, "step", int(ts.step))
-        data.sampler.rng = np.random.default_rng(cfg.seed + int(ts.step))
+        if "batch_rng" in meta:  # the exact batch stream (bit-for-bit resume)
+            data.set_rng_state(meta["batch_rng"])
+        else:  # a checkpoint from before the stream was saved
+            data.sampler.rng = np.random.default_rng(cfg.seed + int(ts.step))
         log(f"resumed at step {int(ts.step)}")
     else:
         checkpoint.atomic_write_bytes(run_dir / METRICS, b"")  # no rows of an unfinished run
@@ -246,7 +249,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         history.append(metrics_row)
         rundir.append_metrics(run_dir / METRICS, metrics_row)
         tree = {"train": ts, "ema": ts.ema, "normalizer": data.normalizer}
-        meta = {"step": int(ts.step), "arch": m.arch, "train_seconds": trained}
+        meta = {
+            "step": int(ts.step),
+            "arch": m.arch,
+            "train_seconds": trained,
+            "batch_rng": data.rng_state(),
+        }
         checkpoint.save(run_dir / CKPT, tree, meta)
         plot_curves(history, run_dir / "curves.png")
 
