@@ -69,27 +69,33 @@ class Killed(KeyboardInterrupt):
     pass
 
 
+def kill_at_checkpoint(monkeypatch, step: int, before: bool = False) -> None:
+    """``checkpoint.save`` raises :class:`Killed` at ``step``, just before or just after the
+    checkpoint is written (as a SIGKILL there would stop the run)."""
+    real = checkpoint.save
+
+    def save(path, tree, meta):
+        if meta["step"] == step and before:
+            raise Killed
+        real(path, tree, meta)
+        if meta["step"] == step:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", save)
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_kill_around_the_checkpoint_loses_no_metrics_row(data, tmp_path, monkeypatch, when):
     """Killed just before or just after the checkpoint of step 6 is written (and a torn line
     left at the end of metrics.jsonl, as by a kill mid-append): the resumed run has every
     evaluation's row exactly once."""
     run = tmp_path / "run"
-    real = checkpoint.save
-
-    def save(path, tree, meta):
-        if meta["step"] == 6 and when == "before":
-            raise Killed
-        real(path, tree, meta)
-        if meta["step"] == 6:
-            raise Killed
-
-    monkeypatch.setattr(checkpoint, "save", save)
+    kill_at_checkpoint(monkeypatch, 6, before=when == "before")
     with pytest.raises(Killed):
         train_mod.train(tiny_cfg(data, run), log=quiet)
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 8, "lo')
-    monkeypatch.setattr(checkpoint, "save", real)
+    monkeypatch.undo()
     out = train_mod.train(tiny_cfg(data, run, resume=True), log=quiet)
     assert out["step"] == 8
     assert steps_in_metrics(run) == [2, 4, 6, 8]
@@ -104,17 +110,10 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(data, tmp_p
 
     train_mod.train(tiny_cfg(data, tmp_path / "whole"), log=quiet)
     run = tmp_path / "run"
-    real = checkpoint.save
-
-    def save(path, tree, meta):
-        real(path, tree, meta)
-        if meta["step"] == 4:
-            raise Killed
-
-    monkeypatch.setattr(checkpoint, "save", save)
+    kill_at_checkpoint(monkeypatch, 4)
     with pytest.raises(Killed):
         train_mod.train(tiny_cfg(data, run), log=quiet)
-    monkeypatch.setattr(checkpoint, "save", real)
+    monkeypatch.undo()
     train_mod.train(tiny_cfg(data, run, resume=True), log=quiet)
     whole = train_mod.load_run(tmp_path / "whole")[3]
     resumed = train_mod.load_run(run)[3]

@@ -46,6 +46,20 @@ class CountingPolicy:
         return out
 
 
+class BlockingPolicy(CountingPolicy):
+    """A forward pass that signals ``entered`` and then waits for ``release`` (at most 20 s):
+    tests hold the worker busy while they look at what the event loop does meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def infer(self, batch):
+        self.entered.set()
+        self.release.wait(20)
+        return super().infer(batch)
+
+
 def good_obs(value: float = 0.0) -> dict:
     return {
         "observation/state": np.full(STATE_DIM, value, np.float32),

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 import websockets
-from serve_helpers import HORIZON, CountingPolicy, good_obs
+from serve_helpers import HORIZON, BlockingPolicy, CountingPolicy, good_obs
 from test_server import ask, raw_client
 
 from anyskill.cli import main
@@ -161,19 +161,13 @@ def test_half_sent_frame_is_closed_after_the_idle_timeout(policy):
 
 
 def test_memory_budget_refuses_frames_beyond_it():
-    entered, release = threading.Event(), threading.Event()
-
-    class Blocking(CountingPolicy):
-        def infer(self, batch):
-            entered.set()
-            release.wait(20)
-            return super().infer(batch)
-
+    blocking = BlockingPolicy()
+    entered, release = blocking.entered, blocking.release
     frame = wire.pack(good_obs(1.0))
     cfg = ServerConfig(
         port=0, max_request_bytes=len(frame) + 10, max_buffered_bytes=len(frame) + 10
     )
-    with ServerThread(Blocking(), cfg) as srv:
+    with ServerThread(blocking, cfg) as srv:
         held, _ = raw_client(srv.url)
         held.send(frame)  # held by the server until the forward pass returns
         assert entered.wait(10)

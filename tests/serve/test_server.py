@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 import websockets
-from serve_helpers import HORIZON, CountingPolicy, good_obs
+from serve_helpers import HORIZON, BlockingPolicy, CountingPolicy, good_obs
 from websockets.sync.client import connect
 
 from anyskill.serve import wire
@@ -224,15 +224,9 @@ def test_batching_merges_concurrent_requests(max_batch):
 
 
 def test_event_loop_keeps_serving_while_inference_runs():
-    entered, release = threading.Event(), threading.Event()
-
-    class Blocking(CountingPolicy):
-        def infer(self, batch):
-            entered.set()
-            release.wait(20)
-            return super().infer(batch)
-
-    with ServerThread(Blocking(), ServerConfig(port=0)) as srv:
+    blocking = BlockingPolicy()
+    entered, release = blocking.entered, blocking.release
+    with ServerThread(blocking, ServerConfig(port=0)) as srv:
         busy, _ = raw_client(srv.url)
         busy.send(wire.pack(good_obs(1.0)))
         assert entered.wait(10)  # the forward pass is running and will not return yet
