@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from anyskill import rundir
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.data.reader import Dataset
 from anyskill.flywheel import loop
@@ -227,7 +228,7 @@ def test_config_changes_names_what_a_resume_would_change():
 def test_saved_config_round_trips_a_runs_settings(tmp_path):
     cfg = tiny(tmp_path, advantage="chunk", corrector=CorrectorConfig(fraction=0.5))
     (cfg.run_dir).mkdir(parents=True)
-    (cfg.run_dir / "config.json").write_text(json.dumps(loop._jsonable(dataclasses.asdict(cfg))))
+    (cfg.run_dir / "config.json").write_text(json.dumps(rundir.config_to_json(cfg)))
     assert loop.saved_config(cfg.run_dir) == cfg
     with pytest.raises(FileNotFoundError, match="no config.json"):
         loop.saved_config(tmp_path / "nothing")
