@@ -12,33 +12,13 @@ import numpy as np
 import pytest
 import websockets
 from serve_helpers import HORIZON, BlockingPolicy, CountingPolicy, good_obs
-from test_server import ask, raw_client
+from test_server import ask, concurrent_round, raw_client
 
 from anyskill.cli import main
 from anyskill.serve import wire
 from anyskill.serve.server import ListenError, ServerConfig, ServerThread, bind
 
 POISON = 13.0  # a state[0] the policies below cannot handle
-
-
-def _batched_round(url: str, values: list[float]) -> list:
-    """One request per value, from concurrent clients, so they share a batch."""
-    clients = [raw_client(url)[0] for _ in values]
-    barrier = threading.Barrier(len(values))
-    out: list = [None] * len(values)
-
-    def run(i):
-        barrier.wait()
-        out[i] = ask(clients[i], wire.pack(good_obs(values[i])))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(values))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(20)
-    for c in clients:
-        c.close()
-    return out
 
 
 class NaNRow(CountingPolicy):
@@ -67,7 +47,7 @@ def test_one_bad_row_fails_only_itself(policy_cls):
     cfg = ServerConfig(port=0, max_batch=8, batch_wait_ms=200)
     with ServerThread(policy, cfg) as srv:
         values = [0.0, 1.0, POISON, 3.0]
-        replies = _batched_round(srv.url, values)
+        replies = concurrent_round(srv.url, values)
     for v, r in zip(values, replies, strict=True):
         if v == POISON:
             assert isinstance(r, str) and wire.parse_error(r)["error"] == "policy_failed"

@@ -186,16 +186,18 @@ def test_policy_failure_is_reported_without_internals():
         assert isinstance(ask(ws, wire.pack(good_obs())), str)  # still answering
 
 
-def _concurrent_round(url: str, n: int) -> list[dict]:
-    clients = [raw_client(url)[0] for _ in range(n)]
-    barrier = threading.Barrier(n)
-    out: list = [None] * n
+def concurrent_round(url: str, values: list[float]) -> list:
+    """One request per value (its state[0]), from concurrent clients released together, so
+    they share a batch; the replies in the same order."""
+    clients = [raw_client(url)[0] for _ in values]
+    barrier = threading.Barrier(len(values))
+    out: list = [None] * len(values)
 
     def run(i):
         barrier.wait()
-        out[i] = ask(clients[i], wire.pack(good_obs(float(i))))
+        out[i] = ask(clients[i], wire.pack(good_obs(values[i])))
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(values))]
     for t in threads:
         t.start()
     for t in threads:
@@ -211,7 +213,7 @@ def test_batching_merges_concurrent_requests(max_batch):
     policy = CountingPolicy(delay=0.1)
     cfg = ServerConfig(port=0, max_batch=max_batch, batch_wait_ms=50)
     with ServerThread(policy, cfg) as srv:
-        replies = _concurrent_round(srv.url, 8)
+        replies = concurrent_round(srv.url, [float(i) for i in range(8)])
     for i, r in enumerate(replies):  # every client got its own actions back
         assert not isinstance(r, str)
         np.testing.assert_allclose(r["actions"][:, 0], i + np.arange(HORIZON))
