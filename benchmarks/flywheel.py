@@ -66,8 +66,8 @@ def indicator_ablation(fw: Flywheel, episodes: int) -> dict:
     for "advantage: negative" (β = 1, the same episodes): does it use the indicator?"""
     import jax
 
+    from anyskill.algos.recap import advantage as A
     from anyskill.algos.vla import model as M
-    from anyskill.flywheel import advantage as A
     from anyskill.flywheel.loop import chunk_fn, with_indicator
 
     c = fw.cfg

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from anyskill.algos.recap import advantage as A
 from anyskill.data.reader import Dataset
-from anyskill.flywheel import advantage as A
 from anyskill.flywheel.loop import Flywheel, saved_config
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from anyskill import rundir
+from anyskill.algos.recap.value import ValueConfig
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.data.reader import Dataset
 from anyskill.flywheel import loop
 from anyskill.flywheel.config import FlywheelConfig
 from anyskill.flywheel.deploy import CorrectorConfig
-from anyskill.flywheel.value import ValueConfig
 from anyskill.nets.transformer import tokenize
 
 

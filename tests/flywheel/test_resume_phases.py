@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from anyskill import checkpoint
+from anyskill.algos.recap.value import ValueConfig
 from anyskill.flywheel import loop
 from anyskill.flywheel.config import FlywheelConfig
-from anyskill.flywheel.value import ValueConfig
 
 EP_LEN, PER_ROUND, DEMOS = 5, 4, 4
 

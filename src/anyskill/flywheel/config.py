@@ -6,9 +6,9 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from anyskill.algos.recap.value import ValueConfig
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.flywheel.deploy import CorrectorConfig
-from anyskill.flywheel.value import ValueConfig
 from anyskill.names import unknown_name
 
 #: how RECAP's policy is told the advantage (``--indicator``)

@@ -45,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from anyskill import checkpoint, rundir
+from anyskill.algos.recap import advantage as A
+from anyskill.algos.recap.value import ValueFunction
 from anyskill.algos.vla.config import TrainConfig
 from anyskill.algos.vla.data import TrainingData
 from anyskill.algos.vla.evaluate import make_rollout
@@ -59,10 +61,8 @@ from anyskill.algos.vla.train import (
 from anyskill.data.reader import Dataset
 from anyskill.data.writer import EpisodeWriter
 from anyskill.envs.tabletop import tasks as T
-from anyskill.flywheel import advantage as A
 from anyskill.flywheel.config import FlywheelConfig
 from anyskill.flywheel.deploy import make_deployer
-from anyskill.flywheel.value import ValueFunction
 from anyskill.nets.transformer import tokenize
 
 PHASES = ("collect", "label", "value", "advantage", "policy", "evaluate", "report")

@@ -10,10 +10,28 @@ client needs neither JAX nor anyskill.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+import itertools
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+#: Observation field names every anyskill policy and env agree on (openpi's example keys).
+STATE = "observation/state"
+"""float32 ``[state_dim]``: proprioception (and, for the built-in sims, the scene state)."""
+IMAGE = "observation/image"
+"""uint8 ``[S, S, 3]``: the (first) camera."""
+GOAL = "observation/goal"
+"""float32 ``[goal_dim]``: the goal of a goal-conditioned policy (CRL)."""
+PROMPT = "prompt"
+"""str: the language instruction."""
+INDICATOR = "advantage_indicator"
+"""int32 scalar: RECAP's advantage indicator as a model input (see ``policies.wrappers``)."""
+
+#: A batch of observations: field name -> array with a leading batch axis ``[B, ...]``, or a
+#: list of ``B`` strings for ``str`` fields (the prompt).
+Batch = dict[str, Any]
 
 
 class ObservationError(ValueError):
@@ -156,15 +174,101 @@ def _as_array(s: InputSpec, value: Any) -> np.ndarray:
     return out
 
 
+def stack_batch(spec: PolicySpec, rows: list[dict[str, Any]]) -> Batch:
+    """Rows (one observation each, already validated) -> one :data:`Batch` of ``spec``'s
+    fields: arrays stacked on a new leading axis, strings as a list."""
+    out: Batch = {}
+    for s in spec.inputs:
+        col = [r[s.name] for r in rows]
+        out[s.name] = [str(v) for v in col] if s.dtype == "str" else np.stack(col)
+    return out
+
+
+def batch_size(obs: Batch) -> int:
+    """Rows of a :data:`Batch` (the leading axis of its first field)."""
+    for v in obs.values():
+        return len(v)
+    raise ValueError("empty observation batch: no fields")
+
+
+def take_rows(obs: Batch, index) -> Batch:
+    """Rows ``index`` (an int array) of every field of ``obs``."""
+    index = np.asarray(index)
+    return {
+        k: [v[i] for i in index] if isinstance(v, list) else np.asarray(v)[index]
+        for k, v in obs.items()
+    }
+
+
 @runtime_checkable
 class Policy(Protocol):
-    """A deployable policy: ``infer`` maps a batch of validated observations to action chunks.
+    """The one policy protocol: everything that acts (a trained VLA, a CRL actor, a scripted
+    controller, a RECAP policy with guidance, best-of-N) is one of these.
 
-    ``infer(batch)`` takes a list of observation dicts (each already passed through
-    ``spec.validate``) and returns a float32 array ``[len(batch), action_horizon,
-    action_dim]``. It may be slow (a network's forward pass): callers keep it off event loops.
+    * ``spec`` declares the observation fields it reads and the chunks it returns.
+    * ``act(obs, key)`` maps a :data:`Batch` of ``B`` observations to a float32 array
+      ``[B, action_horizon, action_dim]`` of actions in env units. ``key`` (a JAX PRNG key)
+      is the only randomness: the same batch and key give the same chunks. Rollouts call
+      this with a fixed batch size.
+    * ``infer(rows)`` is the server's entry: a list of observation dicts (each passed through
+      ``spec.validate``) -> the same array; it draws its own keys. :class:`ChunkPolicy`
+      derives it from ``act``.
+
+    Both may be slow (a network's forward pass): callers keep them off event loops.
     """
 
     spec: PolicySpec
 
+    def act(self, obs: Batch, key: Any) -> np.ndarray: ...
+
     def infer(self, batch: list[dict[str, Any]]) -> np.ndarray: ...
+
+
+class ChunkPolicy(abc.ABC):
+    """Base class of policies: implement ``spec`` and ``act``; ``infer`` and ``warmup`` come
+    from here. ``infer`` pads batches to the next power of two (so a jitted ``act`` compiles
+    at most log2(max batch) shapes) and draws key ``fold_in(seed_key, call)``."""
+
+    spec: PolicySpec
+    #: pad ``infer`` batches to a power of two (compiled policies); False: act on them as is
+    pad_batches: bool = True
+    #: seed of the keys ``infer`` draws
+    infer_seed: int = 0
+
+    @abc.abstractmethod
+    def act(self, obs: Batch, key: Any) -> np.ndarray:
+        """``[B, action_horizon, action_dim]`` float32 chunks for a batch of observations."""
+
+    def _next_key(self):
+        import jax
+
+        counter = self.__dict__.get("_infer_calls")
+        if counter is None:
+            counter = itertools.count(1)
+            object.__setattr__(self, "_infer_calls", counter)  # frozen dataclasses too
+        return jax.random.fold_in(jax.random.key(self.infer_seed), next(counter))
+
+    def infer(self, batch: list[dict[str, Any]]) -> np.ndarray:
+        n = len(batch)
+        rows = list(batch)
+        if self.pad_batches and n:
+            rows += [rows[-1]] * ((1 << (n - 1).bit_length()) - n)
+        out = self.act(stack_batch(self.spec, rows), self._next_key())
+        return np.asarray(out, np.float32)[:n]
+
+    def dummy_observation(self) -> dict[str, Any]:
+        """One valid observation of zeros (and a short prompt), for warm-up and tests."""
+        return {
+            s.name: "warm up" if s.dtype == "str" else np.zeros(s.shape, np.dtype(s.dtype))
+            for s in self.spec.inputs
+        }
+
+    def warmup(self, max_batch: int) -> None:
+        """Compile every padded batch size up to ``max_batch`` (called by the server)."""
+        dummy = self.dummy_observation()
+        n = 1
+        while True:
+            self.infer([dummy] * n)
+            if n >= max_batch or not self.pad_batches:
+                break
+            n *= 2

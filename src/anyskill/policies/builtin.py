@@ -22,11 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from anyskill.policies.base import InputSpec, PolicySpec
+from anyskill.policies.base import IMAGE, PROMPT, STATE, Batch, ChunkPolicy, InputSpec, PolicySpec
 
-STATE = "observation/state"
-IMAGE = "observation/image"
-PROMPT = "prompt"
 PROMPT_MAX_BYTES = 256  # words (InputSpec.max_length counts words)
 
 
@@ -42,7 +39,7 @@ def _tabletop_layout(env_name: str, num_objects: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class ReachController:
+class ReachController(ChunkPolicy):
     """``expert:tabletop-reach``: chunks of a proportional controller toward the named zone.
 
     Observation layout (``envs/tabletop/env.py``): ``obs[0:2]`` pusher position,
@@ -88,6 +85,8 @@ class ReachController:
             ),
         )
 
+    pad_batches = False  # numpy: nothing to compile
+
     def target(self, obs: dict[str, Any]) -> np.ndarray | None:
         """The zone centre the instruction names, or None when it names no zone colour."""
         words = re.findall(r"[a-z]+", obs[PROMPT].lower())
@@ -97,16 +96,21 @@ class ReachController:
         zones = np.asarray(obs[STATE], np.float32)[-8:].reshape(4, 2)
         return zones[self._colours.index(named[-1])]
 
-    def infer(self, batch: list[dict[str, Any]]) -> np.ndarray:
+    def act(self, obs: Batch, key=None) -> np.ndarray:
+        """Chunks toward the named zones. The aim jitter comes from the controller's own
+        generator (seeded by ``seed``), not from ``key``: it stands in for a learned policy's
+        chunk-to-chunk disagreement, which the latency benchmarks measure per seed."""
         spec = self.spec
-        out = np.zeros((len(batch), spec.action_horizon, spec.action_dim), np.float32)
-        for i, obs in enumerate(batch):
-            goal = self.target(obs)
+        n = len(obs[PROMPT])
+        out = np.zeros((n, spec.action_horizon, spec.action_dim), np.float32)
+        for i in range(n):
+            row = {STATE: obs[STATE][i], PROMPT: obs[PROMPT][i]}
+            goal = self.target(row)
             if goal is None:  # no zone named: hold still rather than guess
                 continue
             if self.aim_jitter:
                 goal = goal + self._rng.normal(0.0, self.aim_jitter, 2).astype(np.float32)
-            pos = np.asarray(obs[STATE], np.float32)[:2].copy()
+            pos = np.asarray(row[STATE], np.float32)[:2].copy()
             for h in range(spec.action_horizon):
                 a = np.clip(self.gain * (goal - pos), -self.speed, self.speed)
                 out[i, h] = a
@@ -115,7 +119,7 @@ class ReachController:
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomMLP:
+class RandomMLP(ChunkPolicy):
     """``random-mlp``: a jitted MLP with random weights over state + image -> action chunk.
 
     Batches are padded to the next power of two so at most log2(max batch) programs are
@@ -182,27 +186,7 @@ class RandomMLP:
         object.__setattr__(self, "_params", params)
         object.__setattr__(self, "_forward", jax.jit(forward))
 
-    def infer(self, batch: list[dict[str, Any]]) -> np.ndarray:
-        n = len(batch)
-        padded = 1 << max(n - 1, 0).bit_length()
-        state = np.zeros((padded, self.obs_dim), np.float32)
-        state[:n] = np.stack([o[STATE] for o in batch])
-        image = None
-        if self.image_size:
-            image = np.zeros((padded, self.image_size, self.image_size, 3), np.uint8)
-            image[:n] = np.stack([o[IMAGE] for o in batch])
-        return np.asarray(self._forward(self._params, state, image))[:n]
-
-    def warmup(self, max_batch: int) -> None:
-        """Compile every padded batch size up to ``max_batch``."""
-        fake = {
-            STATE: np.zeros(self.obs_dim, np.float32),
-            IMAGE: np.zeros((self.image_size, self.image_size, 3), np.uint8),
-            PROMPT: "",
-        }
-        n = 1
-        while True:
-            self.infer([fake] * n)
-            if n >= max_batch:
-                break
-            n *= 2
+    def act(self, obs: Batch, key=None) -> np.ndarray:
+        """Deterministic (random *weights*, fixed at construction): ``key`` is unused."""
+        image = np.asarray(obs[IMAGE]) if self.image_size else None
+        return np.asarray(self._forward(self._params, np.asarray(obs[STATE]), image))

@@ -40,7 +40,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 
-from anyskill.policies.base import ObservationError, Policy
+from anyskill.policies.base import ObservationError, Policy, PolicySpec
 from anyskill.serve import wire
 
 log = logging.getLogger("anyskill.serve")
@@ -186,8 +186,15 @@ class PolicyServer:
     ):
         """``sock``: an already listening socket (from :func:`bind`) instead of binding
         ``config.host:config.port`` when serving starts."""
-        if not isinstance(policy, Policy):
-            raise TypeError(f"policy must implement anyskill.policies.base.Policy, got {policy!r}")
+        # the server calls only ``spec`` and ``infer`` (a Policy's ``act`` is for rollouts)
+        if not (
+            isinstance(getattr(policy, "spec", None), PolicySpec)
+            and callable(getattr(policy, "infer", None))
+        ):
+            raise TypeError(
+                f"policy must implement anyskill.policies.base.Policy (a PolicySpec `spec` and "
+                f"`infer`), got {policy!r}"
+            )
         self.policy = policy
         self.config = config
         self.stats = ServerStats()

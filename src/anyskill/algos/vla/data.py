@@ -200,7 +200,7 @@ class TrainingData:
         becomes ``prompt(task, positive)`` (dropped: the plain instruction); with
         ``prompt=None`` the batch's ``Obs.indicator`` carries it instead (1 positive,
         2 negative, 0 dropped; for models built with ``indicator=True``). The flywheel passes
-        :func:`anyskill.flywheel.advantage.prompt_with_indicator` and ``drop_indicator``."""
+        :func:`anyskill.algos.recap.advantage.prompt_with_indicator` and ``drop_indicator``."""
         if len(indicator) != self.ds.num_frames:
             raise ValueError(
                 f"indicator has {len(indicator)} entries, the dataset {self.ds.num_frames} frames"

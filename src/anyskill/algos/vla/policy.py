@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,14 +12,19 @@ from anyskill.algos.vla.data import resize
 from anyskill.algos.vla.model import Obs
 from anyskill.algos.vla.train import chunk_fn_for, load_run
 from anyskill.nets.transformer import tokenize
-from anyskill.policies.base import InputSpec, ObservationError, PolicySpec
+from anyskill.policies.base import (
+    IMAGE,
+    PROMPT,
+    STATE,
+    Batch,
+    ChunkPolicy,
+    InputSpec,
+    ObservationError,
+    PolicySpec,
+)
 
-STATE = "observation/state"
-IMAGE = "observation/image"
-PROMPT = "prompt"
 
-
-class VLAPolicy:
+class VLAPolicy(ChunkPolicy):
     """``infer(batch)`` -> ``[B, H, A]`` action chunks in env units, from raw observations:
     ``observation/state`` float32 ``[state_dim]``, ``observation/image`` uint8 ``[S, S, 3]``
     (any square size: resized to the model's), ``prompt`` str."""
@@ -47,26 +51,25 @@ class VLAPolicy:
             execute_horizon=min(cfg.replan_every, m.horizon),
         )
         self._fn = jax.jit(chunk_fn_for(model, normalizer, num_steps))
-        self._key = jax.random.key(seed)
-        self._calls = 0
+        self.infer_seed = seed
 
-    def to_obs(self, batch: list[dict[str, Any]]) -> Obs:
+    def to_obs(self, obs: Batch) -> Obs:
+        """Model inputs of a :data:`Batch`: images resized to the model's size and repeated
+        per camera, prompts tokenized."""
         m = self.cfg.model
-        state = np.stack([np.asarray(o[STATE], np.float32) for o in batch])
+        state = np.asarray(obs[STATE], np.float32)
+        n = len(state)
         if m.num_cameras:
-            imgs = []
-            for o in batch:
-                img = np.asarray(o[IMAGE], np.uint8)
-                if img.ndim != 3 or img.shape[-1] != 3:
-                    raise ObservationError(IMAGE, f"shape {img.shape}, expected [S, S, 3] RGB")
-                if img.shape[:2] != (m.image_size, m.image_size):
-                    img = resize(img[None], m.image_size)[0]
-                imgs.append(img)
-            images = np.stack(imgs)[:, None].repeat(m.num_cameras, axis=1)
+            images = np.asarray(obs[IMAGE], np.uint8)
+            if images.ndim != 4 or images.shape[-1] != 3:
+                raise ObservationError(IMAGE, f"shape {images.shape[1:]}, expected [S, S, 3] RGB")
+            if images.shape[1:3] != (m.image_size, m.image_size):
+                images = resize(images, m.image_size)
+            images = images[:, None].repeat(m.num_cameras, axis=1)
         else:
-            images = np.zeros((len(batch), 0, 1, 1, 3), np.uint8)
+            images = np.zeros((n, 0, 1, 1, 3), np.uint8)
         try:
-            tokens, mask = tokenize([str(o[PROMPT]) for o in batch], m.max_text_len)
+            tokens, mask = tokenize([str(p) for p in obs[PROMPT]], m.max_text_len)
         except ValueError as e:
             raise ObservationError(PROMPT, str(e)) from None
         return Obs(
@@ -76,25 +79,7 @@ class VLAPolicy:
             text_mask=jnp.asarray(mask),
         )
 
-    def infer(self, batch: list[dict[str, Any]]) -> np.ndarray:
-        """Chunks for a batch; padded to the next power of two so at most log2(max batch)
-        shapes are ever compiled (``warmup`` compiles them before serving)."""
-        n = len(batch)
-        padded = list(batch) + [batch[-1]] * ((1 << (n - 1).bit_length()) - n)
-        obs = self.to_obs(padded)
-        self._calls += 1
-        key = jax.random.fold_in(self._key, self._calls)
-        return np.asarray(self._fn(self.params, key, obs), np.float32)[:n]
-
-    def warmup(self, max_batch: int) -> None:
-        """Compile every padded batch size up to ``max_batch`` (called by the server)."""
-        m = self.cfg.model
-        dummy = {STATE: np.zeros(m.state_dim, np.float32), PROMPT: "warm up"}
-        if m.num_cameras:
-            dummy[IMAGE] = np.zeros((m.image_size, m.image_size, 3), np.uint8)
-        b = 1
-        while True:
-            self.infer([dummy] * b)
-            if b >= max_batch:
-                break
-            b *= 2
+    def act(self, obs: Batch, key) -> np.ndarray:
+        """``[B, H, A]`` chunks in env units (no padding: a rollout's fixed batch compiles
+        once; the server's ``infer`` pads to powers of two)."""
+        return np.asarray(self._fn(self.params, key, self.to_obs(obs)), np.float32)

@@ -1,8 +1,8 @@
 """The flywheel's value function: distributional, across tasks, sharing the policy's encoder.
 
 ``V(s)`` predicts the normalised value of a state — ``-(steps to success) / horizon`` in
-``[-1, 0]``, failures at ``-1`` (see :mod:`anyskill.flywheel.advantage`) — as a categorical
-distribution over :data:`~anyskill.flywheel.advantage.NUM_BINS` bins, trained by cross-entropy
+``[-1, 0]``, failures at ``-1`` (see :mod:`anyskill.algos.recap.advantage`) — as a categorical
+distribution over :data:`~anyskill.algos.recap.advantage.NUM_BINS` bins, trained by cross-entropy
 on Monte-Carlo targets. The same network also reads an optional action chunk: with it, it
 predicts ``Q(s, a_chunk)`` (the value of the state when the behaviour continued with that
 chunk), which test-time selection uses to rank sampled chunks; training hides the chunk half
@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from anyskill.algos.recap.advantage import NUM_BINS, bin_centers, to_bins
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.algos.vla.model import VLA, Obs, PolicyModel
-from anyskill.flywheel.advantage import NUM_BINS, bin_centers, to_bins
 from anyskill.nets.transformer import VOCAB, PatchEncoder
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anyskill.flywheel import advantage as A
+from anyskill.algos.recap import advantage as A
 
 # one successful episode of 4 frames [0, 4) and one failed episode of 3 frames [4, 7)
 START, STOP, SUCCESS, HORIZON = np.array([0, 4]), np.array([4, 7]), np.array([1, 0]), 10
