@@ -183,9 +183,12 @@ class PolicyServer:
         policy: Policy,
         config: ServerConfig = ServerConfig(),
         sock: socket.socket | None = None,
+        episode_sink: Any = None,
     ):
         """``sock``: an already listening socket (from :func:`bind`) instead of binding
-        ``config.host:config.port`` when serving starts."""
+        ``config.host:config.port`` when serving starts. ``episode_sink``: an
+        :class:`anyskill.serve.episodes.EpisodeSink` that takes the episodes robots upload on
+        ``/episodes`` (None: that path is refused)."""
         # the server calls only ``spec`` and ``infer`` (a Policy's ``act`` is for rollouts)
         if not (
             isinstance(getattr(policy, "spec", None), PolicySpec)
@@ -213,6 +216,9 @@ class PolicyServer:
         self._held_bytes = 0
         self._sock = sock
         self.port: int | None = None
+        self.episode_sink = episode_sink
+        # episodes are written on their own thread: a store write never delays inference
+        self._store_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
 
     # --------------------------------------------------------------------- lifecycle
 
@@ -253,6 +259,7 @@ class PolicyServer:
             await server.wait_closed()
         batcher.cancel()
         self._executor.shutdown(wait=True)
+        self._store_executor.shutdown(wait=True)
         log.info("server stopped")
 
     async def start(self, stop: asyncio.Event) -> asyncio.Task:
@@ -282,6 +289,10 @@ class PolicyServer:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        from anyskill.serve import episodes
+
+        if ws.request is not None and ws.request.path == episodes.PATH:
+            return await self._handle_episodes(ws)
         self.stats.connections += 1
         self._open += 1
         prev_total_ms: float | None = None
@@ -313,6 +324,48 @@ class PolicyServer:
             pass
         except Exception:  # a bug in the server: log it here, never send it to the client
             log.exception("connection %s failed", ws.remote_address)
+        finally:
+            self._open -= 1
+
+    async def _handle_episodes(self, ws: ServerConnection) -> None:
+        """The upload channel (:mod:`anyskill.serve.episodes`): one finished episode per
+        frame, each answered once it is durable in the store, or with an error naming the
+        field."""
+        from anyskill.serve.episodes import EpisodeRejected
+
+        sink = self.episode_sink
+        if sink is None:
+            await ws.close(1008, "this server takes no episode uploads (not a flywheel round)")
+            return
+        self._open += 1
+        loop = asyncio.get_running_loop()
+        try:
+            await ws.send(wire.pack(sink.hello()))
+            while (frame := await self._next_frame(ws)) is not None:
+                try:
+                    if isinstance(frame, str):
+                        raise EpisodeRejected("<frame>", "episodes travel as binary msgpack")
+                    try:
+                        msg = wire.unpack(frame, max_items=self.config.max_items)
+                    except wire.WireError as e:
+                        raise EpisodeRejected("<frame>", str(e)) from None
+                    episode = sink.check(msg)
+                except EpisodeRejected as e:
+                    await ws.send(wire.error_text("bad_episode", e.field, e.message))
+                    continue
+                try:
+                    index = await loop.run_in_executor(self._store_executor, sink.store, episode)
+                except Exception as e:  # disk full, read-only store: the robot keeps its copy
+                    log.exception("storing an uploaded episode failed")
+                    await ws.send(
+                        wire.error_text("store_failed", "<store>", f"{type(e).__name__}: {e}")
+                    )
+                    continue
+                await ws.send(wire.pack({"stored": index}))
+        except websockets.ConnectionClosed:
+            pass
+        except Exception:  # a bug or a failed write: log it, never send it to the robot
+            log.exception("episode upload from %s failed", ws.remote_address)
         finally:
             self._open -= 1
 
@@ -472,8 +525,10 @@ class ServerThread:
         url = srv.url
     """
 
-    def __init__(self, policy: Policy, config: ServerConfig = ServerConfig(port=0)):
-        self.server = PolicyServer(policy, config)
+    def __init__(
+        self, policy: Policy, config: ServerConfig = ServerConfig(port=0), episode_sink=None
+    ):
+        self.server = PolicyServer(policy, config, episode_sink=episode_sink)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="policy-server", daemon=True)
