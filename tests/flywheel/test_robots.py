@@ -1,0 +1,117 @@
+"""The flywheel's real-robot mode: robots over loopback feed one round of the store."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "serve"))
+from serve_helpers import CountingPolicy  # noqa: E402
+
+from anyskill.data.format import vector_feature  # noqa: E402
+from anyskill.data.reader import Dataset  # noqa: E402
+from anyskill.data.writer import EpisodeWriter  # noqa: E402
+from anyskill.flywheel.robots import RobotsConfig, collect_from_robots, end_round  # noqa: E402
+from anyskill.serve import wire  # noqa: E402
+from anyskill.serve.episodes import EpisodeUploader  # noqa: E402
+from anyskill.serve.runtime import _PLAIN, connect  # noqa: E402
+
+
+def make_store(root: Path) -> Path:
+    features = {"observation.state": vector_feature(4), "action": vector_feature(2)}
+    EpisodeWriter.create(root, features, fps=10).close()
+    return root
+
+
+def robot(url: str, n_episodes: int, disconnect_mid_episode: bool, log: list):
+    """A scripted robot: asks the policy for chunks, executes 6 steps per episode, uploads;
+    with ``disconnect_mid_episode`` it drops off after its episodes, in the middle of one
+    more (which is never sent)."""
+    link = connect(url, proxy=None, **_PLAIN)  # the policy channel, as an openpi client uses it
+    wire.unpack(link.recv(timeout=10))  # metadata
+    with EpisodeUploader(url) as up:
+        for ep in range(n_episodes + disconnect_mid_episode):
+            states, actions = [], []
+            for t in range(6):
+                state = np.full(4, ep + t, np.float32)
+                obs = {
+                    "observation/state": state,
+                    "prompt": "go",
+                    "observation/image": np.zeros((8, 8, 3), np.uint8),
+                }
+                link.send(wire.pack(obs))
+                chunk = wire.unpack(link.recv(timeout=10))["actions"]
+                states.append(state)
+                actions.append(np.asarray(chunk)[0])
+                if disconnect_mid_episode and ep == n_episodes and t == 2:
+                    link.close()
+                    log.append("dropped")
+                    return  # the uploader closes: the half episode is never sent
+            frames = {"observation.state": np.stack(states), "action": np.stack(actions)}
+            iv = np.arange(6) >= 4 if ep % 2 else None  # a person took over at the end
+            log.append(up.send(frames, "go", ep % 2 == 0, iv))
+    link.close()
+
+
+def test_a_round_from_two_robots_one_dropping_out_mid_episode(tmp_path):
+    data = make_store(tmp_path / "data")
+    logs: dict[str, list] = {"a": [], "b": []}
+    threads = []
+
+    def start_robots(url):
+        for name, n, drop in (("a", 3, False), ("b", 2, True)):
+            t = threading.Thread(target=robot, args=(url, n, drop, logs[name]), daemon=True)
+            t.start()
+            threads.append(t)
+
+    result = collect_from_robots(
+        CountingPolicy(),
+        data,
+        "recap-r0",
+        episodes=5,
+        have=0,
+        config=RobotsConfig(port=0, wait_s=60),
+        run_dir=tmp_path,
+        log=lambda m: None,
+        on_listening=start_robots,
+    )
+    for t in threads:
+        t.join(10)
+    assert result.reason == "episodes" and result.stored == 5
+    assert logs["b"][-1] == "dropped" and len(logs["b"]) == 3  # 2 stored, then dropped
+    ds = Dataset.open(data)
+    ep = ds.episodes
+    assert ds.num_episodes == 5 and set(ep.policy_version) == {"recap-r0"}
+    assert all(n == 6 for n in ep.length)  # only whole episodes
+    iv = np.asarray(ds.columns["intervention"], bool)
+    corrected = [bool(iv[s:e].any()) for s, e in zip(ep.start, ep.stop, strict=True)]
+    assert sum(corrected) == 2  # episode 1 of each robot had a takeover
+
+
+def test_end_round_command_ends_with_what_arrived(tmp_path):
+    data = make_store(tmp_path / "data")
+
+    def one_then_end(url):
+        def go():
+            robot(url, 1, False, [])
+            end_round(tmp_path)
+
+        threading.Thread(target=go, daemon=True).start()
+
+    result = collect_from_robots(
+        CountingPolicy(),
+        data,
+        "recap-r1",
+        episodes=10,
+        have=0,
+        config=RobotsConfig(port=0, wait_s=60),
+        run_dir=tmp_path,
+        log=lambda m: None,
+        on_listening=one_then_end,
+    )
+    assert result.reason == "command" and result.stored == 1
+    assert not (tmp_path / "END_ROUND").exists()
+    assert Dataset.open(data).num_episodes == 1
