@@ -27,7 +27,20 @@ GOAL = "observation/goal"
 PROMPT = "prompt"
 """str: the language instruction."""
 INDICATOR = "advantage_indicator"
-"""int32 scalar: RECAP's advantage indicator as a model input (see ``policies.wrappers``)."""
+"""int32 scalar: RECAP's advantage indicator as a model input (see ``policies.wrappers``);
+set by :class:`~anyskill.policies.wrappers.IndicatorConditioned`, never sent by a client."""
+
+#: values of the :data:`INDICATOR` field (and of a VLA's ``Obs.indicator``): no indicator
+#: (the unconditioned policy), "advantage: positive", "advantage: negative"
+INDICATOR_NONE, INDICATOR_POSITIVE, INDICATOR_NEGATIVE = 0, 1, 2
+#: RECAP's indicator as words of the prompt (π*0.6 appends them to the instruction)
+INDICATOR_TEXT = {True: "advantage: positive", False: "advantage: negative"}
+
+
+def prompt_with_indicator(task: str, positive: bool | None) -> str:
+    """``task`` unchanged when ``positive is None``; else ``task + ", " + INDICATOR_TEXT[positive]``."""
+    return task if positive is None else f"{task}, {INDICATOR_TEXT[bool(positive)]}"
+
 
 #: A batch of observations: field name -> array with a leading batch axis ``[B, ...]``, or a
 #: list of ``B`` strings for ``str`` fields (the prompt).
