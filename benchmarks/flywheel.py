@@ -22,26 +22,30 @@ import numpy as np
 from common import write_report
 
 from anyskill import checkpoint
+from anyskill.flywheel.artifacts import LABELS
 from anyskill.flywheel.config import FlywheelConfig
-from anyskill.flywheel.loop import LABELS, Flywheel, outcome_metrics, selection_chunk_fn
+from anyskill.flywheel.context import RunContext
+from anyskill.flywheel.deployment import selection_chunk_fn
+from anyskill.flywheel.loop import run_flywheel
+from anyskill.flywheel.phases import outcome_metrics
 
 
-def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[dict]:
+def test_time_compute(fw: RunContext, betas, candidates, episodes: int) -> list[dict]:
     """Success, throughput and sampling cost of the final RECAP policy per (β, N)."""
     import jax
 
     c = fw.cfg
     pol = fw.policy_params("recap")
-    vp = fw._value_params()
+    vp = fw.value()[0]
     out = []
     for beta in betas:
         for n in candidates:
             if n == 1:
-                fn, params = fw.chunk_fn(True, beta), pol
+                fn, params = fw.deployment.chunk_fn(True, beta), pol
             else:
                 fn = selection_chunk_fn(fw.model, fw.normalizer, fw.vf, n, beta, True, c.indicator)
                 params = (pol, vp)
-            roll = fw.make_rollout(fn, episodes, fw.prompt_suffix(True))
+            roll = fw.deployment.make_rollout(fn, episodes, fw.deployment.prompt_suffix(True))
             key = jax.random.key(c.seed + 99)
             roll(params, key)  # compile
             t0 = time.perf_counter()
@@ -61,14 +65,14 @@ def test_time_compute(fw: Flywheel, betas, candidates, episodes: int) -> list[di
     return out
 
 
-def indicator_ablation(fw: Flywheel, episodes: int) -> dict:
+def indicator_ablation(fw: RunContext, episodes: int) -> dict:
     """The final RECAP policy asked for "advantage: positive", given no indicator, and asked
     for "advantage: negative" (β = 1, the same episodes): does it use the indicator?"""
     import jax
 
     from anyskill.algos.recap import advantage as A
     from anyskill.algos.vla import model as M
-    from anyskill.flywheel.loop import chunk_fn, with_indicator
+    from anyskill.flywheel.deployment import chunk_fn, with_indicator
 
     c = fw.cfg
     pol = fw.policy_params("recap")
@@ -81,25 +85,25 @@ def indicator_ablation(fw: Flywheel, episodes: int) -> dict:
     )
     for name, positive, ind in kinds:
         if c.indicator != "prompt":
-            roll = fw.make_rollout(
+            roll = fw.deployment.make_rollout(
                 lambda p, k, o, ind=ind: fn(p, k, with_indicator(o, ind)), episodes
             )
         else:
             suffix = "" if positive is None else ", " + A.INDICATOR_TEXT[positive]
-            roll = fw.make_rollout(fn, episodes, suffix)
+            roll = fw.deployment.make_rollout(fn, episodes, suffix)
         success, _, steps = (np.asarray(x) for x in roll(pol, jax.random.key(c.seed + 77)))
         out[name] = outcome_metrics(success, steps, float(fw.env.control_hz))
     print("indicator ablation", {k: round(v["success"], 3) for k, v in out.items()}, flush=True)
     return out
 
 
-def _fresh(path: Path, fw: Flywheel) -> bool:
+def _fresh(path: Path, fw: RunContext) -> bool:
     """Whether ``path`` was written after ``fw``'s run last changed (not left over from an
     earlier run of the same name)."""
-    return path.exists() and path.stat().st_mtime >= fw.state_path.stat().st_mtime
+    return path.exists() and path.stat().st_mtime >= fw.paths.state.stat().st_mtime
 
 
-def _ablation_cached(path: Path, args, fw: Flywheel) -> bool:
+def _ablation_cached(path: Path, args, fw: RunContext) -> bool:
     """Whether ``path`` holds the indicator ablation of ``fw``'s finished run, with as many
     episodes per prompt as asked."""
     if not _fresh(path, fw):
@@ -108,7 +112,7 @@ def _ablation_cached(path: Path, args, fw: Flywheel) -> bool:
     return all(r.get("episodes") == args.indicator_episodes for r in rows)
 
 
-def _ttc_cached(path: Path, args, fw: Flywheel) -> bool:
+def _ttc_cached(path: Path, args, fw: RunContext) -> bool:
     """Whether ``path`` already holds this sweep (same β, N and episode count) of the final
     policy of ``fw``'s finished run: a re-summary then skips the ~10-minute sweep."""
     if not _fresh(path, fw):
@@ -169,11 +173,11 @@ def main():
         )
         cfg = dataclasses.replace(cfg, resume=(cfg.run_dir / "state.json").exists())
         t0 = time.perf_counter()
-        fw = Flywheel(cfg)
-        st = fw.run()
+        st = run_flywheel(cfg)
+        fw = RunContext.open(cfg)  # the finished run's policies (set-up is done)
         results[seed] = {
-            "rows": st["rows"],
-            "detection": st["detection"],
+            "rows": list(st.rows),
+            "detection": list(st.detection),
             "minutes": (time.perf_counter() - t0) / 60,
         }
         ind_path = Path("benchmarks/results") / f"flywheel-{name}-indicator-s{seed}.json"

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from anyskill.algos.recap import advantage as A
-from anyskill.data.reader import Dataset
-from anyskill.flywheel.loop import Flywheel, saved_config
+from anyskill.algos.recap import recap as R
+from anyskill.flywheel.context import RunContext
+from anyskill.flywheel.loop import saved_config
 
 
 def eta_squared(x: np.ndarray, start, stop) -> float:
@@ -37,31 +38,29 @@ def eta_squared(x: np.ndarray, start, stop) -> float:
     return float(np.sum((means - x.mean()) ** 2) / total) if total > 0 else float("nan")
 
 
-def load(run_dir: Path) -> Flywheel:
-    fw = Flywheel(dataclasses.replace(saved_config(run_dir), progress=False))
-    fw.setup()
-    return fw
+def load(run_dir: Path) -> RunContext:
+    return RunContext.open(dataclasses.replace(saved_config(run_dir), progress=False))
 
 
 def analyse(run_dir: Path, seed: int = 0) -> dict:
     fw = load(run_dir)
     c = fw.cfg
-    ds = Dataset.open(fw.data_dir)
+    ds = fw.dataset()
     ep = ds.episodes
     data = fw.training_data(c.seed)
-    vp = fw._value_params()
-    v = fw.predict_values(vp, data)
-    q = fw.predict_values(vp, data, q=True)
+    vp = fw.value()[0]
+    v = R.predict_values(fw.vf, vp, data)
+    q = R.predict_values(fw.vf, vp, data, q=True)
     nstep = A.nstep_advantages(v, ep.start, ep.stop, ep.success, fw.horizon, c.advantage_n)
     chunk = q - v
-    fam = fw.family_ids(ds)
+    fam = R.family_ids(ds.tasks, ds.columns["task_index"])
     iv = np.asarray(ds.columns["intervention"], bool)
     # Q with another frame's chunk (same store, random frame): how much the chunk matters
     rng = np.random.default_rng(seed)
     other = rng.permutation(ds.num_frames)
     data_sw = copy.copy(data)
     data_sw.chunk_at = lambda idx: data.chunk_at(other[np.asarray(idx)])
-    q_sw = fw.predict_values(vp, data_sw, q=True)
+    q_sw = R.predict_values(fw.vf, vp, data_sw, q=True)
 
     ep_of = np.repeat(np.arange(ds.num_episodes), ep.length)
     demo = (ep.source == "demonstration")[ep_of]
@@ -89,7 +88,7 @@ def analyse(run_dir: Path, seed: int = 0) -> dict:
     return out
 
 
-def indicator_use(fw: Flywheel, data, frames: int = 4096, repeats: int = 4, seed: int = 0):
+def indicator_use(fw: RunContext, data, frames: int = 4096, repeats: int = 4, seed: int = 0):
     """Does the final RECAP policy read the indicator? Its flow-matching loss on frames it was
     trained on (the last round's labels) with each frame's own indicator, with none and with
     the opposite one; the same noise and flow times for all three, so the differences are
@@ -105,7 +104,9 @@ def indicator_use(fw: Flywheel, data, frames: int = 4096, repeats: int = 4, seed
         sample_time,
     )
 
-    rounds = sorted(fw.dir.glob("advantage-r*.npz"), key=lambda p: int(p.stem.split("-r")[1]))
+    rounds = sorted(
+        fw.paths.root.glob("advantage-r*.npz"), key=lambda p: int(p.stem.split("-r")[1])
+    )
     if fw.cfg.indicator == "prompt" or not rounds:
         return None
     lab = np.load(rounds[-1])["indicator"]

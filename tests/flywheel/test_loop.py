@@ -1,4 +1,5 @@
-"""The flywheel's driver: chunk helpers, metrics, resume after a kill, one improving round."""
+"""The flywheel's driver: chunk helpers, metrics, the phase registry, resume after a kill
+(and a resumed run equals an uninterrupted one), one improving round."""
 
 from __future__ import annotations
 
@@ -13,26 +14,60 @@ from anyskill import rundir
 from anyskill.algos.recap.value import ValueConfig
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.data.reader import Dataset
-from anyskill.flywheel import loop
+from anyskill.flywheel import deployment as D
+from anyskill.flywheel import loop, phases
+from anyskill.flywheel.artifacts import POLICIES, FlywheelState
 from anyskill.flywheel.config import FlywheelConfig
+from anyskill.flywheel.context import RunContext
 from anyskill.flywheel.deploy import CorrectorConfig
 from anyskill.nets.transformer import tokenize
 
 
 def test_strip_suffix_removes_the_indicator_words():
-    k = loop.suffix_length(16)
+    k = D.suffix_length(16)
     assert k == 2  # "advantage", "positive"
     plain, _ = tokenize(["push the red block", "go"], 16)
     cond, _ = tokenize(["push the red block, advantage: positive", "go, advantage: positive"], 16)
-    np.testing.assert_array_equal(np.asarray(loop.strip_suffix(jnp.asarray(cond), k)), plain)
+    np.testing.assert_array_equal(np.asarray(D.strip_suffix(jnp.asarray(cond), k)), plain)
 
 
 def test_outcome_metrics_hand_worked():
-    m = loop.outcome_metrics(np.array([1, 0, 1, 0]), np.array([10, 40, 30, 40]), control_hz=10.0)
+    m = phases.outcome_metrics(np.array([1, 0, 1, 0]), np.array([10, 40, 30, 40]), control_hz=10.0)
     assert m["success"] == 0.5 and m["failure"] == 0.5
     assert m["time_to_success_s"] == pytest.approx(2.0)  # (10 + 30) / 2 steps at 10 Hz
     # 2 successes in 120 steps = 12 s of robot time
     assert m["throughput_per_h"] == pytest.approx(2 / (12 / 3600))
+
+
+def test_phases_run_in_the_documented_order():
+    # state.json's "done" names these; an old run resumes at the first one not in it
+    assert list(phases.PHASES) == [
+        "collect",
+        "label",
+        "value",
+        "advantage",
+        "policy",
+        "evaluate",
+        "report",
+    ]
+
+
+def test_state_json_keeps_its_format(tmp_path):
+    """A state.json written before the state was a dataclass resumes; the state writes the
+    same JSON back."""
+    old = {
+        "round": 2,
+        "done": ["collect", "label"],
+        "rows": [{"round": 1, "method": "recap", "success": 0.5, "time_to_success_s": None}],
+        "detection": [],
+    }
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(old))
+    st = FlywheelState.read(path)
+    assert st.round == 2 and st.done == ("collect", "label") and st.rows[0]["success"] == 0.5
+    st.write(tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text()) == old
+    assert FlywheelState.read(tmp_path / "missing.json") == FlywheelState()
 
 
 def tiny(tmp_path, **kw) -> FlywheelConfig:
@@ -58,16 +93,16 @@ def tiny(tmp_path, **kw) -> FlywheelConfig:
 
 def test_resume_after_a_kill_mid_round(tmp_path, monkeypatch):
     cfg = tiny(tmp_path)
-    real = loop.Flywheel.train_policies
+    real = phases.PHASES["policy"]
     calls = {"n": 0}
 
-    def killed(self, rnd):
+    def killed(ctx, st):
         calls["n"] += 1
         if calls["n"] == 1:
             raise KeyboardInterrupt("killed while training the policies")
-        return real(self, rnd)
+        return real(ctx, st)
 
-    monkeypatch.setattr(loop.Flywheel, "train_policies", killed)
+    monkeypatch.setitem(phases.PHASES, "policy", killed)
     with pytest.raises(KeyboardInterrupt):
         loop.run_flywheel(cfg)
     st = json.loads((cfg.run_dir / "state.json").read_text())
@@ -78,7 +113,8 @@ def test_resume_after_a_kill_mid_round(tmp_path, monkeypatch):
         loop.run_flywheel(dataclasses.replace(cfg, resume=True, policy_steps=31))
     assert json.loads((cfg.run_dir / "state.json").read_text()) == st  # nothing touched
     out = loop.run_flywheel(dataclasses.replace(cfg, resume=True))
-    assert out["round"] == 2 and out["done"] == []
+    assert out.round == 2 and out.done == ()
+    assert json.loads((cfg.run_dir / "state.json").read_text()) == out.to_json()
     ds = Dataset.open(cfg.run_dir / "data")
     # the demonstrations plus exactly one round of rollouts: nothing collected twice
     assert int((ds.episodes.policy_version == "recap-r0").sum()) == cfg.episodes_per_round
@@ -88,10 +124,10 @@ def test_resume_after_a_kill_mid_round(tmp_path, monkeypatch):
     }
     assert int((ds.episodes.source == "demonstration").sum()) == cfg.demos
     assert (cfg.run_dir / "report.md").exists()
-    methods = {(r["round"], r["method"]) for r in out["rows"]}
+    methods = {(r["round"], r["method"]) for r in out.rows}
     assert {(0, "start"), (1, "recap"), (1, "bc"), (1, "filtered")} <= methods
     # every evaluated policy also ran with the corrector on call: how much help it needed
-    evaluated = [r for r in out["rows"] if r["method"] in ("start", "recap", "bc", "filtered")]
+    evaluated = [r for r in out.rows if r["method"] in ("start", "recap", "bc", "filtered")]
     for r in evaluated:
         for k in ("intervention_rate", "corrected_episodes", "assisted_success"):
             assert 0.0 <= r[k] <= 1.0, r
@@ -103,15 +139,63 @@ def test_resume_after_a_kill_mid_round(tmp_path, monkeypatch):
     assert "q" not in adv
 
     # --advantage chunk on the same store and value function: A = Q(s, chunk) - V(s)
-    fw = loop.Flywheel(dataclasses.replace(cfg, advantage="chunk"))
-    fw.setup()
-    fw.compute_advantages(1)
+    ctx = RunContext.open(dataclasses.replace(cfg, advantage="chunk"))
+    phases.advantage(ctx, FlywheelState(round=1))
     ch = np.load(cfg.run_dir / "advantage-r1.npz")
     np.testing.assert_allclose(ch["values"], adv["values"], atol=1e-6)
     np.testing.assert_allclose(ch["advantages"], ch["q"] - ch["values"], atol=1e-6)
     assert np.abs(ch["q"] - ch["values"]).max() > 1e-4  # the chunk changes the estimate
     assert ch["indicator"][iv].all()
     assert abs(ch["indicator"][~iv].mean() - cfg.positive_fraction) < 0.1
+
+
+def run_artifacts(run_dir) -> dict:
+    """What a run computed: its state, advantage arrays, detections and trained weights."""
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    out = {"state": json.loads((run_dir / "state.json").read_text())}
+    for p in sorted(run_dir.glob("advantage-r*.npz")):
+        with np.load(p) as f:
+            out[p.name] = {k: f[k] for k in f.files}
+    for p in sorted(run_dir.glob("detection-r*.json")):
+        out[p.name] = json.loads(p.read_text())
+    for p in [run_dir / "value.msgpack", *sorted((run_dir / "policies").glob("*.msgpack"))]:
+        out[p.name] = p.read_bytes()
+    return out
+
+
+@pytest.mark.slow  # two tiny two-round runs (~60 s on 2 CPU cores)
+def test_a_resumed_run_computes_what_an_uninterrupted_run_does(tmp_path, monkeypatch):
+    """Same seed, same settings: a run killed in round 2's value phase and resumed gives the
+    same evaluation rows, advantages, held-out detection and weights, bit for bit, as a run
+    that was never interrupted (the phases' artifacts are all their outputs)."""
+    cfg = tiny(tmp_path / "a", rounds=2, eval_interventions=False)
+    loop.run_flywheel(cfg)
+    whole = run_artifacts(cfg.run_dir)
+
+    real = phases.PHASES["value"]
+
+    def killed(ctx, st):
+        if st.round == 2:
+            raise KeyboardInterrupt("killed in round 2's value phase")
+        return real(ctx, st)
+
+    other = dataclasses.replace(cfg, run_dir=tmp_path / "b" / "fw")
+    monkeypatch.setitem(phases.PHASES, "value", killed)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_flywheel(other)
+    monkeypatch.setitem(phases.PHASES, "value", real)
+    loop.run_flywheel(dataclasses.replace(other, resume=True))
+    resumed = run_artifacts(other.run_dir)
+    assert sorted(resumed) == sorted(whole) and "detection-r2.json" in whole
+    assert resumed["state"] == whole["state"]
+    for name, want in whole.items():
+        if isinstance(want, dict) and name.endswith(".npz"):
+            for k, a in want.items():
+                np.testing.assert_array_equal(resumed[name][k], a, err_msg=f"{name}:{k}")
+        else:
+            assert resumed[name] == want, name
 
 
 @pytest.mark.slow
@@ -133,7 +217,7 @@ def test_one_round_on_reach_improves_success(tmp_path):
         progress=False,
     )
     out = loop.run_flywheel(cfg)
-    rate = {(r["round"], r["method"]): r.get("success") for r in out["rows"]}
+    rate = {(r["round"], r["method"]): r.get("success") for r in out.rows}
     assert rate[(1, "recap")] > rate[(0, "start")] + 0.1, rate
 
 
@@ -149,10 +233,10 @@ def test_a_person_at_the_keyboard_corrects_through_the_loop(tmp_path, monkeypatc
                 raise KeyboardInterrupt("the person pressed Ctrl-C")
             return super().poll()
 
-    def stop(self, rnd):
+    def stop(ctx, st):
         raise KeyboardInterrupt("stop after collecting")
 
-    monkeypatch.setattr(loop.Flywheel, "train_value", stop)
+    monkeypatch.setitem(phases.PHASES, "value", stop)
     corrector = CorrectorConfig(kind="human", trigger="human", fraction=1.0)
     cfg = tiny(tmp_path, episodes_per_round=3, demos=8, init_steps=10, corrector=corrector)
     person = HumanCorrector(Killed({0: ["space", "d"], 6: ["space"]}), hz=0)
@@ -196,13 +280,12 @@ def test_a_round_with_the_indicator_as_an_input(tmp_path, indicator):
         ),
     )
     out = loop.run_flywheel(cfg)
-    assert {r["method"] for r in out["rows"]} >= {"start", "recap", "bc", "filtered"}
-    fw = loop.Flywheel(dataclasses.replace(cfg, resume=True))
-    fw.setup()
-    assert fw.prompt_suffix(True) == ""
+    assert {r["method"] for r in out.rows} >= {"start", "recap", "bc", "filtered"}
+    ctx = RunContext.open(dataclasses.replace(cfg, resume=True))
+    assert ctx.deployment.prompt_suffix(True) == ""
     names = ["indicator"] + (["indicator_mod"] if indicator == "modulation" else [])
     for name in names:
-        emb = {n: np.abs(fw.policy_params(n)["params"][name]).max() for n in loop.POLICIES}
+        emb = {n: np.abs(ctx.policy_params(n)["params"][name]).max() for n in POLICIES}
         assert emb["recap"] > 0 and emb["bc"] == 0 and emb["filtered"] == 0, (name, emb)
 
 
@@ -263,15 +346,15 @@ def test_guided_chunks_contrast_positive_with_no_indicator(indicator):
     obs = M.Obs(state=state, images=jnp.zeros((2, 0, 1, 1, 3), jnp.uint8), tokens=tok,
                 text_mask=tok != 0)  # fmt: skip
     key = jax.random.key(3)
-    got = loop.chunk_fn(model, norm, 2.0, True, indicator)(params, key, obs)
+    got = D.chunk_fn(model, norm, 2.0, True, indicator)(params, key, obs)
     n_obs = obs.replace(state=state / 2.0)
     if indicator == "prompt":
         cond, unc = n_obs, n_obs.replace(tokens=plain_tok, text_mask=plain_tok != 0)
     else:
-        cond = loop.with_indicator(n_obs, M.INDICATOR_POSITIVE)
-        unc = loop.with_indicator(n_obs, M.INDICATOR_NONE)
+        cond = D.with_indicator(n_obs, M.INDICATOR_POSITIVE)
+        unc = D.with_indicator(n_obs, M.INDICATOR_NONE)
     want = model.sample_guided(params, key, cond, unc, 2.0) * 3.0 + 1.0
     np.testing.assert_allclose(got, want, atol=1e-5)
-    one = loop.chunk_fn(model, norm, 1.0, True, indicator)(params, key, obs)
+    one = D.chunk_fn(model, norm, 1.0, True, indicator)(params, key, obs)
     np.testing.assert_allclose(one, model.sample(params, key, cond) * 3.0 + 1.0, atol=1e-5)
     assert not np.allclose(one, got, atol=1e-3)

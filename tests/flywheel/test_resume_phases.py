@@ -1,6 +1,7 @@
-"""The flywheel's run directory: phases are idempotent across a kill, its config.json is
-loaded strictly, nonsense settings are refused (issue 22). No training: the value function,
-the data and the other phases are cheap stand-ins, so only the driver's logic runs."""
+"""The flywheel's run directory: phases are idempotent across a kill, its config.json and
+state.json are loaded strictly, nonsense settings are refused (issue 22). No training: the
+value function, the data and the other phases are cheap stand-ins, so only the driver's logic
+and the label and value phases run."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import numpy as np
 import pytest
 
 from anyskill import checkpoint
+from anyskill.algos.recap import recap as R
 from anyskill.algos.recap.value import ValueConfig
-from anyskill.flywheel import loop
+from anyskill.flywheel import loop, phases
+from anyskill.flywheel.artifacts import RunPaths
 from anyskill.flywheel.config import FlywheelConfig
+from anyskill.flywheel.context import RunContext
 
 EP_LEN, PER_ROUND, DEMOS = 5, 4, 4
 
@@ -57,38 +61,38 @@ class FakeValueFunction:
         return {"w": params["w"] + 1}, np.ones(steps, np.float32)
 
 
+def keep(ctx, st):
+    return st
+
+
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     """A flywheel whose every phase but label and value is a stand-in."""
     w = SimpleNamespace(collected=0, vf=FakeValueFunction(), predicted=[])
 
-    def setup(self):
-        self.vf = w.vf
-        self.start_params = {"w": jnp.zeros(1)}
-        self.horizon = EP_LEN
+    def open_run(cls, cfg, human=None):
+        env = SimpleNamespace(episode_length=EP_LEN)
+        return cls(cfg, RunPaths(cfg.run_dir), None, None, {"w": jnp.zeros(1)}, w.vf, env, None)
 
-    def collect(self, rnd):
-        w.collected = max(w.collected, rnd)
+    def collect(ctx, st):
+        w.collected = max(w.collected, st.round)
+        return st
 
-    def predict_values(self, value_params, data, frames=None, **kw):
+    def predict_values(vf, value_params, data, frames=None, **kw):
         w.predicted.append((float(value_params["w"][0]), np.asarray(frames)))
         return np.full(len(frames), -0.5, np.float32)
 
-    monkeypatch.setattr(loop.Flywheel, "setup", setup)
-    monkeypatch.setattr(loop.Flywheel, "collect", collect)
-    monkeypatch.setattr(loop.Flywheel, "predict_values", predict_values)
+    monkeypatch.setattr(RunContext, "open", classmethod(open_run))
+    monkeypatch.setattr(RunContext, "dataset", lambda self: fake_store(w.collected))
     monkeypatch.setattr(
-        loop.Flywheel,
+        RunContext,
         "training_data",
         lambda self, seed, **kw: SimpleNamespace(ds=fake_store(w.collected)),
     )
-    for phase in ("compute_advantages", "train_policies"):
-        monkeypatch.setattr(loop.Flywheel, phase, lambda self, rnd: None)
-    monkeypatch.setattr(loop.Flywheel, "evaluate", lambda self, rnd, st: None)
-    monkeypatch.setattr(loop, "Dataset", SimpleNamespace(open=lambda path: fake_store(w.collected)))
-    import anyskill.flywheel.report as report
-
-    monkeypatch.setattr(report, "write_report", lambda fw, st: None)
+    monkeypatch.setattr(R, "predict_values", predict_values)
+    monkeypatch.setitem(phases.PHASES, "collect", collect)
+    for name in ("advantage", "policy", "evaluate", "report"):
+        monkeypatch.setitem(phases.PHASES, name, keep)
     w.cfg = FlywheelConfig(
         run_dir=tmp_path / "fw",
         rounds=2,
@@ -116,7 +120,7 @@ def test_value_phase_is_not_redone_after_a_kill_before_state_json(world, monkeyp
 
     monkeypatch.setattr(checkpoint, "save", real)
     out = loop.run_flywheel(dataclasses.replace(world.cfg, resume=True))
-    assert out["round"] == 3
+    assert out.round == 3
     # trained once per round: round 1 on demos + round-1 rollouts, round 2 on everything
     assert world.vf.calls == [DEMOS + PER_ROUND, DEMOS + 2 * PER_ROUND]
     # early-failure detection of round 2 came only from round 1's value function (w == 1)...
@@ -149,9 +153,17 @@ def test_resume_refuses_a_config_json_with_an_unknown_key_or_wrong_type(world):
     with pytest.raises(ValueError, match=r"config.json: not valid JSON.*line 1 column 26"):
         loop.run_flywheel(resume)
     path.write_text(json.dumps(good))
-    (world.cfg.run_dir / "state.json").write_text("{")
-    with pytest.raises(ValueError, match=r"state.json: not valid JSON"):
-        loop.run_flywheel(resume)
+    state = world.cfg.run_dir / "state.json"
+    for bad, match in [
+        ("{", r"state.json: not valid JSON"),
+        ('{"round": "2", "done": [], "rows": [], "detection": []}', r"'round' must be an integer"),
+        ('{"round": 2, "done": [3], "rows": [], "detection": []}', r"'done\[0\]' must be a str"),
+        ('{"round": 2, "done": [], "rows": []}', r"field 'detection' is missing"),
+    ]:
+        state.write_text(bad)
+        with pytest.raises(ValueError, match=match):
+            loop.run_flywheel(resume)
+        assert state.read_text() == bad  # not overwritten
 
 
 @pytest.mark.parametrize(

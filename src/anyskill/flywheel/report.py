@@ -1,15 +1,21 @@
-"""The flywheel's report: ``RUN/report.md`` with per-round tables, plots and rollout videos."""
+"""The flywheel's report: ``RUN/report.md`` with per-round tables, plots and rollout videos.
+
+It reads the run's artifacts only (see :mod:`anyskill.flywheel.artifacts`): ``config.json``,
+``state.json``, the episode store, ``advantage-rK.npz``, ``value.msgpack``'s metadata and the
+videos the evaluation recorded — so it can be written again from a finished run's directory.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from anyskill import checkpoint
-from anyskill.flywheel.deploy import CorrectorConfig
+from anyskill import checkpoint, rundir
+from anyskill.algos.recap.recap import Advantages
+from anyskill.flywheel.artifacts import LABELS, FlywheelState, RunPaths, policy_version
+from anyskill.flywheel.config import FlywheelConfig
 
 METHOD_ORDER = ("start", "recap", "bc", "filtered")
 
@@ -24,8 +30,6 @@ def outcome_table(rows: list[dict]) -> str:
         "| intervention rate (frames) | success with corrections |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    from anyskill.flywheel.loop import LABELS
-
     for r in sorted(
         (r for r in rows if r["method"] in METHOD_ORDER),
         key=lambda r: (r["round"], METHOD_ORDER.index(r["method"])),
@@ -75,8 +79,6 @@ def plot_rounds(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from anyskill.flywheel.loop import LABELS
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     start = [r for r in rows if r["method"] == "start"]
     for m in METHOD_ORDER[1:]:
@@ -124,61 +126,43 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def rollout_video(fw, name: str, path: Path, episodes: int = 4, size: int = 96) -> tuple[Path, str]:
-    """A GIF of ``episodes`` rollouts of policy ``name`` side by side, and its caption (each
-    episode's instruction and outcome, left to right)."""
-    from anyskill.envs.render import save_video
-
-    conditioned = name == "recap"
-    deploy = fw.deployer(conditioned, episodes, CorrectorConfig(kind="none"), record_images=size)
-    params = fw.start_params if name == "start" else fw.policy_params(name)
-    ep = deploy(params, jax.random.fold_in(jax.random.key(fw.cfg.seed), 777))
-    frames = ep.images  # [B, T, S, S, 3]
-    t = int(ep.length.max())
-    for i in range(episodes):  # hold each episode's last frame
-        frames[i, ep.length[i] :] = frames[i, max(ep.length[i] - 1, 0)]
-        if ep.success[i]:  # a green border once it succeeded
-            frames[i, ep.length[i] :, :3] = (40, 200, 60)
-            frames[i, ep.length[i] :, -3:] = (40, 200, 60)
-    tiled = np.concatenate(list(frames[:, : t + 5]), axis=2)
-    caption = "Left to right: " + "; ".join(
-        f"“{text}” — {'success' if ok else 'failure'} after {n} steps"
-        for text, ok, n in zip(ep.task, ep.success, ep.length, strict=True)
-    )
-    return save_video(tiled, path, fps=float(fw.env.control_hz)), caption
-
-
-def write_report(fw, st: dict) -> Path:
-    """Write ``RUN/report.md`` (and its plots and videos) from the run's state so far."""
-    d = fw.dir
-    rows = st["rows"]
+def write_report(run_dir: Path) -> Path:
+    """Write ``RUN/report.md`` (and its plots) and ``RUN/results.json`` from the artifacts of
+    the run in ``run_dir`` so far (its last evaluated round)."""
+    paths = RunPaths(Path(run_dir))
+    d = paths.root
+    c = rundir.load_config(FlywheelConfig, paths.config)
+    st = FlywheelState.read(paths.state)
+    rows = list(st.rows)
+    if not rows:
+        raise ValueError(f"{paths.state}: no evaluation yet; nothing to report")
     plot_rounds(rows, d / "rounds.png")
     rnd = max(r["round"] for r in rows)
-    adv = np.load(d / f"advantage-r{rnd}.npz")
+    values = Advantages.load(paths.advantage(rnd)).values
     from anyskill.data.reader import Dataset
 
-    ds = Dataset.open(fw.data_dir)
+    ds = Dataset.open(paths.data)
     ep = ds.episodes
-    tag = ep.policy_version == f"recap-r{rnd - 1}"
-    per_ep = [adv["values"][s:t] for s, t in zip(ep.start[tag], ep.stop[tag], strict=True)]
+    tag = ep.policy_version == policy_version(rnd)
+    per_ep = [values[s:t] for s, t in zip(ep.start[tag], ep.stop[tag], strict=True)]
     plot_values(per_ep, ep.success[tag] > 0, d / "values.png")
     videos = []
-    if fw.cfg.videos and rnd == fw.cfg.rounds:
-        for name in ("start", "recap"):
-            videos.append(rollout_video(fw, name, d / f"rollouts-{name}.gif"))
-    value_meta = checkpoint.load_meta(d / "value.msgpack")
-    c = fw.cfg
+    if paths.videos.exists():
+        recorded = rundir.read_json(paths.videos)
+        if recorded.get("round") == rnd:  # recorded after this round's evaluation
+            videos = [(d / v["file"], v["caption"]) for v in recorded["videos"]]
+    value_meta = checkpoint.load_meta(paths.value)
     parts = [
         f"# anyskill flywheel report: {c.env}",
         "",
-        f"{rnd} of {c.rounds} rounds; policy `{fw.mcfg.arch}`; {c.demos} demonstrations, "
+        f"{rnd} of {c.rounds} rounds; policy `{c.model.arch}`; {c.demos} demonstrations, "
         f"{c.episodes_per_round} deployed episodes per round (corrector: {c.corrector.kind}, "
         f"trigger {c.corrector.trigger}, watching {c.corrector.fraction:.0%} of envs); "
         f"{c.policy_steps} fine-tuning steps per round per method; advantages "
         + (f"n-step (n = {c.advantage_n})" if c.advantage == "nstep" else "Q(s, chunk) − V(s)")
         + f", {c.positive_fraction:.0%} positive per task family, indicator "
         f"as {c.indicator}, dropout {c.indicator_dropout:.0%}, guidance β = {c.beta}. Data: {ds.num_episodes} "
-        f"episodes, {ds.num_frames} frames in `{fw.data_dir}`.",
+        f"episodes, {ds.num_frames} frames in `{paths.data}`.",
         "",
         f"## Evaluation ({c.eval_episodes} episodes per policy per round)",
         "",
@@ -203,7 +187,7 @@ def write_report(fw, st: dict) -> Path:
         "its predicted value first drops below the threshold; lead = steps from the flag to "
         "the episode's end; from round 2 on):",
         "",
-        detection_table(st["detection"]) if st["detection"] else "(none yet)",
+        detection_table(list(st.detection)) if st.detection else "(none yet)",
         "",
         "![predicted value along episodes](values.png)",
         "",
@@ -212,7 +196,6 @@ def write_report(fw, st: dict) -> Path:
         parts += ["## Rollouts", ""]
         for v, caption in videos:
             parts += [f"![{v.stem}]({v.name})", "", caption + ".", ""]
-    path = d / "report.md"
-    checkpoint.atomic_write_bytes(path, "\n".join(parts).encode())
-    checkpoint.atomic_write_bytes(d / "results.json", json.dumps(st, indent=1).encode())
-    return path
+    checkpoint.atomic_write_bytes(paths.report, "\n".join(parts).encode())
+    checkpoint.atomic_write_bytes(d / "results.json", json.dumps(st.to_json(), indent=1).encode())
+    return paths.report

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# the indicator's words belong to the policy protocol (a served RECAP policy appends them);
+# re-exported here for the flywheel and the training data
+from anyskill.policies.base import INDICATOR_TEXT, prompt_with_indicator  # noqa: F401
+
 NUM_BINS = 201
-INDICATOR_TEXT = {True: "advantage: positive", False: "advantage: negative"}
 
 
 def _per_frame(episode_start, episode_stop, values):
@@ -100,11 +103,6 @@ def indicator(advantages, task_ids, thresholds: dict, intervention=None) -> np.n
 def drop_indicator(rng: np.random.Generator, n: int, p: float = 0.3) -> np.ndarray:
     """``True`` where the indicator is dropped (the sample trains the unconditioned policy)."""
     return rng.random(n) < p
-
-
-def prompt_with_indicator(task: str, positive: bool | None) -> str:
-    """``task`` unchanged when ``positive is None``; else ``task + ", " + INDICATOR_TEXT[positive]``."""
-    return task if positive is None else f"{task}, {INDICATOR_TEXT[bool(positive)]}"
 
 
 def failure_detection(values_per_episode, success, threshold: float) -> dict:

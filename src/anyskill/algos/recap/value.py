@@ -27,6 +27,7 @@ import optax
 from anyskill.algos.recap.advantage import NUM_BINS, bin_centers, to_bins
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.algos.vla.model import VLA, Obs, PolicyModel
+from anyskill.learn import fit
 from anyskill.nets.transformer import VOCAB, PatchEncoder
 
 
@@ -165,20 +166,22 @@ class ValueFunction:
 
     def train(self, params, data, targets: np.ndarray, steps: int, seed: int = 0, progress=None):
         """Fit ``params`` to per-frame value ``targets`` ``[N]`` for ``steps`` steps on batches
-        of ``data`` (a :class:`~anyskill.algos.vla.data.TrainingData`). Returns
-        ``(params, losses)``."""
+        of ``data`` (a :class:`~anyskill.algos.vla.data.TrainingData`); step ``i`` hides chunks
+        with the key ``fold_in(key(seed), i)``. Returns ``(params, losses)``."""
         opt, step = _train_steps.setdefault(self, self.make_train_step())
-        opt_state = opt.init(params)
         bins = to_bins(np.asarray(targets), NUM_BINS)
         key = jax.random.key(seed)
-        losses = []
-        for i in range(steps):
+
+        def next_batch():
             b = data.batch()
-            idx = data.last_index
-            params, opt_state, loss = step(
-                params, opt_state, jax.random.fold_in(key, i), b.obs, b.actions, bins[idx]
-            )
-            losses.append(loss)
-            if progress is not None:
-                progress(1)
+            return b.obs, b.actions, bins[data.last_index]
+
+        def step_fn(state, batch):
+            params, opt_state, i = state
+            params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i), *batch)
+            return (params, opt_state, i + 1), loss
+
+        (params, _, _), losses = fit(
+            step_fn, (params, opt.init(params), 0), next_batch, steps, progress
+        )
         return params, np.asarray(jnp.stack(losses)) if losses else np.zeros(0)

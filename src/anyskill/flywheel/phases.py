@@ -1,0 +1,374 @@
+"""The phases of a flywheel round, in order (:data:`PHASES`), each a function
+``phase(ctx, state) -> state`` that reads and writes the run's artifacts (see
+:mod:`anyskill.flywheel.artifacts`) atomically.
+
+Every phase is idempotent: a kill after a phase's artifact was written but before
+``state.json`` recorded the phase must not redo the work in a way that changes results —
+collect counts the episodes the round already stored, the value function and the policies
+carry the round they were trained in (a finished one is not trained again; the held-out
+detection only ever uses the previous round's value function, on episodes it never saw),
+advantages, evaluation and the report are recomputed from the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from anyskill import checkpoint, rundir
+from anyskill.algos.recap import advantage as A
+from anyskill.algos.recap import recap as R
+from anyskill.data.reader import Dataset
+from anyskill.data.writer import EpisodeWriter
+from anyskill.flywheel.artifacts import LABELS, POLICIES, FlywheelState, policy_version
+from anyskill.flywheel.context import RunContext, log
+
+Phase = Callable[[RunContext, FlywheelState], FlywheelState]
+
+
+class NeedsLabels(RuntimeError):
+    """Raised when ``--labels human`` episodes are waiting for ``anyskill label``."""
+
+
+def _bar(ctx: RunContext, steps: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=desc, disable=not ctx.cfg.progress, leave=False)
+
+
+def _spans(ds: Dataset) -> R.EpisodeSpans:
+    ep = ds.episodes
+    return R.EpisodeSpans(ep.start, ep.stop, ep.success)
+
+
+# ---- 1. collect --------------------------------------------------------------------------------
+
+
+def collect(ctx: RunContext, st: FlywheelState) -> FlywheelState:
+    """Deploy the current RECAP policy (round 1: the starting policy) on
+    ``episodes_per_round`` envs with the corrector on call; store every episode with its
+    source, ``policy_version``, per-frame interventions and success label (none with
+    ``--labels human``). A resumed round continues after the episodes already stored."""
+    c, rnd = ctx.cfg, st.round
+    tag = policy_version(rnd)
+    have = int(np.sum(ctx.dataset().episodes.policy_version == tag))
+    if have >= c.episodes_per_round:
+        return st
+    name = "recap" if rnd > 1 else "start"
+    params = ctx.policy_params("recap") if rnd > 1 else ctx.start_params
+    vp = ctx.value()[0] if c.corrector.trigger == "value" else None
+    log(f"round {rnd}: deploying the {LABELS[name]} on {c.episodes_per_round} episodes ...")
+    deploy = ctx.deployment.deployer(rnd > 1, c.episodes_per_round, c.corrector)
+    key = jax.random.fold_in(jax.random.key(c.seed), 1000 + rnd)
+    writer = EpisodeWriter.open(ctx.paths.data)
+    human = c.labels == "human"
+
+    def store(ep, i):
+        t = int(ep.length[i])
+        writer.add_episode(
+            {
+                "observation.state": ep.state[i, :t],
+                "observation.goal": ep.goal[i, :t],
+                "action": ep.action[i, :t],
+            },
+            task=ep.task[i],
+            intervention=ep.intervention[i, :t],
+            success=None if human else bool(ep.success[i]),
+            source="corrected" if ep.intervention[i, :t].any() else "autonomous",
+            policy_version=tag,
+            episode_info={"round": rnd, "corrected": bool(ep.intervention[i, :t].any())},
+        )
+
+    with writer:  # releases the dataset's writer lock however the round ends
+        if c.corrector.kind == "human":
+            # a person's time is precious: every episode is stored the moment it ends, and
+            # a resumed round continues after the episodes already stored
+            deploy(params, key, vp, first=have, on_episode=lambda ep: store(ep, 0))
+        else:
+            ep = deploy(params, key, vp)
+            for i in range(have, c.episodes_per_round):
+                store(ep, i)
+    return st
+
+
+# ---- 2. label ----------------------------------------------------------------------------------
+
+
+def value_targets(ctx: RunContext, ds: Dataset) -> np.ndarray:
+    """Monte-Carlo value targets of every frame; episodes without a success label (``--labels
+    human``) pause the run until ``anyskill label`` has labelled them."""
+    ep = ds.episodes
+    unknown = np.flatnonzero(ep.success < 0)
+    if len(unknown):
+        raise NeedsLabels(
+            f"{len(unknown)} episodes of {ctx.paths.data} have no success label; run "
+            f"`anyskill label {ctx.paths.data}` and then resume with --resume"
+        )
+    return A.value_targets(ep.start, ep.stop, ep.success, ctx.horizon)
+
+
+def label(ctx: RunContext, st: FlywheelState) -> FlywheelState:
+    """Wait for labels: every stored episode must have its success label."""
+    value_targets(ctx, ctx.dataset())
+    return st
+
+
+# ---- 3. value ----------------------------------------------------------------------------------
+
+
+def value(ctx: RunContext, st: FlywheelState) -> FlywheelState:
+    """Train the distributional value function on everything collected so far (pretrained
+    from the policy's encoder in round 1, fine-tuned after); before fine-tuning, score the
+    previous round's function on this round's rollouts (held-out failure detection)."""
+    c, rnd = ctx.cfg, st.round
+    ds = ctx.dataset()
+    prev, prev_meta = ctx.value()
+    if prev is not None and prev_meta.get("round") == rnd:
+        # killed after value.msgpack was written but before state.json said so: this
+        # round's value function is complete. Training again would fine-tune it twice, and
+        # the held-out detection would use a function that has seen these episodes.
+        log(f"round {rnd}: the value function of this round is already trained")
+        return st
+    targets = value_targets(ctx, ds)
+    if prev is None:
+        params = ctx.vf.init(jax.random.key(c.seed + 7), ctx.start_params)
+        steps = c.value.steps
+    else:
+        params, steps = prev, c.value.finetune_steps
+    data = ctx.training_data(c.seed + 100 * rnd)
+    if prev is not None:
+        held_out_detection(ctx, rnd, prev, data, prev_meta)
+    log(f"round {rnd}: training the value function ({steps} steps, {ds.num_frames} frames)")
+    bar = _bar(ctx, steps, "value")
+    params, losses = ctx.vf.train(params, data, targets, steps, c.seed + rnd, bar.update)
+    bar.close()
+    meta = {
+        "round": rnd,
+        "loss": float(losses[-50:].mean()),
+        "trained_on_episodes": int(ds.num_episodes),
+    }
+    checkpoint.save(ctx.paths.value, params, meta)
+    return st
+
+
+def held_out_detection(ctx: RunContext, rnd: int, value_params, data, value_meta: dict) -> None:
+    """Early failure detection of the previous round's value function on this round's
+    rollouts, which it has never seen (uncorrected episodes only), into
+    ``detection-r{rnd}.json``. ``value_meta``: the function's checkpoint metadata; episodes it
+    was trained on (``trained_on_episodes``: the store's first n) are never scored, and a
+    function of this round is refused."""
+    if value_meta.get("round", 0) >= rnd:
+        raise RuntimeError(
+            f"held-out detection of round {rnd} asked of the value function of round "
+            f"{value_meta['round']}, which has seen this round's episodes"
+        )
+    ds = data.ds
+    ep = ds.episodes
+    found = R.held_out_failure_detection(
+        lambda frames: R.predict_values(ctx.vf, value_params, data, frames=frames),
+        _spans(ds),
+        np.flatnonzero(ep.policy_version == policy_version(rnd)),
+        ds.columns["intervention"],
+        seen=int(value_meta.get("trained_on_episodes", 0)),
+    )
+    if found is None:
+        return
+    out = {
+        "round": rnd,
+        "episodes": found["episodes"],
+        "failures": found["failures"],
+        "rows": found["rows"],
+        # provenance of the held-out claim: the function's round, the episodes it was
+        # trained on ([0, n) of the store) and the episodes scored (all >= n)
+        "value_round": value_meta.get("round"),
+        "value_trained_on_episodes": value_meta.get("trained_on_episodes"),
+        "episode_ids": found["episode_ids"],
+    }
+    rundir.write_json(ctx.paths.detection(rnd), out)
+
+
+# ---- 4. advantage ------------------------------------------------------------------------------
+
+
+def advantage(ctx: RunContext, st: FlywheelState) -> FlywheelState:
+    """Advantages of every frame with this round's value function, the per-family threshold
+    marking the best ``positive_fraction`` positive, corrected frames positive."""
+    c = ctx.cfg
+    ds = ctx.dataset()
+    data = ctx.training_data(c.seed)
+    vp = ctx.value()[0]
+    values = R.predict_values(ctx.vf, vp, data)
+    q = R.predict_values(ctx.vf, vp, data, q=True) if c.advantage == "chunk" else None
+    adv = R.recap_advantages(
+        values,
+        _spans(ds),
+        ctx.horizon,
+        R.family_ids(ds.tasks, ds.columns["task_index"]),
+        ds.columns["intervention"],
+        c.positive_fraction,
+        kind=c.advantage,
+        n=c.advantage_n,
+        q=q,
+    )
+    adv.save(ctx.paths.advantage(st.round))
+    return st
+
+
+# ---- 5. policy ---------------------------------------------------------------------------------
+
+
+def policy(ctx: RunContext, st: FlywheelState) -> FlywheelState:
+    """Fine-tune RECAP on all data with the advantage indicator (dropped
+    ``indicator_dropout`` of the time), as a learned input or as words of the prompt; the
+    baselines (behaviour cloning on all data, filtered BC on successful episodes) from their
+    previous round on the same data. A method already trained this round is skipped."""
+    c, rnd = ctx.cfg, st.round
+    labels = R.Advantages.load(ctx.paths.advantage(rnd))
+    names = POLICIES if c.baselines else ("recap",)
+    for i, name in enumerate(names):
+        p = ctx.paths.policy(name)
+        if p.exists() and checkpoint.load_meta(p).get("round") == rnd:
+            continue
+        seed = c.seed + 10 * rnd + i
+        if name == "filtered":
+            data = ctx.training_data(seed, success=True)
+        else:
+            data = ctx.training_data(seed)
+        if name == "recap":
+            data.set_indicator(
+                labels.indicator,
+                A.prompt_with_indicator if c.indicator == "prompt" else None,
+                lambda rng, n: A.drop_indicator(rng, n, c.indicator_dropout),
+            )
+        log(f"round {rnd}: fine-tuning {LABELS[name]} ({c.policy_steps} steps)")
+        bar = _bar(ctx, c.policy_steps, name)
+        params = R.finetune_policy(
+            ctx.model, ctx.policy_params(name), data, c.policy_steps, c.lr, seed, bar.update
+        )
+        bar.close()
+        ctx.save_policy(name, params, rnd)
+    return st
+
+
+# ---- 6. evaluate -------------------------------------------------------------------------------
+
+
+def outcome_metrics(success: np.ndarray, steps: np.ndarray, control_hz: float) -> dict:
+    """Success and failure rate, mean time to success (s), throughput (successes per hour of
+    robot time: episodes end at success, failures run to the time limit)."""
+    success = np.asarray(success, bool)
+    robot_hours = float(np.sum(steps)) / control_hz / 3600.0
+    return {
+        "success": float(success.mean()),
+        "failure": float(1.0 - success.mean()),
+        "time_to_success_s": float(steps[success].mean() / control_hz) if success.any() else None,
+        "throughput_per_h": float(success.sum() / max(robot_hours, 1e-9)),
+        "episodes": int(len(success)),
+    }
+
+
+def assisted(ctx: RunContext, params, conditioned: bool, rnd: int, value_params=None) -> dict:
+    """How much help a policy needs: deployed as in data collection (the scripted corrector
+    watching the same fraction of envs, same trigger), on episodes that are the same for
+    every method of a round — intervention rate (frames under correction), episodes
+    corrected and success with corrections. Empty unless ``--eval-interventions`` and an
+    expert corrector (a person is not asked to correct evaluation runs). ``value_params``:
+    the value function, needed by ``--corrector.trigger value``."""
+    c = ctx.cfg
+    if not c.eval_interventions or c.corrector.kind != "expert":
+        return {}
+    deploy = ctx.deployment.deployer(conditioned, c.eval_episodes, c.corrector)
+    key = jax.random.fold_in(jax.random.key(c.seed), 6000 + rnd)
+    ep = deploy(params, key, value_params)
+    live = np.arange(ep.intervention.shape[1])[None] < ep.length[:, None]
+    return {
+        "intervention_rate": float(ep.intervention[live].mean()),
+        "corrected_episodes": float(ep.intervention.any(1).mean()),
+        "assisted_success": float(np.mean(ep.success)),
+    }
+
+
+def evaluate(ctx: RunContext, st: FlywheelState) -> FlywheelState:
+    """Every policy without a corrector (success, failure rate, time to success,
+    throughput), with the corrector on call (:func:`assisted`), the round's deployment, and
+    the held-out detection; rollout videos of the starting and final policies after the
+    last round (``--videos``)."""
+    c, rnd = ctx.cfg, st.round
+    hz = float(ctx.env.control_hz)
+    rows = []
+    vp = ctx.value()[0] if c.corrector.trigger == "value" else None
+
+    def run(name, params, conditioned):
+        roll = ctx.deployment.rollout(conditioned)
+        key = jax.random.fold_in(jax.random.key(c.seed), 5000 + rnd)
+        success, _, steps = (np.asarray(x) for x in roll(params, key))
+        row = {"round": rnd, "method": name, **outcome_metrics(success, steps, hz)}
+        return {**row, **assisted(ctx, params, conditioned, rnd, vp)}
+
+    if rnd == 1 and not any(r["method"] == "start" for r in st.rows):
+        rows.append({**run("start", ctx.start_params, False), "round": 0})
+    names = POLICIES if c.baselines else ("recap",)
+    for name in names:
+        rows.append(run(name, ctx.policy_params(name), name == "recap"))
+    ds = ctx.dataset()
+    ep = ds.episodes
+    tag = ep.policy_version == policy_version(rnd)
+    iv = np.asarray(ds.columns["intervention"], bool)
+    spans = list(zip(ep.start[tag], ep.stop[tag], strict=True))
+    rows.append(
+        {
+            "round": rnd,
+            "method": "deployment" if rnd > 1 else "deployment (start)",
+            "intervention_rate": float(np.mean(np.concatenate([iv[s:t] for s, t in spans]))),
+            "corrected_episodes": float(np.mean([iv[s:t].any() for s, t in spans])),
+            **outcome_metrics(ep.success[tag] > 0, ep.length[tag], hz),
+        }
+    )
+    det = ctx.paths.detection(rnd)
+    detection = (rundir.read_json(det),) if det.exists() else ()
+    for r in rows:
+        if "success" in r:
+            log(
+                f"round {r['round']} {r['method']:<20} success {r['success']:.2f} "
+                f"throughput {r['throughput_per_h']:.0f}/h"
+            )
+    if c.videos and rnd == c.rounds:
+        record_videos(ctx, rnd)
+    return dataclasses.replace(st, rows=st.rows + tuple(rows), detection=st.detection + detection)
+
+
+def record_videos(ctx: RunContext, rnd: int) -> None:
+    """``rollouts-start.gif`` and ``rollouts-recap.gif``, their captions in ``videos.json``."""
+    videos = []
+    for name in ("start", "recap"):
+        params = ctx.start_params if name == "start" else ctx.policy_params(name)
+        path = ctx.paths.video(name)
+        caption = ctx.deployment.rollout_video(params, name == "recap", path)
+        videos.append({"name": name, "file": path.name, "caption": caption})
+    rundir.write_json(ctx.paths.videos, {"round": rnd, "videos": videos})
+
+
+# ---- 7. report ---------------------------------------------------------------------------------
+
+
+def report(ctx: RunContext, st: FlywheelState) -> FlywheelState:
+    """``RUN/report.md`` with the tables, plots and videos so far (from the artifacts)."""
+    from anyskill.flywheel.report import write_report
+
+    write_report(ctx.paths.root)
+    return st
+
+
+#: the phases of a round, in the order they run (``state.json``'s ``done`` names them)
+PHASES: dict[str, Phase] = {
+    "collect": collect,
+    "label": label,
+    "value": value,
+    "advantage": advantage,
+    "policy": policy,
+    "evaluate": evaluate,
+    "report": report,
+}
