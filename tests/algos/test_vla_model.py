@@ -378,3 +378,18 @@ def test_indicator_input_needs_a_model_built_for_it():
         ModelConfig(arch="mlp-flow", indicator=True)
     with pytest.raises(ValueError, match="needs indicator=True"):
         ModelConfig(indicator_modulation=True)
+
+
+def test_without_a_declared_layout_the_state_is_one_token():
+    """Prefix: patches per camera, the instruction, then one state token (a linear
+    projection of the whole state) — or one per declared entity."""
+    two_cams = dataclasses.replace(TINY, num_cameras=2)
+    patches = (TINY.image_size // TINY.patch_size) ** 2
+    for cfg, state_tokens in ((two_cams, 1), (ENTITY, 2)):
+        model = PolicyModel(cfg)
+        params = model.init(jax.random.key(0))
+        emb, _ = model.net.apply(
+            params, random_obs(jax.random.key(1), cfg), method=VLA.embed_prefix
+        )
+        assert emb.shape[1] == cfg.num_cameras * patches + cfg.max_text_len + state_tokens
+    assert "state_proj" in PolicyModel(two_cams).init(jax.random.key(0))["params"]

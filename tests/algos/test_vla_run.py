@@ -237,3 +237,34 @@ def test_eval_policy_refuses_zero_episodes(tmp_path, capsys):
 
     assert main(["eval", "policy", str(tmp_path), "--episodes", "0"]) == 2
     assert "--episodes must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_entity_layout_declared_by_the_data_or_by_its_env_trains_the_same_run(data, tmp_path):
+    """A tabletop recording declares its entity tokens in meta/info.json; a recording made
+    before that (no declaration) gets them from its env (source.json). Both give the same
+    model, so the same weights, bit for bit (issue 23: the tabletop path is unchanged)."""
+    import shutil
+
+    import jax
+    import numpy as np
+
+    from anyskill.data.state_layout import STATE_TOKENS
+
+    old = tmp_path / "old"
+    shutil.copytree(data, old)
+    info = old / "meta" / "info.json"
+    raw = json.loads(info.read_text())
+    del raw["features"]["observation.state"]["info"][STATE_TOKENS]
+    info.write_text(json.dumps(raw))
+    vla = ModelConfig(
+        arch="vla", horizon=4, num_steps=2, width=16, depth=1, head_dim=8, action_width=16
+    )
+    runs = {}
+    for name, path in (("declared", data), ("env", old)):
+        cfg = tiny_cfg(path, tmp_path / name, model=vla, steps=3, eval_every=0)
+        train_mod.train(cfg, log=quiet)
+        runs[name] = train_mod.load_run(tmp_path / name)
+    assert runs["declared"][0].model.state_tokens  # the entity tokens are in use
+    assert runs["declared"][0].model == runs["env"][0].model
+    for a, b in zip(*(jax.tree.leaves(r[3]) for r in runs.values()), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

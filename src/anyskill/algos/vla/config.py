@@ -41,8 +41,11 @@ class ModelConfig:
     mlp_width: int = 512
     """Hidden width of the MLP baselines."""
     entity_tokens: bool = True
-    """VLA: one prefix token per entity of the state (pusher, each object, each zone) when
-    the data's env declares that layout, instead of one token for the whole state."""
+    """VLA: one prefix token per entity of the state (the tabletop's pusher, objects, zones)
+    when the data declares that layout (``observation.state``'s ``anyskill.state_tokens`` in
+    meta/info.json, see :mod:`anyskill.data.state_layout`, or the recording env's
+    ``state_tokens``); without a declaration, or with this off, the whole state is one token
+    (a linear projection)."""
     indicator: bool = False
     """VLA: a learned advantage-indicator input (none / positive / negative, RECAP) added to
     every action-expert token, like the flow time; off for plain imitation. The flywheel
@@ -52,10 +55,18 @@ class ModelConfig:
     """VLA with ``indicator``: the indicator also scales and shifts every action-expert
     block's norms and gates its residual branches (adaLN, as DiT conditions on a class),
     zero-initialised; a stronger input than one added vector (``--indicator modulation``)."""
-    # Filled from the data, not by hand:
+    # Filled from the data (the LeRobot features it declares), not by hand:
     state_dim: int = 0
+    """Features of ``observation.state`` (any robot's proprioception, any size)."""
     action_dim: int = 0
+    """Features of ``action``."""
     num_cameras: int = 1
+    """Cameras read; ``len(cameras)`` whenever ``cameras`` names them."""
+    cameras: tuple[str, ...] = ()
+    """The dataset's camera features (``observation.images.*``, any size: resized to
+    ``image_size``) the model reads, in this order; empty: all of them, in the dataset's
+    order. The policy reads the first as ``observation/image`` and the others under their
+    feature names."""
     state_tokens: tuple[tuple[int, int, int], ...] = ()
     """``(start, stop, kind)`` slices of the state, one prefix token each (same kind, same
     projection); empty: the whole state is one token."""
@@ -79,6 +90,16 @@ class ModelConfig:
             )
         if self.indicator_modulation and not self.indicator:
             raise ValueError("indicator_modulation=True needs indicator=True")
+        if self.cameras:
+            # named cameras decide the count (so `--model.cameras A B` needs no num_cameras)
+            object.__setattr__(self, "num_cameras", len(self.cameras))
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras names a camera twice: {list(self.cameras)}")
+        if self.state_token_words and len(self.state_token_words) != len(self.state_tokens):
+            raise ValueError(
+                f"state_token_words has {len(self.state_token_words)} entries, state_tokens "
+                f"{len(self.state_tokens)}: one per token (or none)"
+            )
         for a, b, _ in self.state_tokens:
             if not 0 <= a < b <= max(self.state_dim, b):
                 raise ValueError(f"state token slice [{a}, {b}) is empty or out of range")
@@ -93,7 +114,8 @@ class TrainConfig:
     """Multi-task training from episode stores."""
 
     data: tuple[Path, ...] = ()
-    """Episode store(s) (LeRobot v3.0 layout) to train on."""
+    """Episode store (any LeRobot v3.0 dataset: ``observation.state``, ``action``, the cameras
+    ``observation.images.*`` and the task, any robot) to train on."""
     model: ModelConfig = ModelConfig()
     run_dir: Path | None = None
     """Where config, metrics, checkpoints, curves go (default runs/policy-ARCH-sSEED)."""

@@ -1,10 +1,22 @@
-"""From an episode store to model batches: normalization, instruction tokens, camera frames."""
+"""From an episode store to model batches: normalization, instruction tokens, camera frames.
+
+The policy reads the LeRobot features a dataset declares in ``meta/info.json``, whatever
+robot recorded it: ``observation.state`` (a vector of any size), the cameras
+``observation.images.*`` (any size, resized to the model's ``image_size``), the instruction
+``task`` and the ``action`` (a vector of any size). :func:`model_for_dataset` fills a
+:class:`ModelConfig` in from them; :func:`check_features` refuses a dataset that does not
+match a model already built (a resumed run, a policy fine-tuned on new data) in one error
+naming the feature, what the model reads and what the dataset has. A structured state
+(entity tokens) is used only when the dataset declares it (:mod:`anyskill.data.state_layout`)
+or the env that recorded it does.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import zlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,12 +30,16 @@ from anyskill.algos.vla.model import (
     Batch,
     Obs,
 )
+from anyskill.data.format import INFO_PATH, SchemaMismatchError
 from anyskill.data.reader import Dataset
 from anyskill.data.sampler import Sampler, SamplerConfig
-from anyskill.nets.transformer import tokenize
+from anyskill.data.state_layout import StateLayout, declared
+from anyskill.nets.transformer import TokenizeError, tokenize
+from anyskill.policies.base import IMAGE, PROMPT, STATE, InputSpec, ObservationError
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+CAMERA_PREFIX = "observation.images."
 STD_FLOOR = 1e-2
 CLIP = 10.0
 
@@ -69,21 +85,199 @@ def camera_keys(ds: Dataset) -> list[str]:
     return list(ds.info.video_keys)
 
 
-def decode_cameras(ds: Dataset, image_size: int, progress=None) -> np.ndarray | None:
-    """All camera frames ``[N, C, S, S, 3] uint8`` in global frame order, decoded once per
-    dataset version and image size and kept (memory-mapped) in the dataset cache dir.
+# ---- the dataset's features -> the model's inputs -------------------------------------------
+
+
+def _dim(ds: Dataset, key: str) -> int:
+    f = ds.info.features.get(key)
+    if f is None or f.is_video:
+        raise SchemaMismatchError(
+            ds.root / INFO_PATH,
+            f"features: no {key!r} vector (has {sorted(ds.info.features)})",
+            "the policy trains on observation.state, action, the cameras observation.images.* "
+            "and the task; rename the dataset's features to LeRobot's names",
+        )
+    return int(np.prod(f.shape))
+
+
+def _mismatch(ds: Dataset, field: str, model: object, data: object, fix: str):
+    return SchemaMismatchError(
+        ds.root / INFO_PATH, f"{field}: the model reads {model}, this dataset has {data}", fix
+    )
+
+
+def model_for_dataset(model: ModelConfig, ds: Dataset, env=None) -> ModelConfig:
+    """``model`` with the fields a dataset decides filled in: ``state_dim`` and
+    ``action_dim`` (the sizes of ``observation.state`` and ``action``), ``cameras`` (the
+    ones ``model.cameras`` names, else every camera) and, for the VLA with ``entity_tokens``,
+    the entity layout of the state the dataset declares (else the one ``env``, the env that
+    recorded it, declares with ``state_tokens()``; else none: one state token).
+
+    A size or camera set by hand that the dataset does not have is refused (one error naming
+    the feature)."""
+    state_dim, action_dim = _dim(ds, STATE_KEY), _dim(ds, ACTION_KEY)
+    fix = "leave it out: the dataset decides it"
+    if model.state_dim and model.state_dim != state_dim:
+        raise _mismatch(
+            ds, f"features[{STATE_KEY!r}]", f"{model.state_dim} features", state_dim, fix
+        )
+    if model.action_dim and model.action_dim != action_dim:
+        raise _mismatch(
+            ds, f"features[{ACTION_KEY!r}]", f"{model.action_dim} features", action_dim, fix
+        )
+    have = tuple(ds.info.video_keys)
+    cameras = model.cameras or have
+    missing = [c for c in cameras if c not in have]
+    if missing:
+        raise _mismatch(
+            ds,
+            "features (--model.cameras)",
+            f"cameras {list(cameras)}",
+            f"{list(have)}",
+            "name cameras the dataset has, or leave --model.cameras out to read them all",
+        )
+    m = dataclasses.replace(
+        model,
+        state_dim=state_dim,
+        action_dim=action_dim,
+        cameras=cameras,
+        num_cameras=len(cameras),
+    )
+    if m.arch == "vla" and m.entity_tokens and not m.state_tokens:
+        layout = declared(ds.info.features[STATE_KEY], ds.root / INFO_PATH)
+        if layout is None and env is not None and hasattr(env, "state_tokens"):
+            layout = StateLayout(env.state_tokens(), env.state_token_words())
+        if layout is not None:
+            m = dataclasses.replace(m, state_tokens=layout.tokens, state_token_words=layout.words)
+    return m
+
+
+def check_features(ds: Dataset, model: ModelConfig) -> None:
+    """Refuse a dataset whose features are not the inputs and outputs ``model`` was built
+    for (a run resumed, or a trained policy fine-tuned, on other data): one
+    :class:`~anyskill.data.format.SchemaMismatchError` naming ``meta/info.json``, the
+    feature, what the model reads and what the dataset has — before anything compiles."""
+    fix = "train a new run on this dataset, or use data recorded with the model's features"
+    for key, want in ((STATE_KEY, model.state_dim), (ACTION_KEY, model.action_dim)):
+        got = _dim(ds, key)
+        if got != want:
+            raise _mismatch(ds, f"features[{key!r}]", f"{want} features", f"{got}", fix)
+    have = list(ds.info.video_keys)
+    if model.cameras:
+        missing = [c for c in model.cameras if c not in have]
+        if missing:
+            raise _mismatch(
+                ds, f"features[{missing[0]!r}]", f"cameras {list(model.cameras)}", f"{have}", fix
+            )
+    elif len(have) != model.num_cameras:  # a model built by hand: cameras by count
+        raise _mismatch(ds, "features (cameras)", f"{model.num_cameras} cameras", f"{have}", fix)
+    if model.state_tokens:
+        layout = declared(ds.info.features[STATE_KEY], ds.root / INFO_PATH)
+        if layout is not None and layout.tokens != tuple(model.state_tokens):
+            raise _mismatch(
+                ds,
+                f"features[{STATE_KEY!r}].info['anyskill.state_tokens']",
+                f"entity tokens {list(model.state_tokens)}",
+                f"{list(layout.tokens)}",
+                fix,
+            )
+
+
+def camera_fields(model: ModelConfig) -> tuple[tuple[str, str], ...]:
+    """``(policy field, dataset feature)`` per camera the model reads: the first is the
+    protocol's ``observation/image``, the others keep their feature names
+    (``observation.images.wrist``), which host adapter envs offer as they are."""
+    keys = model.cameras or tuple(f"{CAMERA_PREFIX}{i}" for i in range(model.num_cameras))
+    return tuple((IMAGE if i == 0 else k, k) for i, k in enumerate(keys))
+
+
+def policy_inputs(model: ModelConfig, prompt_words: int = 0) -> tuple[InputSpec, ...]:
+    """The observation fields a policy of ``model`` reads (its ``PolicySpec.inputs``): the
+    state, each camera (at the model's image size) and the instruction (``prompt_words``
+    fewer words than the model's context, for words a wrapper appends)."""
+    inputs = [
+        InputSpec(STATE, (model.state_dim,), "float32", f"robot state, as {STATE_KEY} of the data")
+    ]
+    size = (model.image_size, model.image_size, 3)
+    for field, key in camera_fields(model):
+        inputs.append(InputSpec(field, size, "uint8", f"camera {key}, RGB"))
+    inputs.append(
+        InputSpec(PROMPT, (), "str", "instruction", max_length=model.max_text_len - prompt_words)
+    )
+    return tuple(inputs)
+
+
+def model_inputs(model: ModelConfig, obs, prompt_suffix: str = "") -> Obs:
+    """The model's inputs from a policy :data:`~anyskill.policies.base.Batch`: the raw state
+    (the policy normalizes it), each camera's images resized to the model's size (any size
+    in), prompts (+ ``prompt_suffix``) tokenized. A field that is missing or does not fit
+    the model raises :class:`~anyskill.policies.base.ObservationError` naming it, what the
+    model reads and what came — before anything compiles."""
+
+    def field(name: str):
+        if name not in obs:
+            want = [s.name for s in policy_inputs(model)]
+            raise ObservationError(name, f"missing; the policy reads {want}, got {sorted(obs)}")
+        return obs[name]
+
+    state = np.asarray(field(STATE), np.float32)
+    if state.ndim != 2 or state.shape[1] != model.state_dim:
+        raise ObservationError(
+            STATE,
+            f"shape {state.shape[1:]}, expected ({model.state_dim},): the {STATE_KEY} the "
+            "policy was trained on",
+        )
+    n = len(state)
+    cameras = []
+    for name, key in camera_fields(model):
+        images = np.asarray(field(name), np.uint8)
+        if images.ndim != 4 or images.shape[-1] != 3 or len(images) != n:
+            raise ObservationError(
+                name, f"shape {images.shape[1:]}, expected [H, W, 3] RGB (camera {key})"
+            )
+        if images.shape[1:3] != (model.image_size, model.image_size):
+            images = resize(images, model.image_size)
+        cameras.append(images)
+    if cameras:
+        images = np.stack(cameras, axis=1)
+    else:
+        images = np.zeros((n, 0, 1, 1, 3), np.uint8)
+    try:
+        prompts = [str(p) + prompt_suffix for p in field(PROMPT)]
+        tokens, mask = tokenize(prompts, model.max_text_len)
+    except ValueError as e:
+        raise ObservationError(PROMPT, str(e)) from None
+    return Obs(
+        state=jnp.asarray(state),
+        images=jnp.asarray(images),
+        tokens=jnp.asarray(tokens),
+        text_mask=jnp.asarray(mask),
+    )
+
+
+# ---- camera frames --------------------------------------------------------------------------
+
+
+def decode_cameras(
+    ds: Dataset, image_size: int, progress=None, keys: tuple[str, ...] | None = None
+) -> np.ndarray | None:
+    """Frames of the cameras ``keys`` (default: all) ``[N, C, S, S, 3] uint8`` in global
+    frame order, decoded once per dataset version and image size and kept (memory-mapped) in
+    the dataset cache dir.
 
     The cache is keyed on the dataset's resolved path and on every data and video file's
     size and modification time, so a copy of a dataset, or one whose video was replaced or
     damaged, is decoded afresh (and a damaged video fails naming the file)."""
-    keys = camera_keys(ds)
+    keys = list(keys) if keys is not None else camera_keys(ds)
     if not keys:
         return None
     from anyskill.data.reader import content_fingerprint, default_cache_dir
 
     shape = (ds.num_frames, len(keys), image_size, image_size, 3)
+    # a subset or another order of the cameras is cached apart from all of them
+    which = "" if keys == camera_keys(ds) else f"-{zlib.crc32(','.join(keys).encode()):08x}"
     cache = default_cache_dir() / (
-        f"frames-{content_fingerprint(ds.root, ds.info, ds._rows)}-{image_size}.npy"
+        f"frames-{content_fingerprint(ds.root, ds.info, ds._rows)}-{image_size}{which}.npy"
     )
     if cache.exists():
         try:
@@ -146,14 +340,15 @@ class TrainingData:
         normalizer: Normalizer | None = None,
         **sampler_kw,
     ):
-        """``sampler_kw``: extra :class:`SamplerConfig` fields (e.g. ``success=True`` for
-        filtered BC); ``normalizer``: keep a trained policy's statistics instead of the data's."""
-        for k in (STATE_KEY, ACTION_KEY):
-            if k not in ds.columns:
-                raise ValueError(
-                    f"{ds.root}: no {k!r} feature (has {sorted(ds.columns)}); the policy "
-                    "trains on observation.state, action and the cameras"
-                )
+        """``model``: built for this dataset's features (:func:`model_for_dataset`), else a
+        dataset that does not match it is refused (:func:`check_features`). ``sampler_kw``:
+        extra :class:`SamplerConfig` fields (e.g. ``success=True`` for filtered BC);
+        ``normalizer``: keep a trained policy's statistics instead of the data's."""
+        check_features(ds, model)
+        try:
+            tokens, _ = tokenize(list(ds.tasks) or [""], model.max_text_len)
+        except TokenizeError as e:
+            raise SchemaMismatchError(ds.root / "meta" / "tasks.parquet", str(e)) from None
         sampler = Sampler(
             ds,
             SamplerConfig(
@@ -164,12 +359,12 @@ class TrainingData:
                 **sampler_kw,
             ),
         )
-        tokens, _ = tokenize(list(ds.tasks) or [""], model.max_text_len)
+        keys = model.cameras or None  # a model built by hand reads every camera
         return cls(
             ds,
             sampler,
             tokens,
-            decode_cameras(ds, model.image_size, progress),
+            decode_cameras(ds, model.image_size, progress, keys),
             normalizer or Normalizer.from_dataset(ds),
         )
 

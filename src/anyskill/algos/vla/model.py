@@ -29,6 +29,13 @@ from anyskill.nets.transformer import (
     tokenize,
 )
 
+# values of ``Obs.indicator``: the policy protocol's (a served policy sets them)
+from anyskill.policies.base import (  # noqa: F401  (re-exported)
+    INDICATOR_NEGATIVE,
+    INDICATOR_NONE,
+    INDICATOR_POSITIVE,
+)
+
 
 @struct.dataclass
 class Obs:
@@ -47,10 +54,6 @@ class Obs:
     tokens: jax.Array
     text_mask: jax.Array
     indicator: jax.Array | None = None
-
-
-#: values of ``Obs.indicator``
-INDICATOR_NONE, INDICATOR_POSITIVE, INDICATOR_NEGATIVE = 0, 1, 2
 
 
 @struct.dataclass
@@ -174,41 +177,44 @@ class VLA(nn.Module):
         masks = [jnp.ones(p.shape[:2], bool) for p in parts]
         parts.append(self.text_embed(obs.tokens) + self.text_pos[None, : obs.tokens.shape[1]])
         masks.append(obs.text_mask)
-        if self.cfg.state_tokens:
-            ents = [
-                self.entity_proj[str(k)](obs.state[:, a:z]) for a, z, k in self.cfg.state_tokens
-            ]
-            order = mention_order(obs.tokens, self.cfg.state_token_words)
-            for j, segments in enumerate(self.cfg.state_token_words):
-                a = self.cfg.state_tokens[j][0]
-                for i, (off, names) in enumerate(segments):
-                    ids = jnp.asarray(tokenize(" ".join(names), len(names))[0])
-                    emb = self.text_embed(ids)  # [n, width]
-                    said = (obs.tokens[:, :, None] == ids).any(1).astype(emb.dtype)  # [B, n]
-                    if off < 0:
-                        hot = jnp.ones_like(said)
-                    else:
-                        # a one-hot feature normalizes to > 0 where it is 1 and < 0 elsewhere
-                        hot = (obs.state[:, a + off : a + off + len(names)] > 0).astype(emb.dtype)
-                    mentioned = (hot * said).sum(-1, keepdims=True)
-                    # which grounded word of the instruction names this entity, in order: in
-                    # "push the green block into the yellow zone" both the green and the
-                    # yellow zone are mentioned, but only yellow is the 3rd grounded word
-                    rank = jax.nn.one_hot(
-                        order[:, name_ids(names, self.cfg.state_token_words)], MAX_MENTIONS
-                    )
-                    said_rank = (hot * said)[..., None] * rank  # [B, n, MAX_MENTIONS]
-                    ents[j] = (
-                        ents[j]
-                        + hot @ emb
-                        + mentioned * self.mention[i]
-                        + said_rank.sum(1) @ self.mention_order
-                    )
-            parts.append(jnp.stack(ents, axis=1) + self.entity_pos[None])
-        else:
-            parts.append(self.state_proj(obs.state)[:, None])
+        parts.append(self.embed_state(obs))
         masks.append(jnp.ones((b, parts[-1].shape[1]), bool))
         return jnp.concatenate(parts, axis=1), jnp.concatenate(masks, axis=1)
+
+    def embed_state(self, obs: Obs) -> jax.Array:
+        """``[B, T, width]`` state tokens: one linear projection of the whole state (any
+        robot's proprioception), or, when the data declares its state's entities
+        (``cfg.state_tokens``), one token per entity grounded in the instruction."""
+        if not self.cfg.state_tokens:
+            return self.state_proj(obs.state)[:, None]
+        ents = [self.entity_proj[str(k)](obs.state[:, a:z]) for a, z, k in self.cfg.state_tokens]
+        order = mention_order(obs.tokens, self.cfg.state_token_words)
+        for j, segments in enumerate(self.cfg.state_token_words):
+            a = self.cfg.state_tokens[j][0]
+            for i, (off, names) in enumerate(segments):
+                ids = jnp.asarray(tokenize(" ".join(names), len(names))[0])
+                emb = self.text_embed(ids)  # [n, width]
+                said = (obs.tokens[:, :, None] == ids).any(1).astype(emb.dtype)  # [B, n]
+                if off < 0:
+                    hot = jnp.ones_like(said)
+                else:
+                    # a one-hot feature normalizes to > 0 where it is 1 and < 0 elsewhere
+                    hot = (obs.state[:, a + off : a + off + len(names)] > 0).astype(emb.dtype)
+                mentioned = (hot * said).sum(-1, keepdims=True)
+                # which grounded word of the instruction names this entity, in order: in
+                # "push the green block into the yellow zone" both the green and the
+                # yellow zone are mentioned, but only yellow is the 3rd grounded word
+                rank = jax.nn.one_hot(
+                    order[:, name_ids(names, self.cfg.state_token_words)], MAX_MENTIONS
+                )
+                said_rank = (hot * said)[..., None] * rank  # [B, n, MAX_MENTIONS]
+                ents[j] = (
+                    ents[j]
+                    + hot @ emb
+                    + mentioned * self.mention[i]
+                    + said_rank.sum(1) @ self.mention_order
+                )
+        return jnp.stack(ents, axis=1) + self.entity_pos[None]
 
     def embed_actions(self, x_t, t, indicator=None):
         a = self.action_in(x_t)

@@ -2,46 +2,47 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anyskill.algos.vla.data import resize
-from anyskill.algos.vla.model import Obs
+from anyskill.algos.vla.data import model_inputs, policy_inputs
+from anyskill.algos.vla.model import Obs, PolicyModel
 from anyskill.algos.vla.train import chunk_fn_for, load_run
-from anyskill.nets.transformer import tokenize
 from anyskill.policies.base import (
-    IMAGE,
-    PROMPT,
-    STATE,
+    INDICATOR,
+    INDICATOR_NEGATIVE,
+    INDICATOR_NONE,
+    INDICATOR_POSITIVE,
     Batch,
     ChunkPolicy,
-    InputSpec,
     ObservationError,
     PolicySpec,
 )
+from anyskill.policies.registry import read_config_json, register_loader
 
 
 class VLAPolicy(ChunkPolicy):
     """``infer(batch)`` -> ``[B, H, A]`` action chunks in env units, from raw observations:
-    ``observation/state`` float32 ``[state_dim]``, ``observation/image`` uint8 ``[S, S, 3]``
-    (any square size: resized to the model's), ``prompt`` str."""
+    ``observation/state`` float32 ``[state_dim]``, one uint8 ``[H, W, 3]`` image per camera
+    of the training data (the first as ``observation/image``, the others under their
+    feature names, e.g. ``observation.images.wrist``; any size, resized to the model's),
+    ``prompt`` str."""
 
     def __init__(self, run_dir: Path | str, num_steps: int | None = None, seed: int = 0):
         cfg, model, normalizer, params, meta = load_run(Path(run_dir))
         self.cfg, self.model, self.params, self.meta = cfg, model, params, meta
+        self.normalizer, self.num_steps = normalizer, num_steps
         m = cfg.model
         self.image_size = m.image_size
-        inputs = [InputSpec(STATE, (m.state_dim,), "float32", "robot and scene state")]
-        if m.num_cameras:
-            inputs.append(
-                InputSpec(IMAGE, (m.image_size, m.image_size, 3), "uint8", "top camera, RGB")
-            )
-        inputs.append(InputSpec(PROMPT, (), "str", "instruction", max_length=m.max_text_len))
         self.spec = PolicySpec(
-            tuple(inputs),
+            # the run's real inputs: its data's state size, cameras and the instruction
+            policy_inputs(m),
             action_dim=m.action_dim,
             action_horizon=m.horizon,
             control_hz=10.0,
@@ -54,32 +55,107 @@ class VLAPolicy(ChunkPolicy):
         self.infer_seed = seed
 
     def to_obs(self, obs: Batch) -> Obs:
-        """Model inputs of a :data:`Batch`: images resized to the model's size and repeated
-        per camera, prompts tokenized."""
-        m = self.cfg.model
-        state = np.asarray(obs[STATE], np.float32)
-        n = len(state)
-        if m.num_cameras:
-            images = np.asarray(obs[IMAGE], np.uint8)
-            if images.ndim != 4 or images.shape[-1] != 3:
-                raise ObservationError(IMAGE, f"shape {images.shape[1:]}, expected [S, S, 3] RGB")
-            if images.shape[1:3] != (m.image_size, m.image_size):
-                images = resize(images, m.image_size)
-            images = images[:, None].repeat(m.num_cameras, axis=1)
-        else:
-            images = np.zeros((n, 0, 1, 1, 3), np.uint8)
-        try:
-            tokens, mask = tokenize([str(p) for p in obs[PROMPT]], m.max_text_len)
-        except ValueError as e:
-            raise ObservationError(PROMPT, str(e)) from None
-        return Obs(
-            state=jnp.asarray(state),
-            images=jnp.asarray(images),
-            tokens=jnp.asarray(tokens),
-            text_mask=jnp.asarray(mask),
-        )
+        """Model inputs of a :data:`Batch` (:func:`~anyskill.algos.vla.data.model_inputs`):
+        each camera resized to the model's size, prompts tokenized; a field that does not fit
+        the run raises :class:`ObservationError` naming it."""
+        return model_inputs(self.cfg.model, obs)
 
     def act(self, obs: Batch, key) -> np.ndarray:
         """``[B, H, A]`` chunks in env units (no padding: a rollout's fixed batch compiles
         once; the server's ``infer`` pads to powers of two)."""
-        return np.asarray(self._fn(self.params, key, self.to_obs(obs)), np.float32)
+        return np.asarray(self._fn(self.params, key, self.model_obs(obs)), np.float32)
+
+    # ---- RECAP: the advantage indicator and classifier-free guidance ----------------------
+
+    @property
+    def accepts_indicator(self) -> bool:
+        """The model reads the :data:`~anyskill.policies.base.INDICATOR` field (a VLA built
+        with ``ModelConfig.indicator=True``)."""
+        return bool(self.model.cfg.indicator)
+
+    def model_obs(self, obs: Batch) -> Obs:
+        """:meth:`to_obs` plus the advantage indicator when ``obs`` has an
+        :data:`~anyskill.policies.base.INDICATOR` field (``[B]`` ints: 0 none, 1 positive,
+        2 negative)."""
+        out = self.to_obs(obs)
+        if INDICATOR not in obs:
+            return out
+        if not self.accepts_indicator:
+            raise ObservationError(
+                INDICATOR,
+                f"{self.spec.name} has no advantage-indicator input (ModelConfig.indicator="
+                "False); condition it through the prompt instead",
+            )
+        ind = np.asarray(obs[INDICATOR])
+        n = out.state.shape[0]
+        valid = (INDICATOR_NONE, INDICATOR_POSITIVE, INDICATOR_NEGATIVE)
+        if ind.shape != (n,) or ind.dtype.kind not in "iu" or not np.isin(ind, valid).all():
+            raise ObservationError(
+                INDICATOR, f"expected {n} integers in {valid}, got {ind.dtype} {ind.shape}"
+            )
+        return out.replace(indicator=jnp.asarray(ind, jnp.int32))
+
+    def act_guided(self, cond: Batch, uncond: Batch, beta: float, key) -> np.ndarray:
+        """Classifier-free guidance (:meth:`PolicyModel.sample_guided`): ``[B, H, A]``
+        chunks in env units from the velocity ``v_u + beta (v_c - v_u)`` of ``cond`` and
+        ``uncond``. When the two batches differ only in their indicator (the same field
+        objects otherwise), one prefix encoding serves both."""
+        shared = set(cond) == set(uncond) and all(
+            k == INDICATOR or cond[k] is uncond[k] for k in cond
+        )
+        c = self.model_obs(cond)
+        u = self.model_obs(uncond)
+        if shared:
+            u = u.indicator  # the rest of the prefix is c's, inside the jit
+        out = self._guided(self.params, key, c, u, beta=float(beta), shared=shared)
+        return np.asarray(out, np.float32)
+
+    @functools.cached_property
+    def _guided(self):
+        model, normalizer, num_steps = self.model, self.normalizer, self.num_steps
+
+        def guided(params, key, cond: Obs, uncond, beta: float, shared: bool):
+            # as the flywheel's chunk_fn: normalise, guide, back to env units
+            cond = cond.replace(state=normalizer.state(cond.state))
+            if shared:
+                uncond = cond.replace(indicator=uncond)
+            else:
+                uncond = uncond.replace(state=normalizer.state(uncond.state))
+            chunk = model.sample_guided(params, key, cond, uncond, beta, num_steps)
+            return normalizer.unaction(chunk)
+
+        return jax.jit(guided, static_argnames=("beta", "shared"))
+
+    def with_weights(self, params, model: PolicyModel | None = None, name: str | None = None):
+        """This policy (same inputs, normaliser and spec) with other weights ``params`` of
+        ``model`` (default: this policy's model; another must read the same inputs and
+        return the same chunks, e.g. the same VLA with an indicator input). ``name``: the
+        new spec's name."""
+        new = copy.copy(self)
+        for k in ("_infer_calls", "_guided"):  # per-policy key counter and compiled functions
+            new.__dict__.pop(k, None)
+        new.params = params
+        if model is not None:
+            new.model = model
+            new.cfg = dataclasses.replace(self.cfg, model=model.cfg)
+            new._fn = jax.jit(chunk_fn_for(model, self.normalizer, self.num_steps))
+        if name is not None:
+            new.spec = dataclasses.replace(self.spec, name=name)
+        return new
+
+
+def is_policy_run(path: Path) -> bool:
+    """A run directory of ``anyskill train policy``: its ``config.json`` names a model
+    ``arch`` and the data it was trained on (a flywheel's config has a model but no data)."""
+    d = read_config_json(path)
+    return (
+        d is not None and isinstance(d.get("model"), dict) and "arch" in d["model"] and "data" in d
+    )
+
+
+register_loader(
+    "policy run (anyskill train policy: vla, mlp-bc, mlp-flow)",
+    is_policy_run,
+    VLAPolicy,
+    options=("num_steps", "seed"),
+)

@@ -25,9 +25,10 @@ from flax import struct
 
 from anyskill import checkpoint, rundir
 from anyskill.algos.vla.config import ModelConfig, TrainConfig
-from anyskill.algos.vla.data import Normalizer, TrainingData
-from anyskill.algos.vla.evaluate import Evaluator
+from anyskill.algos.vla.data import Normalizer, TrainingData, model_for_dataset
+from anyskill.algos.vla.evaluate import ChunkFnPolicy, Evaluator
 from anyskill.algos.vla.model import Obs, PolicyModel
+from anyskill.learn import train_steps
 
 CKPT = "checkpoint.msgpack"
 CONFIG = "config.json"
@@ -132,9 +133,13 @@ def load_run(run_dir: Path):
         )
     cfg = load_config(run_dir)
     model = PolicyModel(cfg.model)
-    params = model.init(jax.random.key(0))
+    # templates of shapes only: real initial weights would compile every initialiser op
+    # eagerly (~15 s of CPU for a tiny VLA) just to be overwritten by the checkpoint
+    params = jax.eval_shape(model.init, jax.random.key(0))
     opt = make_optimizer(cfg)
-    ts = TrainState(params, params, opt.init(params), jnp.int32(0), jax.random.PRNGKey(0))
+    ts = jax.eval_shape(
+        lambda p: TrainState(p, p, opt.init(p), jnp.int32(0), jax.random.PRNGKey(0)), params
+    )
     template = {"train": ts, "ema": params, "normalizer": _normalizer_template(cfg.model)}
     tree, meta = checkpoint.load(run_dir / CKPT, template)
     return cfg, model, tree["normalizer"], tree["ema"], meta
@@ -175,20 +180,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
         )
     ds = Dataset.open(cfg.data[0])
     src = source_env(ds.root)
-    m = dataclasses.replace(
-        cfg.model,
-        state_dim=int(np.prod(ds.info.features["observation.state"].shape)),
-        action_dim=int(np.prod(ds.info.features["action"].shape)),
-        num_cameras=len(ds.info.video_keys),
-    )
-    if m.arch == "vla" and m.entity_tokens and not m.state_tokens:
-        env = make_eval_env(src, m.image_size)
-        if env is not None and hasattr(env, "state_tokens"):
-            m = dataclasses.replace(
-                m, state_tokens=env.state_tokens(), state_token_words=env.state_token_words()
-            )
-    if cfg.model.state_dim and cfg.model.state_dim != m.state_dim:
-        raise ValueError(f"model state_dim {cfg.model.state_dim} != data's {m.state_dim}")
+    # A new run's inputs and outputs are the LeRobot features its data declares (any robot);
+    # a resumed run keeps its own, and TrainingData.build refuses data that no longer
+    # matches them (one error naming the feature) before anything compiles.
+    if cfg.resume:
+        m = cfg.model
+    else:
+        m = model_for_dataset(cfg.model, ds, make_eval_env(src, cfg.model.image_size))
     cfg = dataclasses.replace(cfg, model=m)
     model = PolicyModel(m)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,21 +225,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
     env = make_eval_env(src, m.image_size)
     evaluator = None
     if env is not None and cfg.eval_episodes > 0:
-        evaluator = Evaluator(
-            env,
-            chunk_fn_for(model, data.normalizer),
-            cfg.eval_split,
-            cfg.eval_episodes,
-            cfg.replan_every,
-            m.image_size,
-            m.num_cameras,
-            m.max_text_len,
-        )
+        evaluator = Evaluator(env, cfg.eval_split, cfg.eval_episodes, cfg.replan_every)
+        # the policy being trained; each evaluation swaps in the current EMA weights
+        eval_policy = ChunkFnPolicy(chunk_fn_for(model, data.normalizer), params, m)
 
     def evaluate(step: int) -> dict:
         if evaluator is None:
             return {}
-        return evaluator(ts.ema, jax.random.key(10_000 + step))
+        return evaluator(eval_policy.with_params(ts.ema), jax.random.key(10_000 + step))
 
     def save(metrics_row: dict):
         # the row first (one fsynced append), then the checkpoint: a kill between the two
@@ -271,11 +262,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     # Training time (time_budget_min) runs from the end of this session's first step (which
     # compiles) and is paused around evaluation, checkpoint and plot.
     session_start, t_mark = trained, None
-    while step < cfg.steps:
-        ts, metrics = train_step(ts, data.batch())
-        step += 1
+    updates = train_steps(train_step, ts, data.batch, cfg.steps, start=start, progress=bar.update)
+    for step, ts, metrics in updates:  # noqa: B007 (evaluate() and save() read ts)
         losses.append(metrics["loss"])
-        bar.update(1)
         at_eval = cfg.eval_every and step % cfg.eval_every == 0
         if t_mark is None or at_eval or step == cfg.steps:
             jax.block_until_ready(metrics["loss"])  # dispatched steps are finished steps
