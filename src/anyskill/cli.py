@@ -37,6 +37,7 @@ commands:
   train crl   train goal-conditioned contrastive RL (self-supervised, no reward)
   eval        evaluate a run's latest checkpoint and write a rollout video
   train policy  train the π0-style VLA (or an MLP baseline) from an episode store
+  train recap   RECAP's deployment flywheel (the same as `anyskill flywheel`)
   eval policy   closed-loop success of a trained policy per task family
   render      write a video of a policy or scripted expert on any task
   envs        list the built-in environments
@@ -537,17 +538,29 @@ def _split_preset(args: list[str], default: str) -> str:
 
 
 def cmd_train(args: list[str]) -> int:
+    """``anyskill train NAME``: every algorithm of :data:`anyskill.algos.ALGORITHMS`."""
+    from anyskill.algos import ALGORITHMS, get_algorithm
+
     if not args or args[0] in ("-h", "--help"):
+        words = [w for a in ALGORITHMS.values() for w in a.commands]
         print(
-            "usage: anyskill train {crl,policy} [--help] [flags]\n\nalgorithms:\n"
-            "  crl      contrastive RL\n  policy   π0-style VLA or MLP baseline from demonstrations"
+            f"usage: anyskill train {{{','.join(words)}}} [--help] [flags]\n\nalgorithms:\n"
+            + "\n".join(f"  {' | '.join(a.commands):<12} {a.summary}" for a in ALGORITHMS.values())
         )
         return 0
-    algo, rest = args[0], args[1:]
-    if algo == "policy":
-        return cmd_train_policy(rest)
-    if algo != "crl":
-        raise ValueError(f"unknown algorithm {algo!r}; available: crl, policy")
+    algo = get_algorithm(args[0])
+    prog = f"anyskill train {args[0]}"
+    if algo.name in TRAIN_COMMANDS:
+        return TRAIN_COMMANDS[algo.name](args[1:], prog)
+    # parse its config, train, print the result
+    result = algo.train_fn(parse_cli(algo.config_class, args[1:], prog=prog))
+    from anyskill.rundir import dumps  # never NaN in JSON output
+
+    print(dumps(result, indent=2))
+    return 0
+
+
+def cmd_train_crl(rest: list[str], prog: str = "anyskill train crl") -> int:
     preset_name = _split_preset(rest, "pointmaze-u")
     preset = get_preset(preset_name)
 
@@ -555,7 +568,7 @@ def cmd_train(args: list[str]) -> int:
         TrainCRL,
         rest,
         default=TrainCRL(config=preset, preset=preset_name),
-        prog="anyskill train crl",
+        prog=prog,
     )
     config = parsed.config
     if parsed.depth is not None:
@@ -608,11 +621,11 @@ class EvalPolicy:
         _at_least(("--episodes", self.episodes, 1), ("--video-episodes", self.video_episodes, 1))
 
 
-def cmd_train_policy(args: list[str]) -> int:
+def cmd_train_policy(args: list[str], prog: str = "anyskill train policy") -> int:
     from anyskill.algos.vla.config import TrainConfig
     from anyskill.algos.vla.train import train
 
-    cfg = parse_cli(TrainConfig, args, prog="anyskill train policy")
+    cfg = parse_cli(TrainConfig, args, prog=prog)
     if not cfg.data and not cfg.resume:
         raise ValueError("--data PATH is required: an episode store (see `anyskill data record`)")
     result = train(cfg)  # with --resume and no --data: the run's own data
@@ -624,7 +637,7 @@ def cmd_train_policy(args: list[str]) -> int:
 
 def cmd_eval_policy(args: list[str]) -> int:
     parsed = parse_cli(EvalPolicy, args, prog="anyskill eval policy")
-    from anyskill.algos.vla.evaluate import Evaluator
+    from anyskill.algos.vla.evaluate import ChunkFnPolicy, Evaluator
     from anyskill.algos.vla.train import chunk_fn_for, load_run, make_eval_env, source_env
 
     cfg, model, normalizer, params, meta = load_run(parsed.run_dir)
@@ -635,38 +648,27 @@ def cmd_eval_policy(args: list[str]) -> int:
             f"{parsed.run_dir}: its data was not recorded from a built-in tabletop env, so there "
             "is no simulator to evaluate it in"
         )
-    chunk_fn = chunk_fn_for(model, normalizer, parsed.num_steps)
-    ev = Evaluator(
-        env,
-        chunk_fn,
-        parsed.split,
-        parsed.episodes,
-        parsed.replan_every or cfg.replan_every,
-        m.image_size,
-        m.num_cameras,
-        m.max_text_len,
-    )
+    policy = ChunkFnPolicy(chunk_fn_for(model, normalizer, parsed.num_steps), params, m)
+    # at most a chunk's worth of actions, as a served VLA's execute_horizon
+    replan_every = min(parsed.replan_every or cfg.replan_every, m.horizon)
+    ev = Evaluator(env, parsed.split, parsed.episodes, replan_every)
     import jax
 
     result = {
         "run_dir": str(parsed.run_dir),
         "step": meta.get("step"),
-        **ev(params, jax.random.key(parsed.seed)),
+        **ev(policy, jax.random.key(parsed.seed)),
     }
     if parsed.video is not None:
         from anyskill.algos.vla.evaluate import rollout_video
 
         result["video"] = rollout_video(
             dataclasses.replace(env, split=parsed.split[0]),
-            chunk_fn,
-            params,
+            policy,
             jax.random.key(parsed.seed + 1),
             parsed.video,
             episodes=parsed.video_episodes,
-            replan_every=parsed.replan_every or cfg.replan_every,
-            image_size=m.image_size,
-            num_cameras=m.num_cameras,
-            max_text_len=m.max_text_len,
+            replan_every=replan_every,
         )
     from anyskill.rundir import dumps  # never NaN in JSON output
 
@@ -728,9 +730,12 @@ def cmd_render(args: list[str]) -> int:
                 f"{env.goal_dim}"
             )
         params = state.params
+        from anyskill.rollout import StatePolicy
 
-        def policy(s, key):
+        def act(s, key):  # the CRL actor reads the env's observation and goal
             return trainer.act(params, key, s.obs[None], s.goal[None], deterministic=True)[0]
+
+        policy = StatePolicy(act, env.action_dim, env.control_hz, f"crl:{policy_path}")
     else:
         if parsed.env is None:
             raise ValueError("--env is required unless --policy is a run directory")
@@ -751,7 +756,10 @@ def cmd_render(args: list[str]) -> int:
 class Serve:
     """Serve a policy over websocket (openpi's wire protocol; openpi-client works unchanged).
 
-    Give a checkpoint directory (CKPT) or a built-in with --policy."""
+    Give a checkpoint directory (CKPT: a policy, flywheel or CRL run) or a built-in with
+    --policy. A flywheel run serves its RECAP policy as the flywheel deploys it; pick another
+    with e.g. `anyskill serve RUN --policy-name bc`, or guide and select with
+    `anyskill serve RUN --beta 2 --best-of 4`."""
 
     checkpoint: tyro.conf.Positional[Annotated[str | None, tyro.conf.arg(metavar="CKPT")]] = None
     """Checkpoint directory of a trained policy (or a built-in policy name)."""
@@ -779,8 +787,19 @@ class Serve:
     """random-mlp only: hidden units per layer."""
     depth: int | None = None
     """random-mlp only: hidden layers."""
+    policy_name: str | None = None
+    """Flywheel runs: which of the run's policies to serve — recap (default: conditioned on
+    "advantage: positive" as the flywheel deploys it), bc, filtered or start."""
+    beta: float | None = None
+    """Flywheel runs, recap: classifier-free guidance weight (default: the run's --beta)."""
+    best_of: int | None = None
+    """Flywheel runs: sample this many chunks per request and serve the one the run's value
+    function ranks highest (default 1: no selection)."""
     verbose: bool = False
     """Log every connection and failure (INFO)."""
+
+    def __post_init__(self):
+        _at_least(("--beta", self.beta, 0), ("--best-of", self.best_of, 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -881,10 +900,24 @@ def cmd_serve(args: list[str]) -> int:
         max_buffered_bytes=int(parsed.memory_budget_mb * (1 << 20)),
         idle_timeout_s=parsed.idle_timeout_s,
     )
-    sock = bind(config.host, config.port)  # before loading: a port in use fails at once
+    name = parsed.policy or parsed.checkpoint
+    builtin = name in registry.BUILTIN_POLICIES
     overrides = {k: v for k in ("width", "depth") if (v := getattr(parsed, k)) is not None}
+    options = {
+        k: v for k in ("policy_name", "beta", "best_of") if (v := getattr(parsed, k)) is not None
+    }
+    if builtin and options:
+        raise ValueError(
+            f"--{'/--'.join(k.replace('_', '-') for k in options)} apply to checkpoints (a "
+            f"flywheel run), not to the built-in {name!r}"
+        )
+    if overrides and not builtin and Path(name).exists():
+        raise ValueError(
+            f"--{'/--'.join(overrides)} apply to the built-in random-mlp, not to a checkpoint"
+        )
+    sock = bind(config.host, config.port)  # before loading: a port in use fails at once
     try:
-        policy = registry.resolve(parsed.policy or parsed.checkpoint, **overrides)
+        policy = registry.resolve(name, **(overrides if builtin else options))
     except BaseException:
         sock.close()
         raise
@@ -961,17 +994,27 @@ def cmd_presets(args: list[str]) -> int:
     return 0
 
 
-def cmd_flywheel(args: list[str]) -> int:
+def cmd_flywheel(args: list[str], prog: str = "anyskill flywheel") -> int:
     from anyskill.flywheel.config import FlywheelConfig
     from anyskill.flywheel.loop import NeedsLabels, run_flywheel
 
-    cfg = parse_cli(FlywheelConfig, args, prog="anyskill flywheel")
+    if args[:1] == ["end-round"]:  # ask a running robot round to end with what it has
+        from anyskill.flywheel.robots import end_round
+
+        if len(args) != 2 or not (Path(args[1]) / "config.json").is_file():
+            raise ValueError(
+                f"usage: {prog} end-round RUN_DIR (the --run-dir of a running flywheel with "
+                f"--deploy robots); got {' '.join(args[1:]) or 'no run directory'}"
+            )
+        print(f"asked the round to end: {end_round(args[1])}")
+        return 0
+    cfg = parse_cli(FlywheelConfig, args, prog=prog)
     try:
         st = run_flywheel(cfg)
     except NeedsLabels as e:
-        print(f"anyskill flywheel: paused: {e}", file=sys.stderr)
+        print(f"{prog}: paused: {e}", file=sys.stderr)
         return 4
-    print(f"report: {cfg.run_dir / 'report.md'} ({st['round'] - 1} rounds done)")
+    print(f"report: {cfg.run_dir / 'report.md'} ({st.round - 1} rounds done)")
     return 0
 
 
@@ -994,7 +1037,7 @@ def cmd_demo(args: list[str]) -> int:
         print(f"continuing the demo in {cfg.run_dir}", file=sys.stderr)
         cfg = dataclasses.replace(cfg, resume=True)
     st = run_flywheel(cfg)
-    print(f"report: {cfg.run_dir / 'report.md'} ({st['round'] - 1} rounds done)")
+    print(f"report: {cfg.run_dir / 'report.md'} ({st.round - 1} rounds done)")
     return 0
 
 
@@ -1005,6 +1048,11 @@ def cmd_label(args: list[str]) -> int:
     print(json.dumps(label_episodes(cfg)))
     return 0
 
+
+#: ``anyskill train NAME`` of the algorithms whose command does more than parse its config,
+#: train and print the result (CRL's presets and video, the policy's --data check, the
+#: flywheel's pause for labels); ``fn(args, prog) -> exit code``
+TRAIN_COMMANDS = {"crl": cmd_train_crl, "vla": cmd_train_policy, "recap": cmd_flywheel}
 
 COMMANDS = {
     "label": cmd_label,

@@ -157,3 +157,20 @@ def test_save_video_errors(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"pip install imageio-ffmpeg.*\.gif"):
         save_video(frames, tmp_path / "x.mp4")
     assert not list(tmp_path.iterdir())
+
+
+def test_render_rollouts_draws_each_episode_until_it_ends(env):
+    """``anyskill render`` runs its episodes through the one rollout: a random policy on the
+    maze, one tile per episode, one frame per step plus the position the episode ended on."""
+    import jax
+
+    from anyskill.envs import video
+
+    short = make("pointmaze-u", episode_length=6)
+    frames, summary = video.render_rollouts(
+        short, video.builtin_policy(short, "random"), jax.random.key(0), episodes=2, size=64
+    )
+    assert frames.shape[0] == 6 + 1 and frames.dtype == np.uint8
+    assert summary == {"env": "pointmaze-u", "episodes": 2, "steps": 6, "success": 0.0}
+    with pytest.raises(ValueError, match="no scripted expert"):
+        video.builtin_policy(short, "expert")

@@ -6,13 +6,13 @@ from __future__ import annotations
 import io
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from anyskill import envs
 from anyskill.flywheel import human as H
-from anyskill.flywheel.deploy import CorrectorConfig, make_deployer
+from anyskill.flywheel.deploy import CorrectorConfig, deploy
+from anyskill.policies.base import PROMPT, ChunkPolicy, InputSpec, PolicySpec
 
 
 def test_parse_keys_arrows_space_letters():
@@ -49,18 +49,30 @@ def test_ansi_image_has_one_cell_per_column_and_row_pair():
     assert text.count("\u2580") == 9
 
 
-def still_policy(params, key, obs):
+class StillPolicy(ChunkPolicy):
     """A policy that never moves (chunks of zeros): every progress must come from the person."""
-    return jnp.zeros((obs.state.shape[0], 10, 2))
+
+    spec = PolicySpec(
+        (InputSpec(PROMPT, (), "str"),), action_dim=2, action_horizon=10, control_hz=10
+    )
+
+    def act(self, obs, key):
+        return np.zeros((len(obs[PROMPT]), 10, 2), np.float32)
 
 
 def deploy_with(keys, corrector, episodes=1):
     env = envs.make("tabletop-reach")
     person = H.HumanCorrector(keys, speed=1.0, hz=0, out=io.StringIO())
-    deploy = make_deployer(
-        env, still_policy, episodes, 5, 16, 1, 12, corrector=corrector, human=person
+    ep = deploy(
+        env,
+        StillPolicy(),
+        jax.random.key(3),
+        num_envs=episodes,
+        replan_every=5,
+        corrector=corrector,
+        person=person,
     )
-    return deploy(None, jax.random.key(3)), person
+    return ep, person
 
 
 def test_person_takes_control_steers_and_hands_back():

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from anyskill.data.format import read_info, vector_feature, video_feature
+from anyskill.data.state_layout import StateLayout, declare
 from anyskill.data.writer import EpisodeWriter, load_source_env
 
 CAMERA = "observation.images.top"
@@ -90,7 +91,11 @@ def recording_spec(
 ) -> RecordingSpec:
     env = _make_env(env_name, image_size=image_size)
     features = {
-        "observation.state": vector_feature(env.obs_dim),
+        # declares the state's entities (pusher, objects, zones) for policies that read one
+        # token per entity (see anyskill.data.state_layout)
+        "observation.state": declare(
+            vector_feature(env.obs_dim), StateLayout(env.state_tokens(), env.state_token_words())
+        ),
         "observation.goal": vector_feature(env.goal_dim),
         "action": vector_feature(env.action_dim),
     }
@@ -176,37 +181,30 @@ def record_expert(
     per recorded episode. Continuing a recording with another env, camera, image size or
     ``dart`` setting is refused before anything is written."""
     from anyskill.envs.tabletop import ScriptedExpert
+    from anyskill.rollout import EpisodeKeys, JaxBatchEnv, expert_policy, rollout
 
     _check_arguments(episodes, noise, image_size, images, batch)
     out = Path(out)
     spec = recording_spec(env_name, images, image_size, dart, noise, seed)
     env = _make_env(env_name, image_size=image_size)
-    expert = ScriptedExpert(env, noise=noise)
-    clean = ScriptedExpert(env, noise=0.0)
-    steps = env.episode_length
+    expert = expert_policy(env, noise=noise)
+    benv = JaxBatchEnv(env)
+    # DART's label: the noise-free expert at the state the noisy execution reached
+    label = jax.jit(jax.vmap(jax.vmap(ScriptedExpert(env, noise=0.0).act, (0, None)), (0, None)))
 
-    @jax.jit
-    def rollout(keys):
-        def one(key):
-            k_reset, k_act = jax.random.split(key)
-            s0 = env.reset(k_reset)
-
-            def step(carry, k):
-                s, done = carry
-                a = expert(s, k)  # executed
-                label = clean(s, k) if dart else a
-                nxt = env.step(s, a)
-                img = env.render_image(s.physics, image_size) if images else jnp.zeros(())
-                out_t = (s.obs, s.goal, (label, a), img, done, nxt.terminated & ~done)
-                return (nxt, done | nxt.done), out_t
-
-            (_, _), (obs, goal, act, img, was_done, won) = jax.lax.scan(
-                step, (s0, jnp.asarray(False)), jax.random.split(k_act, steps)
-            )
-            # length: frames until (and including) the step that ended the episode
-            return obs, goal, act, img, jnp.sum(~was_done), jnp.any(won), s0
-
-        return jax.vmap(one)(keys)
+    def record(keys: jax.Array):
+        """Episode ``i`` resets with ``split(keys[i])[0]``; its expert acts with the keys of
+        ``split(keys[i])[1]`` (a batch of envs gives each episode what it gives alone)."""
+        pairs = jax.vmap(jax.random.split)(keys)
+        return rollout(
+            benv,
+            expert,
+            EpisodeKeys(reset=pairs[:, 0], run=pairs[:, 1]),
+            num_envs=len(keys),
+            replan_every=1,
+            record_images=image_size if images else 0,
+            record_env_state=dart,
+        )
 
     if (out / "meta" / "info.json").exists():
         _check_continuation(out, spec, env_name, images, image_size, dart)
@@ -226,29 +224,30 @@ def record_expert(
             n = min(batch, episodes - done)
             # always a full batch (one compilation); episodes past n are dropped
             keys = _episode_keys(seed, first + done, batch)
-            obs, goal, act, img, length, success, s0 = jax.device_get(rollout(keys))
-            texts = env.instruction(s0)
-            texts = [texts] if isinstance(texts, str) else texts
+            ep = record(keys)
+            labels = ep.action
+            if dart:
+                labels = np.asarray(label(ep.env_state.physics, jax.random.key(0)))
             for i in range(n):
-                t = int(length[i])
+                t = int(ep.length[i])
                 frames = {
-                    "observation.state": obs[i, :t],
-                    "observation.goal": goal[i, :t],
-                    "action": act[0][i, :t],
+                    "observation.state": ep.state[i, :t],
+                    "observation.goal": ep.goal[i, :t],
+                    "action": labels[i, :t],
                 }
                 if dart:
-                    frames[EXECUTED] = act[1][i, :t]
+                    frames[EXECUTED] = ep.action[i, :t]
                 if images:
-                    frames[CAMERA] = img[i, :t]
+                    frames[CAMERA] = ep.images[i, :t]
                 writer.add_episode(
                     frames,
-                    task=texts[i],
-                    success=bool(success[i]),
+                    task=ep.task[i],
+                    success=bool(ep.success[i]),
                     source="demonstration",
                     policy_version=f"scripted-expert(noise={noise}{', dart' if dart else ''})",
                     episode_info={"env_seed": int(seed), "env_episode": int(first + done + i)},
                 )
-                wins += int(success[i])
+                wins += int(ep.success[i])
                 if progress is not None:
                     progress(1)
             done += n

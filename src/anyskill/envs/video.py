@@ -1,30 +1,32 @@
 """Rollout videos of any policy or expert on any built-in task (``anyskill render``).
 
-A *policy function* here is ``act(state, key) -> action`` for one env (vmapped inside), so a
-scripted expert, a random policy and a trained network all plug in the same way.
+The episodes are run by :func:`anyskill.rollout.rollout`, so anything that acts is a
+:class:`~anyskill.policies.base.Policy`. The built-in ``expert``, ``random`` and ``zero``
+are :class:`~anyskill.rollout.StatePolicy` objects: they read the simulator's state (the
+privileged ``env/state`` field a pure-JAX env offers), and run inside the jitted scan that
+steps the envs, one program per render.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from anyskill.envs.base import Env, State
+from anyskill.envs.base import Env
 from anyskill.envs.maze import PointMaze
-from anyskill.envs.tabletop import ScriptedExpert, Tabletop
+from anyskill.envs.tabletop import Tabletop
+from anyskill.rollout import StatePolicy, expert_policy, random_policy, rollout, zero_policy
 
-PolicyFn = Callable[[State, jax.Array], jax.Array]
 POLICIES = ("expert", "random", "zero")
 
 
-def builtin_policy(env: Env, name: str, noise: float = 0.1) -> PolicyFn:
+def builtin_policy(env: Env, name: str, noise: float = 0.1) -> StatePolicy:
     """``expert`` (tabletop), ``random`` or ``zero``."""
     if name == "expert":
         if not isinstance(env, Tabletop):
@@ -32,28 +34,14 @@ def builtin_policy(env: Env, name: str, noise: float = 0.1) -> PolicyFn:
                 f"{env.name} has no scripted expert (only tabletop tasks do); use --policy "
                 "random, zero, or a run directory written by `anyskill train crl`"
             )
-        return ScriptedExpert(env, noise=noise)
+        return expert_policy(env, noise=noise)
     if name == "random":
-        return lambda state, key: env.random_actions(key)
+        return random_policy(env)
     if name == "zero":
-        return lambda state, key: jnp.zeros(env.action_dim)
+        return zero_policy(env)
     raise ValueError(
         f"unknown policy {name!r}: use one of {', '.join(POLICIES)} or a run directory"
     )
-
-
-def rollout(env: Env, policy: PolicyFn, key: jax.Array, episodes: int, steps: int):
-    """``steps`` steps of ``episodes`` envs; returns the states ``[steps + 1, episodes]``."""
-    k_reset, k_act = jax.random.split(key)
-    start = jax.vmap(env.reset)(jax.random.split(k_reset, episodes))
-
-    def step(state, k):
-        action = jax.vmap(policy)(state, jax.random.split(k, episodes))
-        nxt = jax.vmap(env.step)(state, action)
-        return nxt, nxt
-
-    _, states = jax.lax.scan(step, start, jax.random.split(k_act, steps))
-    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), start, states)
 
 
 def caption_frame(frame: np.ndarray, text: str, ok: bool, width_chars: int) -> np.ndarray:
@@ -71,7 +59,7 @@ def caption_frame(frame: np.ndarray, text: str, ok: bool, width_chars: int) -> n
 
 def render_rollouts(
     env: Env,
-    policy: PolicyFn,
+    policy: Any,
     key: jax.Array,
     episodes: int = 4,
     size: int = 192,
@@ -81,48 +69,60 @@ def render_rollouts(
 
     Tabletop episodes are drawn by the JAX camera with the instruction under each tile (green
     once it has been fulfilled); the episode keeps running after success so the end state
-    stays in view. Mazes are drawn with their walls, goal and trail.
+    stays in view. Mazes are drawn with their walls, goal and trail. ``success`` in the
+    summary: the fraction of episodes that succeeded at some step.
     """
     from anyskill.envs.render import render_maze_frames, tile_frames
 
     if isinstance(env, Tabletop):
         env = dataclasses.replace(env, terminate_on_success=False)
+    elif not isinstance(env, PointMaze):
+        raise ValueError(f"no renderer for {type(env).__name__}")
     steps = steps or env.episode_length
-    states = jax.jit(rollout, static_argnums=(0, 1, 3, 4))(env, policy, key, episodes, steps)
-    success = np.asarray(states.success)  # [T+1, N]
-    # states[t] with ``truncated`` already belongs to the next episode: stop one frame before.
-    trunc = np.asarray(states.truncated)
-    last = np.where(trunc.any(0), trunc.argmax(0) - 1, steps)
-    ever = np.maximum.accumulate(success, axis=0)
+    tabletop = isinstance(env, Tabletop)
+    ep = rollout(
+        env,
+        policy,
+        key,
+        num_envs=episodes,
+        horizon=steps,
+        replan_every=1,
+        record_images=size if tabletop else 0,
+    )
+    # ever[:, t]: succeeded in one of the states 0..t (state t + 1 follows reward t)
+    live = np.arange(ep.reward.shape[1])[None] < ep.length[:, None]
+    won = (ep.reward > 0) & live
+    ever = np.maximum.accumulate(np.pad(won, ((0, 0), (1, 0))), axis=1)
     summary = {
         "env": env.name,
         "episodes": episodes,
         "steps": steps,
-        "success": float(ever[-1].mean()),
+        "success": float(ever[:, -1].mean()),
     }
-    if isinstance(env, Tabletop):
-        first = jax.tree.map(lambda x: x[0], states)
-        texts = env.instruction(first)
-        summary["instructions"] = texts
-        imgs = jax.jit(jax.vmap(jax.vmap(lambda p: env.render_image(p, size))))(states.physics)
-        imgs = np.asarray(imgs)  # [T+1, N, H, W, 3]
-        clips = []
-        for i in range(episodes):
-            frames = [
-                caption_frame(imgs[t, i], texts[i], bool(ever[t, i]), size // 6)
-                for t in range(last[i] + 1)
-            ]
-            clips.append(np.stack(frames))
-    elif isinstance(env, PointMaze):
-        # final_obs: the last position of an episode even on the step that auto-resets it.
-        pos = np.asarray(env.achieved_goal(states.final_obs))
-        goals = np.asarray(states.goal)
+    if tabletop:
+        summary["instructions"] = list(ep.task)
         clips = [
-            render_maze_frames(env, pos[: last[i] + 2, i], goals[0, i], size=size)
+            np.stack(
+                [
+                    caption_frame(ep.images[i, t], ep.task[i], bool(ever[i, t]), size // 6)
+                    for t in range(int(ep.length[i]))
+                ]
+            )
             for i in range(episodes)
         ]
     else:
-        raise ValueError(f"no renderer for {type(env).__name__}")
+        # the positions of every frame, then the one the episode ended on
+        pos = np.asarray(env.achieved_goal(ep.state))
+        end = np.asarray(env.achieved_goal(ep.final_state))
+        clips = [
+            render_maze_frames(
+                env,
+                np.concatenate([pos[i, : int(ep.length[i])], end[i : i + 1]]),
+                ep.goal[i, 0],
+                size=size,
+            )
+            for i in range(episodes)
+        ]
     return tile_frames(clips, cols=min(4, episodes)), summary
 
 

@@ -9,8 +9,9 @@ steps. Triggers: ``stall`` (the task's goal distance has not shrunk over the las
 corrector watching (attention is the scarce resource), and each may intervene any number of
 times. Frames under correction are recorded with ``intervention=True``.
 
-Like :mod:`anyskill.algos.vla.evaluate`, small jitted pieces are driven from Python, one per
-replanning, so a transformer policy never sits inside the env's scan.
+The loop is :func:`anyskill.rollout.rollout`; this module maps the flywheel's
+:class:`CorrectorConfig` to a :class:`~anyskill.rollout.Corrector` (:func:`make_corrector`)
+and runs a deployment (:func:`deploy`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,29 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from anyskill.algos.vla.evaluate import instruction_tokens, make_observe
-from anyskill.algos.vla.model import Obs
-from anyskill.envs.tabletop import tasks as T
 from anyskill.envs.tabletop.env import Tabletop
 from anyskill.envs.tabletop.expert import ScriptedExpert
+from anyskill.policies.base import Batch
+from anyskill.rollout import (
+    Corrector,
+    Episodes,
+    JaxBatchEnv,
+    PersonDecides,
+    StallTrigger,
+    ValueTrigger,
+    goal_distance,
+    rollout,
+)
+
+__all__ = [
+    "CorrectorConfig",
+    "Episodes",
+    "deploy",
+    "goal_distance",
+    "make_corrector",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,169 +99,78 @@ class CorrectorConfig:
             raise ValueError(f"corrector fraction must be in [0, 1], got {self.fraction}")
 
 
-@dataclasses.dataclass
-class Episodes:
-    """Recorded episodes, ``[B, T, ...]`` arrays padded past each episode's ``length``."""
-
-    state: np.ndarray
-    goal: np.ndarray
-    action: np.ndarray
-    intervention: np.ndarray  # [B, T] bool
-    length: np.ndarray  # [B] frames (through the step that ended the episode)
-    success: np.ndarray  # [B] bool
-    family: np.ndarray  # [B] index into tasks.FAMILIES
-    task: list[str]
-    images: np.ndarray | None = None  # [B, T, S, S, 3] when recorded
-
-
-def stalled(dists: list, corrector: CorrectorConfig, replan_every: int):
-    """The stall trigger over goal distances measured once per replanning (each entry a
-    scalar or ``[B]``): no progress of ``stall_eps`` over the last ``stall_window`` steps."""
-    window = max(1, corrector.stall_window // replan_every)
-    if len(dists) <= window:
-        return np.zeros(np.shape(dists[-1]), bool) if dists else np.bool_(False)
-    return np.asarray(dists[-1] > dists[-1 - window] - corrector.stall_eps)
-
-
-def goal_distance(env: Tabletop, obs: jax.Array, goal: jax.Array) -> jax.Array:
-    """Summed distance of the goal-space features (pusher + present objects) to the goal."""
-    diff = (env.achieved_goal(obs) - goal).reshape(obs.shape[0], -1, 2)
-    return jnp.sqrt((diff**2).sum(-1)).sum(-1)
-
-
-def make_deployer(
+def make_corrector(
+    cfg: CorrectorConfig,
     env: Tabletop,
-    chunk_fn: Callable[[Any, jax.Array, Obs], jax.Array],
+    value: Callable[[Batch], np.ndarray] | None = None,
+    person: Any = None,
+) -> Corrector:
+    """The :class:`~anyskill.rollout.Corrector` a :class:`CorrectorConfig` describes.
+
+    ``value(obs) -> [B]`` enables the ``value`` trigger (without it, the stall trigger stands
+    in, as before a value function exists); ``person`` is the actor of ``kind="human"``.
+    ``kind="none"`` is a corrector that watches no env: the deployment draws its keys as
+    every deployment does, so its episodes are those a watched deployment would start."""
+    stall = StallTrigger(cfg.stall_window, cfg.stall_eps)
+    if cfg.trigger == "human":
+        trigger = PersonDecides()
+    elif cfg.trigger == "value" and value is not None:
+        trigger = ValueTrigger(value, cfg.value_threshold)
+    else:
+        trigger = stall
+    if cfg.kind == "human":
+        if person is None:
+            raise ValueError("corrector kind 'human' needs a person (a HumanCorrector)")
+        actor = person
+    else:
+        actor = ScriptedExpert(env, noise=cfg.noise)
+    fraction = 0.0 if cfg.kind == "none" else cfg.fraction
+    return Corrector(trigger, actor, fraction, cfg.correction_steps)
+
+
+def deploy(
+    env: Tabletop | JaxBatchEnv,
+    policy: Any,
+    key: jax.Array,
+    *,
     num_envs: int,
-    replan_every: int,
-    image_size: int,
-    num_cameras: int,
-    max_text_len: int,
-    prompt_suffix: str = "",
+    replan_every: int | None = None,
     corrector: CorrectorConfig = CorrectorConfig(kind="none"),
-    value_fn: Callable[[Any, Obs], jax.Array] | None = None,
+    value: Callable[[Batch], np.ndarray] | None = None,
     record_images: int = 0,
-    human=None,
-):
-    """``deploy(params, key, value_params=None) -> Episodes``.
+    person: Any = None,
+    skip: int = 0,
+    on_episode: Callable[[Episodes], None] | None = None,
+) -> Episodes | None:
+    """Deploy ``policy`` on ``num_envs`` episodes with the corrector ``corrector`` on call.
 
-    ``chunk_fn(params, key, obs) -> [B, H, A]`` in env units (``obs.state`` raw);
-    ``value_fn(value_params, obs) -> [B]`` (raw state) enables the ``value`` trigger;
-    ``record_images``: also keep ``record_images``-pixel frames of every step (for videos).
-    With ``corrector.kind == "human"`` the episodes run one at a time with a person correcting
-    (``human``: a :class:`~anyskill.flywheel.human.HumanCorrector`; None: the terminal)."""
-    if corrector.kind == "human":
-        from anyskill.flywheel.human import make_human_deployer
+    ``value(obs) -> [B]`` enables the ``value`` trigger; ``record_images``: also keep
+    ``record_images``-pixel frames of every step (for videos). With ``corrector.kind ==
+    "human"`` the episodes run one at a time with a person correcting (``person``: a
+    :class:`~anyskill.flywheel.human.HumanCorrector`; None: the terminal's keyboard);
+    ``skip`` episodes already stored are not run again and ``on_episode`` receives each
+    episode as it ends."""
+    base = env.env if isinstance(env, JaxBatchEnv) else env
 
-        return make_human_deployer(
+    def run(actor: Any) -> Episodes | None:
+        return rollout(
             env,
-            chunk_fn,
-            num_envs,
-            replan_every,
-            image_size,
-            num_cameras,
-            max_text_len,
-            prompt_suffix,
-            corrector,
-            value_fn,
-            record_images,
-            human,
-        )
-    rows, tokens = instruction_tokens(env, max_text_len, prompt_suffix)
-    horizon = int(env.episode_length)
-    n_plans = -(-horizon // replan_every)
-    expert = ScriptedExpert(env, noise=corrector.noise)
-    use_corrector = corrector.kind != "none"
-
-    reset = jax.jit(lambda keys: jax.vmap(env.reset)(keys))
-    obs_fn = jax.jit(make_observe(env, num_envs, image_size, num_cameras, rows, tokens))
-    chunk = jax.jit(lambda params, k, obs: chunk_fn(params, k, obs)[:, :replan_every])
-    dist_fn = jax.jit(lambda s: goal_distance(env, s.obs, s.goal))
-    value_jit = jax.jit(value_fn) if value_fn is not None else None
-
-    @jax.jit
-    def execute(carry, actions, key):
-        def act(c, inp):
-            state, done, success, steps, left = c
-            a_pol, k = inp
-            correcting = left > 0
-            if use_corrector:
-                a_exp = jax.vmap(expert)(state, jax.random.split(k, num_envs))
-                a = jnp.where(correcting[:, None], a_exp, a_pol)
-            else:
-                a = a_pol
-            img = (
-                jax.vmap(lambda p: env.render_image(p, record_images))(state.physics)
-                if record_images
-                else jnp.zeros((num_envs,), jnp.uint8)
-            )
-            out = (state.obs, state.goal, a, correcting & ~done, done, img)
-            nxt = jax.vmap(env.step)(state, a)
-            ended = nxt.terminated | nxt.truncated
-            success = jnp.where(done, success, nxt.success & ended)
-            steps = steps + (~done).astype(jnp.int32)
-            left = jnp.maximum(left - 1, 0)
-            return (nxt, done | ended, success, steps, left), out
-
-        keys = jax.random.split(key, actions.shape[1])
-        return jax.lax.scan(act, carry, (actions.swapaxes(0, 1), keys))
-
-    def deploy(params, key, value_params=None) -> Episodes:
-        k_reset, k_run, k_watch = jax.random.split(key, 3)
-        state = reset(jax.random.split(k_reset, num_envs))
-        s0 = state
-        watched = np.array(jax.random.uniform(k_watch, (num_envs,)) < corrector.fraction)
-        watched &= use_corrector
-        zeros = jnp.zeros(num_envs, bool)
-        carry = (
-            state,
-            zeros,
-            zeros,
-            jnp.zeros(num_envs, jnp.int32),
-            jnp.zeros(num_envs, jnp.int32),
-        )
-        outs = []
-        dists = []
-        for k in jax.random.split(k_run, n_plans):
-            k_chunk, k_exec = jax.random.split(k)
-            state, done, _, steps, left = carry
-            obs = obs_fn(state)
-            if use_corrector and watched.any():
-                dists.append(np.asarray(dist_fn(state)))
-                if (
-                    corrector.trigger == "value"
-                    and value_jit is not None
-                    and value_params is not None
-                ):
-                    fire = np.asarray(value_jit(value_params, obs)) < corrector.value_threshold
-                else:
-                    fire = stalled(dists, corrector, replan_every)
-                fire &= watched & ~np.asarray(done) & (np.asarray(left) == 0)
-                if fire.any():
-                    left = jnp.where(jnp.asarray(fire), corrector.correction_steps, left)
-                    carry = (state, done, carry[2], steps, left)
-            carry, out = execute(carry, chunk(params, k_chunk, obs), k_exec)
-            outs.append(out)
-            if bool(np.asarray(carry[1]).all()):
-                break
-        _, _, success, _, _ = carry
-        obs_t, goal_t, act_t, iv_t, was_done, img_t = (
-            np.concatenate([np.asarray(o[j]) for o in outs], axis=0).swapaxes(0, 1)
-            for j in range(6)
-        )
-        length = (~was_done).sum(1)
-        texts = env.instruction(s0)
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        return Episodes(
-            state=obs_t,
-            goal=goal_t,
-            action=act_t,
-            intervention=iv_t,
-            length=length,
-            success=np.asarray(success),
-            family=np.asarray(s0.physics.task[:, T.FAMILY]),
-            task=texts,
-            images=img_t if record_images else None,
+            policy,
+            key,
+            num_envs=num_envs,
+            replan_every=replan_every,
+            corrector=make_corrector(corrector, base, value, actor),
+            record_images=record_images,
+            on_episode=on_episode,
+            skip=skip,
         )
 
-    return deploy
+    if corrector.kind != "human" or person is not None:
+        return run(person)
+    import sys
+
+    from anyskill.flywheel.human import HumanCorrector, TerminalKeys
+
+    with TerminalKeys() as keys:
+        view = max(48, record_images)
+        return run(HumanCorrector(keys, out=sys.stdout, hz=corrector.human_hz, view_size=view))

@@ -2,7 +2,9 @@
 
 The JAX env stands in for the robot; everything between it and the server is the real
 robot-side runtime (:mod:`anyskill.serve.runtime`), with latency, jitter and disconnects
-injected on the link. ``anyskill run-robot`` is this module's command line.
+injected on the link. The episodes are run by :func:`anyskill.rollout.rollout`: the runtime
+is the policy (one action per control step, :class:`RuntimePolicy`), paced in real time.
+``anyskill run-robot`` is this module's command line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from anyskill.policies.base import Batch, ChunkPolicy, InputSpec, PolicySpec
 from anyskill.serve.runtime import (
     ChunkRuntime,
     LinkFaults,
@@ -56,6 +59,65 @@ class RobotResult:
     recorded: str | None = None
 
 
+class RuntimePolicy(ChunkPolicy):
+    """The robot-side runtime as the policy of one simulated robot: every control step asks
+    :class:`~anyskill.serve.runtime.ChunkRuntime` for the action (it executes the server's
+    chunks and falls back when they are late), after holding until the step's wall-clock
+    tick. The expert fallback reads the simulator's state (the privileged ``env/state``
+    field); a real robot would estimate it from its sensors."""
+
+    pad_batches = False
+
+    def __init__(self, runtime: ChunkRuntime, env: Any, images: bool, privileged: bool):
+        from anyskill.rollout import ENV_STATE_SPEC
+
+        self.runtime, self.images, self.privileged = runtime, images, privileged
+        size = env.image_size
+        inputs = [InputSpec(STATE, (env.obs_dim,), "float32"), InputSpec(PROMPT, (), "str")]
+        if images:
+            inputs.append(InputSpec(IMAGE, (size, size, 3), "uint8"))
+        if privileged:
+            inputs.append(ENV_STATE_SPEC)
+        self.spec = PolicySpec(
+            tuple(inputs), env.action_dim, 1, env.control_hz, name="robot-runtime"
+        )
+        self.dt = 1.0 / env.control_hz
+        self.state: Any = None  # the simulator's state at this step (privileged)
+        self.fresh = True
+        self.tick = 0.0
+        self.overruns = 0
+
+    def new_episode(self) -> None:
+        """The next call starts a new episode (its prompt goes to the runtime)."""
+        self.fresh = True
+
+    def act(self, obs: Batch, key: Any = None) -> np.ndarray:
+        from anyskill.rollout import ENV_STATE
+
+        rt = self.runtime
+        if self.fresh:
+            rt.new_episode(obs[PROMPT][0])
+            self.fresh = False
+            self.tick = time.monotonic()
+        else:  # hold until this step's tick
+            self.tick += self.dt
+            wait = self.tick - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            else:
+                self.overruns += 1
+                self.tick = time.monotonic()
+        if self.privileged:
+            self.state = obs[ENV_STATE]
+        row = {STATE: obs[STATE][0], PROMPT: obs[PROMPT][0]}
+        if self.images:
+            row[IMAGE] = obs[IMAGE][0]
+        action = rt.step(row)
+        if len(rt.log) == 1:
+            self.tick = time.monotonic()  # the clock starts once the first chunk is in
+        return np.asarray(action, np.float32)[None, None]
+
+
 class SimRobot:
     """A tabletop task stepped in real time; build once (JAX compiles here), run many times."""
 
@@ -70,15 +132,17 @@ class SimRobot:
             raise ValueError(
                 f"run-robot drives tabletop tasks (they have instructions); got {task}"
             )
+        from anyskill.rollout import JaxBatchEnv
+
         self.task, self.env = task, env
-        self._reset = jax.jit(env.reset)
-        self._step = jax.jit(env.step)
-        self._render = jax.jit(env.render_image)
+        self.batch_env = JaxBatchEnv(env)
         self._expert = jax.jit(ScriptedExpert(env, noise=0.0).act)
-        s = self._reset(jax.random.key(0))
-        jax.block_until_ready(
-            (self._step(s, np.zeros(env.action_dim, np.float32)), self._render(s.physics))
-        )
+        # compile the env's programs now, not in the first (real-time) episode
+        b = self.batch_env
+        carry = b.reset(np.zeros(1, int), jax.random.split(jax.random.key(0), 1))
+        b.observe(carry, (InputSpec(IMAGE, (env.image_size, env.image_size, 3), "uint8"),))
+        carry, _ = b.execute(carry, np.zeros((1, 1, env.action_dim), np.float32))
+        jax.block_until_ready(carry)
 
     def run(
         self,
@@ -128,77 +192,79 @@ class SimRobot:
                 f"warning: the policy's control rate {meta['control_hz']} Hz differs from the "
                 f"task's {env.control_hz} Hz; executing at the task's rate"
             )
-        current: dict[str, Any] = {}
-        if fallback == "expert":  # compile now, not at the first fallback mid-episode
-            s0 = self._reset(jax.random.key(0))
-            jax.block_until_ready(self._expert(s0.physics, jax.random.key(0)))
+        from anyskill.rollout import EpisodeKeys, rollout
 
-            def fallback_fn(obs):  # the sim knows its state; a real robot would use sensors
-                return np.asarray(self._expert(current["state"].physics, jax.random.key(0)))
+        rt_cfg = dataclasses.replace(runtime, image_key=IMAGE if (record and images) else None)
+        policy: RuntimePolicy | None = None
+        if fallback == "expert":
+            # the sim knows its state; a real robot would estimate it from its sensors
+            s0 = self.batch_env.reset(np.zeros(1, int), jax.random.split(jax.random.key(0), 1))
+            jax.block_until_ready(self._expert(_first(s0.state).physics, jax.random.key(0)))
+
+            def fallback_fn(obs):
+                state = _first(policy.state)
+                return np.asarray(self._expert(state.physics, jax.random.key(0)))
 
         else:
             fallback_fn = hold_still(env.action_dim)
-        rt_cfg = dataclasses.replace(runtime, image_key=IMAGE if (record and images) else None)
         rt = ChunkRuntime(link, fallback_fn, rt_cfg)
+        policy = RuntimePolicy(rt, env, images, privileged=fallback == "expert")
         writer = None
         if record is not None:
             writer = _open_store(record, env, self.task, env.image_size if images else None)
-        dt = 1.0 / env.control_hz
-        successes, steps, fb_steps, overruns = 0, 0, 0, 0
+        successes, steps, fb_steps = 0, 0, 0
         j_boundary: list[float] = []
         j_interior: list[float] = []
+
+        def episode_done(ep) -> None:
+            nonlocal successes, steps, fb_steps
+            n = len(successes_seen)
+            success = bool(ep.success[0])
+            successes_seen.append(success)
+            log = rt.log
+            successes += success
+            steps += int(ep.length[0])
+            fb_steps += int(np.sum(log.intervention))
+            jb, ji = boundary_jerk(log, env.control_hz)
+            j_boundary.extend(jb)
+            j_interior.extend(ji)
+            if writer is not None:
+                log_to_store(
+                    log,
+                    writer,
+                    success,
+                    policy_version=str(meta.get("name", "")),
+                    camera=CAMERA if images else None,
+                    episode_info={"env_seed": seed, "env_episode": n},
+                )
+            if progress:
+                print(
+                    f"episode {n}: success={success} steps={len(log)} "
+                    f"fallback={int(np.sum(log.intervention))}",
+                    flush=True,
+                )
+            policy.new_episode()
+
+        successes_seen: list[bool] = []
+        # episode ep starts from reset(fold_in(key(seed), ep)), whatever ran before it
+        starts = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
+            np.arange(episodes)
+        )
         try:
-            for ep in range(episodes):
-                state = self._reset(jax.random.fold_in(jax.random.key(seed), ep))
-                prompt = env.instruction(state)
-                rt.new_episode(prompt)
-                success = False
-                tick = time.monotonic()
-                for _ in range(env.episode_length):
-                    current["state"] = state
-                    obs = {STATE: np.asarray(state.obs), PROMPT: prompt}
-                    if images:
-                        obs[IMAGE] = np.asarray(self._render(state.physics))
-                    action = rt.step(obs)
-                    if len(rt.log) == 1:
-                        tick = time.monotonic()  # the clock starts once the first chunk is in
-                    state = self._step(state, action)
-                    steps += 1
-                    if bool(state.done):
-                        success = bool(state.success)
-                        break
-                    tick += dt
-                    wait = tick - time.monotonic()
-                    if wait > 0:
-                        time.sleep(wait)
-                    else:
-                        overruns += 1
-                        tick = time.monotonic()
-                log = rt.log
-                successes += success
-                fb_steps += int(np.sum(log.intervention))
-                jb, ji = boundary_jerk(log, env.control_hz)
-                j_boundary += jb
-                j_interior += ji
-                if writer is not None:
-                    log_to_store(
-                        log,
-                        writer,
-                        success,
-                        policy_version=str(meta.get("name", "")),
-                        camera=CAMERA if images else None,
-                        episode_info={"env_seed": seed, "env_episode": ep},
-                    )
-                if progress:
-                    print(
-                        f"episode {ep}: success={success} steps={len(log)} "
-                        f"fallback={int(np.sum(log.intervention))}",
-                        flush=True,
-                    )
+            rollout(
+                self.batch_env,
+                policy,
+                EpisodeKeys(reset=starts, run=starts),
+                num_envs=episodes,
+                replan_every=1,
+                parallel=1,
+                on_episode=episode_done,
+            )
         finally:
             link.close()
             if writer is not None:
                 writer.close()  # releases the dataset's writer lock
+        overruns = policy.overruns
         return RobotResult(
             episodes=episodes,
             success_rate=successes / episodes,
@@ -216,6 +282,13 @@ class SimRobot:
             steps=steps,
             recorded=str(record) if record is not None else None,
         )
+
+
+def _first(state: Any) -> Any:
+    """Env 0 of a batched pytree."""
+    import jax
+
+    return jax.tree.map(lambda x: x[0], state)
 
 
 def run_robot(

@@ -14,7 +14,10 @@ The contract an adapter env follows (all of ``anyskill.envs.adapters`` do):
   space because Gymnasium's vector envs and checkers handle numeric spaces only; the policy
   still sees it as ``obs["task"]`` (:func:`policy_observation`).
 
-A host policy is any callable ``policy(obs) -> action`` for one env and one step.
+A host policy is any callable ``policy(obs) -> action`` for one env and one step; any
+:class:`~anyskill.policies.base.Policy` works too (its fields are mapped from the LeRobot
+names, see :mod:`anyskill.rollout.envs`). :func:`evaluate` runs either through
+:func:`anyskill.rollout.rollout`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+from anyskill.policies.base import GOAL, IMAGE, PROMPT, STATE, Batch, ChunkPolicy, PolicySpec
 
 #: What a host policy receives: LeRobot-named arrays, plus ``"task"`` when there is one.
 HostObs = dict[str, np.ndarray | str]
@@ -99,8 +104,35 @@ def check_action(action: Any, action_space: Any) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
+class HostFnPolicy(ChunkPolicy):
+    """A host policy ``fn(obs) -> action`` (one env, one step) as a
+    :class:`~anyskill.policies.base.Policy` that reads the env's own fields — its
+    LeRobot-named observation and ``"task"`` when the env gives one (``offered``: the
+    fields a :class:`~anyskill.rollout.HostBatchEnv` offers) — and returns chunks of one
+    action."""
+
+    pad_batches = False
+
+    def __init__(self, fn: HostPolicy, offered: Mapping[str, Any], action_shape: tuple[int, ...]):
+        aliases = (STATE, GOAL, IMAGE, PROMPT)
+        inputs = tuple(spec for name, spec in offered.items() if name not in aliases)
+        self.fn = fn
+        self.spec = PolicySpec(
+            inputs,
+            action_dim=int(np.prod(action_shape)),
+            action_horizon=1,
+            control_hz=10.0,
+            name=getattr(fn, "__name__", type(fn).__name__),
+        )
+
+    def act(self, obs: Batch, key: Any = None) -> np.ndarray:
+        n = len(next(iter(obs.values())))
+        rows = [{k: v[i] for k, v in obs.items()} for i in range(n)]
+        return np.stack([np.asarray(self.fn(row)) for row in rows])[:, None]
+
+
 def evaluate(
-    policy: HostPolicy,
+    policy: HostPolicy | Any,
     env: Any,
     episodes: int,
     seed: int = 0,
@@ -111,7 +143,8 @@ def evaluate(
     """Run ``policy`` for ``episodes`` episodes of an adapter env and collect the results.
 
     Args:
-      policy: ``policy(obs) -> action`` for one env (see :data:`HostPolicy`).
+      policy: ``policy(obs) -> action`` for one env (see :data:`HostPolicy`), or a
+        :class:`~anyskill.policies.base.Policy` (acting with keys drawn from ``seed``).
       env: an adapter env (see the module docstring), e.g.
         :class:`~anyskill.envs.adapters.gymnasium.GymnasiumEnv`.
       episodes: number of episodes (>= 1).
@@ -125,25 +158,22 @@ def evaluate(
       An :class:`EvalResult`; an episode's success is ``info["is_success"]`` on its last step,
       the convention of OGBench's and LeRobot's evaluations.
     """
+    import jax
+
+    from anyskill.policies.base import Policy
+    from anyskill.rollout import HostBatchEnv, rollout
+
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
-    options = dict(reset_options) if reset_options is not None else None
+    benv = HostBatchEnv(env, seed, reset_options, max_steps)
+    if not (isinstance(policy, Policy) and isinstance(getattr(policy, "spec", None), PolicySpec)):
+        policy = HostFnPolicy(policy, benv.offered(), tuple(env.action_space.shape))
+    ep = rollout(benv, policy, jax.random.key(seed), num_envs=episodes)
     results = []
     for i in range(episodes):
-        obs, info = env.reset(seed=seed + i, options=options)
-        episode_return, length, done = 0.0, 0, False
-        while not done:
-            action = check_action(policy(policy_observation(obs, info)), env.action_space)
-            obs, reward, terminated, truncated, info = env.step(action)
-            episode_return += float(reward)
-            length += 1
-            done = bool(terminated or truncated) or (max_steps is not None and length >= max_steps)
-        if "is_success" not in info:
-            raise KeyError(
-                f"{type(env).__name__}.step returned no info['is_success'] (info keys: "
-                f"{sorted(info)}); evaluate() needs adapter envs from anyskill.envs.adapters"
-            )
-        results.append(EpisodeResult(bool(info["is_success"]), episode_return, length))
+        n = int(ep.length[i])
+        episode_return = 0.0
+        for r in ep.reward[i, :n]:  # summed in order, as the env reported them
+            episode_return += float(r)
+        results.append(EpisodeResult(bool(ep.success[i]), episode_return, n))
     return EvalResult(tuple(results))
