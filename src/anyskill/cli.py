@@ -834,6 +834,9 @@ class RunRobot:
     the policy declares)."""
     record: Path | None = None
     """Append executed episodes to this episode store (created if missing)."""
+    upload: bool = False
+    """Send every finished episode back to the server's /episodes channel (a flywheel round
+    with --deploy robots stores it with the round's policy version)."""
     seed: int = 0
     """Seed of the episodes."""
 
@@ -951,6 +954,7 @@ def cmd_run_robot(args: list[str]) -> int:
             fallback=parsed.fallback,
             seed=parsed.seed,
             record=parsed.record,
+            upload=parsed.upload,
             progress=True,
         )
     except ConnectionError as e:

@@ -115,3 +115,62 @@ def test_end_round_command_ends_with_what_arrived(tmp_path):
     assert result.reason == "command" and result.stored == 1
     assert not (tmp_path / "END_ROUND").exists()
     assert Dataset.open(data).num_episodes == 1
+
+
+def test_a_flywheel_round_collected_by_two_simulated_robots(tmp_path):
+    """``--deploy robots``: the round's policy is served, two simulated robots (the real
+    robot-side runtime over loopback) run episodes and upload them; robot b is switched off
+    in the middle of an episode. The round ends on command once both stopped; every episode
+    either robot finished is in the store with the round's policy version, the unfinished one
+    is not, and the rest of the loop (value, advantages, policy, evaluation, report) runs."""
+    import dataclasses as dc
+
+    from test_loop import tiny
+
+    from anyskill.flywheel import loop
+    from anyskill.serve.robot import SimRobot
+
+    cfg = dc.replace(
+        tiny(tmp_path),
+        deploy="robots",
+        robots=RobotsConfig(port=0, wait_s=300),
+        episodes_per_round=100,  # more than the robots run: the round ends on command
+        baselines=False,
+        eval_interventions=False,
+        eval_episodes=8,
+    )
+    robots = {"a": SimRobot("tabletop-reach"), "b": SimRobot("tabletop-reach")}
+    plans = {
+        "a": {"episodes": 2, "seed": 1},
+        "b": {"episodes": 5, "seed": 2, "power_off_after_steps": 45},
+    }
+    results = {}
+
+    def start(url):
+        def go(name):
+            results[name] = robots[name].run(url, upload=True, **plans[name])
+
+        def run_all():
+            threads = [threading.Thread(target=go, args=(n,), daemon=True) for n in robots]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            end_round(cfg.run_dir)
+
+        threading.Thread(target=run_all, daemon=True).start()
+
+    out = loop.run_flywheel(cfg, robots_listening=start)
+    a, b = results["a"], results["b"]
+    assert a.episodes == 2
+    # b ran 45 control steps (episodes of reach last at most 40): it finished at least one
+    # episode and was switched off inside a later one, which it never sent
+    assert 1 <= b.episodes < 5 and b.steps < 45
+    ds = Dataset.open(cfg.run_dir / "data")
+    ep = ds.episodes
+    round1 = ep.policy_version == "recap-r0"
+    assert int(round1.sum()) == a.episodes + b.episodes
+    assert int(ep.length[round1].sum()) == a.steps + b.steps  # whole episodes only
+    assert set(ep.source[round1]) <= {"autonomous", "corrected"}
+    assert (cfg.run_dir / "report.md").exists()
+    assert (1, "recap") in {(r["round"], r["method"]) for r in out.rows}

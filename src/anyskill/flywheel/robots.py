@@ -7,7 +7,7 @@ robot finishes is sent back on the server's ``/episodes`` channel and appended t
 episode store with the round's policy version; frames where a person (or the runtime's
 fallback) had control arrive flagged ``intervention``. The round ends when
 ``episodes`` episodes of this round are in the store, or earlier on a command
-(:func:`end_round`: ``anyskill flywheel --run-dir RUN --end-round``, or touching
+(:func:`end_round`: ``anyskill flywheel end-round RUN``, or touching
 ``RUN/END_ROUND``); the rest of the loop (value, advantages, policy, evaluation) runs
 unchanged on what arrived.
 
@@ -50,7 +50,7 @@ class RobotsConfig:
     """TCP port robots connect to (0 picks a free one, printed when the round starts)."""
     wait_s: float = 0.0
     """Longest a round waits for its episodes before it ends with what arrived (0: no limit;
-    end it early with --end-round)."""
+    end it early with `anyskill flywheel end-round RUN`)."""
 
     def __post_init__(self):
         if not 0 <= self.port < 65536:
@@ -119,8 +119,8 @@ def collect_from_robots(
         with ServerThread(policy, server_cfg, episode_sink=sink) as srv:
             log(
                 f"serving {policy.spec.name} ({policy_version}) to robots at {srv.url}; "
-                f"waiting for {episodes - have} episodes (end early: anyskill flywheel "
-                f"--run-dir {run_dir} --end-round)"
+                f"waiting for {episodes - have} episodes (end early: anyskill flywheel end-round "
+                f"{run_dir})"
             )
             if on_listening is not None:
                 on_listening(srv.url)

@@ -86,6 +86,8 @@ class RuntimePolicy(ChunkPolicy):
         self.fresh = True
         self.tick = 0.0
         self.overruns = 0
+        self.steps = 0
+        self.power_off_after: int | None = None
 
     def new_episode(self) -> None:
         """The next call starts a new episode (its prompt goes to the runtime)."""
@@ -94,6 +96,9 @@ class RuntimePolicy(ChunkPolicy):
     def act(self, obs: Batch, key: Any = None) -> np.ndarray:
         from anyskill.rollout import ENV_STATE
 
+        if self.power_off_after is not None and self.steps >= self.power_off_after:
+            raise PoweredOff(f"switched off after {self.steps} control steps")
+        self.steps += 1
         rt = self.runtime
         if self.fresh:
             rt.new_episode(obs[PROMPT][0])
@@ -116,6 +121,10 @@ class RuntimePolicy(ChunkPolicy):
         if len(rt.log) == 1:
             self.tick = time.monotonic()  # the clock starts once the first chunk is in
         return np.asarray(action, np.float32)[None, None]
+
+
+class PoweredOff(Exception):
+    """The simulated robot was switched off mid-episode (``power_off_after_steps``)."""
 
 
 class SimRobot:
@@ -156,11 +165,18 @@ class SimRobot:
         record: Path | None = None,
         connect_timeout_s: float = 30.0,
         progress: bool = False,
+        upload: bool = False,
+        power_off_after_steps: int | None = None,
     ) -> RobotResult:
         """Run ``episodes`` episodes in real time against ``server``; see :class:`RobotResult`.
 
         ``images=None`` sends the camera only if the server's metadata asks for
-        ``observation/image``; ``record`` appends the executed episodes to an episode store."""
+        ``observation/image``; ``record`` appends the executed episodes to an episode store;
+        ``upload`` sends every finished episode back to the server's ``/episodes`` channel
+        (the flywheel's robot rounds: :mod:`anyskill.flywheel.robots`).
+        ``power_off_after_steps``: the robot is switched off after this many control steps in
+        total, mid-episode if that is where it is (its unfinished episode is never sent; the
+        result counts the episodes it finished)."""
         import jax
 
         env = self.env
@@ -194,7 +210,25 @@ class SimRobot:
             )
         from anyskill.rollout import EpisodeKeys, rollout
 
-        rt_cfg = dataclasses.replace(runtime, image_key=IMAGE if (record and images) else None)
+        uploader = None
+        if upload:
+            from anyskill.serve.episodes import EpisodeUploader
+
+            uploader = EpisodeUploader(server, timeout_s=connect_timeout_s)
+            # the store decides what each frame carries; refuse what this robot cannot send
+            providable = {"observation.state", "observation.goal", "action"}
+            cams = [k for k in uploader.features if k.startswith("observation.images.")]
+            missing = sorted(set(uploader.features) - providable - set(cams))
+            if missing or (cams and not images):
+                uploader.close()
+                link.close()
+                what = missing[0] if missing else cams[0]
+                raise ValueError(
+                    f"the server's store records {what!r} every frame, which this simulated "
+                    f"robot {'cannot provide' if missing else 'only sends with --images'}"
+                )
+        keep_images = bool((record or uploader is not None) and images)
+        rt_cfg = dataclasses.replace(runtime, image_key=IMAGE if keep_images else None)
         policy: RuntimePolicy | None = None
         if fallback == "expert":
             # the sim knows its state; a real robot would estimate it from its sensors
@@ -209,6 +243,7 @@ class SimRobot:
             fallback_fn = hold_still(env.action_dim)
         rt = ChunkRuntime(link, fallback_fn, rt_cfg)
         policy = RuntimePolicy(rt, env, images, privileged=fallback == "expert")
+        policy.power_off_after = power_off_after_steps
         writer = None
         if record is not None:
             writer = _open_store(record, env, self.task, env.image_size if images else None)
@@ -237,6 +272,23 @@ class SimRobot:
                     camera=CAMERA if images else None,
                     episode_info={"env_seed": seed, "env_episode": n},
                 )
+            if uploader is not None:
+                arr, t = log.arrays(), int(ep.length[0])
+                frames = {}
+                for name in uploader.features:
+                    if name == "action":
+                        frames[name] = arr["action"][:t]
+                    elif name.startswith("observation.images."):
+                        frames[name] = arr["images"][:t]
+                    else:
+                        frames[name] = (ep.goal if name == "observation.goal" else ep.state)[0, :t]
+                uploader.send(
+                    frames,
+                    log.task,
+                    success,
+                    arr["intervention"][:t],
+                    {"env_seed": seed, "env_episode": n, "robot": self.task},
+                )
             if progress:
                 print(
                     f"episode {n}: success={success} steps={len(log)} "
@@ -260,8 +312,12 @@ class SimRobot:
                 parallel=1,
                 on_episode=episode_done,
             )
+        except PoweredOff:
+            episodes = max(len(successes_seen), 1)
         finally:
             link.close()
+            if uploader is not None:
+                uploader.close()
             if writer is not None:
                 writer.close()  # releases the dataset's writer lock
         overruns = policy.overruns
