@@ -62,3 +62,24 @@ def test_metrics_torn_tail_dropped_bad_middle_refused_newer_rows_dropped(tmp_pat
         rundir.resume_metrics(path, "step", 4)
     assert "garbage" in path.read_text()  # nothing deleted
     assert rundir.read_metrics(Path(tmp_path / "none.jsonl")) == []
+
+
+def test_settings_added_later_load_from_older_run_files_with_their_default(tmp_path):
+    """A flywheel run started before --deploy/--robots and model.cameras existed resumes:
+    those fields are marked ADDED_LATER, and their defaults are what the old run did. Any
+    other missing field is still refused."""
+    import json
+
+    from anyskill.flywheel.config import FlywheelConfig
+
+    full = rundir.config_to_json(FlywheelConfig())
+    old = {k: v for k, v in full.items() if k not in ("deploy", "robots")}
+    old["model"] = {k: v for k, v in old["model"].items() if k != "cameras"}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    cfg = rundir.load_config(FlywheelConfig, path)
+    assert cfg.deploy == "sim" and cfg.model.cameras == ()
+    del old["rounds"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(rundir.RunError, match="field 'rounds' is missing"):
+        rundir.load_config(FlywheelConfig, path)

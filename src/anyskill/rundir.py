@@ -116,6 +116,12 @@ def load_config(cls: type, path: Path) -> Any:
     return config_from_json(cls, read_json(path), path)
 
 
+#: Field metadata key: a setting added after runs were written, whose default reproduces what
+#: those runs did, so a config file without it still loads (``dataclasses.field(default=...,
+#: metadata={ADDED_LATER: "issue 23"})``). Every other missing field is refused.
+ADDED_LATER = "added_later"
+
+
 def config_from_json(cls: type, data: Any, source: Path | str) -> Any:
     """Build the config dataclass ``cls`` from its JSON form ``data`` (read from ``source``).
 
@@ -271,6 +277,8 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     kw = {}
     for f in fields:
         field = prefix + f.name
+        if f.name not in data and f.metadata.get(ADDED_LATER):
+            continue  # a setting newer than the run: its default is what the run did
         if f.name not in data:
             default = f.default if f.default is not dataclasses.MISSING else None
             shown = (

@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from anyskill.rundir import ADDED_LATER
+
 ARCHS = ("vla", "mlp-bc", "mlp-flow")
 
 
@@ -62,7 +64,7 @@ class ModelConfig:
     """Features of ``action``."""
     num_cameras: int = 1
     """Cameras read; ``len(cameras)`` whenever ``cameras`` names them."""
-    cameras: tuple[str, ...] = ()
+    cameras: tuple[str, ...] = dataclasses.field(default=(), metadata={ADDED_LATER: "issue 23"})
     """The dataset's camera features (``observation.images.*``, any size: resized to
     ``image_size``) the model reads, in this order; empty: all of them, in the dataset's
     order. The policy reads the first as ``observation/image`` and the others under their
