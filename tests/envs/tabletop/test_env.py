@@ -15,10 +15,11 @@ import pytest
 from anyskill.envs import make
 from anyskill.envs.tabletop import raise_on_faults
 from anyskill.envs.tabletop import tasks as T
-from anyskill.envs.tabletop.env import GATHER_GAP, ZONE_HALF
+from anyskill.envs.tabletop.families.gather import GATHER_GAP
 from anyskill.envs.tabletop.physics import penetrations
+from anyskill.envs.tabletop.scene import ZONE_HALF
 
-REACH, PUSH, SORT, GATHER = range(len(T.FAMILIES))
+REACH, PUSH, SORT, GATHER = (T.family_code(f) for f in ("reach", "push", "sort", "gather"))
 
 
 def at(tree, i):
@@ -149,7 +150,7 @@ def test_present_objects_have_distinct_colours_and_enough_objects(host):
     for c, f in zip(colour, families, strict=True):
         present = c[c >= 0]
         assert len(set(present.tolist())) == len(present)
-        assert len(present) >= max(T.MIN_OBJECTS[T.FAMILIES[f]], 1)
+        assert len(present) >= max(T.MIN_OBJECTS[T.family_name(f)], 1)
         # present slots come first
         assert (c >= 0).tolist() == sorted((c >= 0).tolist(), reverse=True)
         counts.add(len(present))
@@ -303,17 +304,17 @@ def test_success_terminates_and_auto_resets_to_a_fresh_episode(env, resets, rese
 def test_episodes_truncate_at_their_familys_length_with_fresh_tasks(resets, step):
     """Each family truncates at its own EPISODE_LENGTH (reach 40 ... sort 200); a chain of
     auto-resets draws fresh tasks and starts (no cached first state)."""
-    for family in range(len(T.FAMILIES)):
-        s = at(resets, first(resets, family))
-        limit = T.EPISODE_LENGTH[T.FAMILIES[family]]
+    for name in T.FAMILIES:
+        s = at(resets, first(resets, T.family_code(name)))
+        limit = T.EPISODE_LENGTH[name]
         s = step(s.replace(t=jnp.asarray(limit - 2, jnp.int32)), jnp.zeros(2))
         assert not s.truncated and s.t == limit - 1
         s = step(s, jnp.zeros(2))
-        assert s.truncated and not s.terminated and s.t == 0, T.FAMILIES[family]
+        assert s.truncated and not s.terminated and s.t == 0, name
     tasks, starts = [], []
     s = at(resets, 0)
     for _ in range(12):
-        limit = T.EPISODE_LENGTH[T.FAMILIES[int(s.physics.task[T.FAMILY])]]
+        limit = T.EPISODE_LENGTH[T.family_name(s.physics.task[T.FAMILY])]
         s = step(s.replace(t=jnp.asarray(limit - 1, jnp.int32)), jnp.zeros(2))
         assert s.truncated and s.t == 0
         tasks.append(tuple(np.asarray(s.physics.task).tolist()))

@@ -3,7 +3,9 @@
 A disc end-effector (the pusher, velocity-controlled) and 1-4 objects (blocks, discs, bars in
 four colours) on a walled table with four coloured zones in the corners. Every episode is a
 task instance from :mod:`anyskill.envs.tabletop.tasks` (family, objects, zone, phrasing)
-with an instruction string, a success predicate and a goal state.
+with an instruction string, a success predicate and a goal state. What differs between task
+families (goal, predicate, episode length) is each family's own code in
+:mod:`anyskill.envs.tabletop.families`, selected by the code in the task row.
 
 Observation (``obs_dim = 4 + 14 * num_objects + 8``)::
 
@@ -34,20 +36,23 @@ import numpy as np
 from flax import struct
 
 from anyskill.envs.base import Env, State
+from anyskill.envs.tabletop import families as F
 from anyskill.envs.tabletop import tasks as T
 from anyskill.envs.tabletop.physics import Bodies, PhysicsParams, box_inertia, control_step
+from anyskill.envs.tabletop.scene import (  # noqa: F401  (body_reach, ZONE_HALF: public here)
+    PUSHER_RADIUS,
+    SHAPE_GEOMETRY,
+    ZONE_CENTRE,
+    ZONE_HALF,
+    body_reach,
+)
 
-ZONE_CENTRE = 0.72
-ZONE_HALF = 0.2
-PUSHER_RADIUS = 0.06
 #: much heavier than an object (mass 1): contact corrections move the object, so a pusher
 #: pushes at its commanded speed; it still stalls against jams (see physics._project)
 PUSHER_MASS = 20.0
 #: spawn grid: objects and the pusher start on distinct cells of a 3x3 grid, jittered
 SPAWN_SPACING = 0.42
 SPAWN_JITTER = 0.04
-#: two objects count as "next to" each other when the gap between them is below this
-GATHER_GAP = 0.05
 
 
 @struct.dataclass
@@ -109,7 +114,8 @@ class Tabletop(Env):
                 f"num_objects must be between 1 and {len(T.COLOURS)} (one colour per object: "
                 f"{', '.join(T.COLOURS)}), got {self.num_objects}"
             )
-        need = max(T.MIN_OBJECTS.get(f, 0) for f in fams if f in T.TEMPLATES)
+        task_families = tuple(F.get(f) for f in fams)  # unknown -> "did you mean"
+        need = max(f.min_objects for f in task_families)
         if self.num_objects < need:
             raise ValueError(
                 f"families {fams} need at least {need} objects, got num_objects="
@@ -121,7 +127,7 @@ class Tabletop(Env):
             raise ValueError(f"max_speed must be > 0, got {self.max_speed}")
         # A substep must not move the pusher more than the thinnest object, or it could tunnel.
         step = self.max_speed * self.sim.dt
-        thinnest = float(np.min(T.SHAPE_GEOMETRY[:, 1] + T.SHAPE_GEOMETRY[:, 2]))
+        thinnest = float(np.min(SHAPE_GEOMETRY[:, 1] + SHAPE_GEOMETRY[:, 2]))
         if step >= thinnest:
             raise ValueError(
                 f"max_speed * physics.dt = {step:.3f} must be below the thinnest object's "
@@ -139,7 +145,15 @@ class Tabletop(Env):
             raise ValueError(f"families {empty} have no task instance in split {self.split!r}")
         object.__setattr__(self, "_rows", rows)
         object.__setattr__(self, "_offsets", offsets)
-        object.__setattr__(self, "episode_length", max(T.EPISODE_LENGTH[f] for f in fams))
+        object.__setattr__(self, "_task_families", task_families)
+        object.__setattr__(self, "episode_length", max(f.episode_length for f in task_families))
+
+    @property
+    def task_families(self) -> tuple[F.TaskFamily, ...]:
+        """The family objects of ``families`` (resolved in the registry when the env was
+        built). Inside jit, behaviour is selected by code among every registered family (see
+        ``families.dispatch``), so a state of any family is judged by its own rules."""
+        return self._task_families
 
     # ---- sizes ----------------------------------------------------------------------------
     @property
@@ -173,8 +187,7 @@ class Tabletop(Env):
             jax.random.split(key, 10)
         )
         row = self._draw_task(jax.random.uniform(k_task))
-        family = row[T.FAMILY]
-        min_obj = jnp.asarray([T.MIN_OBJECTS[f] for f in T.FAMILIES])[family]
+        min_obj = F.lookup(row[T.FAMILY], F.registered(), lambda f: f.min_objects)
         min_obj = jnp.maximum(min_obj, 1)
         n_present = min_obj + jnp.floor(jax.random.uniform(k_n) * (n - min_obj + 1)).astype(
             jnp.int32
@@ -204,7 +217,7 @@ class Tabletop(Env):
         grid = SPAWN_SPACING * jnp.stack([cells // 3 - 1, cells % 3 - 1], -1).astype(jnp.float32)
         pos = grid + jax.random.uniform(k_jit, (n + 1, 2), minval=-1.0, maxval=1.0) * SPAWN_JITTER
         angle = jax.random.uniform(k_ang, (n + 1,), minval=-np.pi, maxval=np.pi).at[0].set(0.0)
-        geom = jnp.asarray(T.SHAPE_GEOMETRY, jnp.float32)[jnp.maximum(shapes, 0)]
+        geom = jnp.asarray(SHAPE_GEOMETRY, jnp.float32)[jnp.maximum(shapes, 0)]
         half = jnp.concatenate([jnp.zeros((1, 2)), geom[:, :2]]).astype(jnp.float32)
         radius = jnp.concatenate([jnp.array([PUSHER_RADIUS]), geom[:, 2]]).astype(jnp.float32)
         mass = jnp.ones(n + 1, jnp.float32).at[0].set(PUSHER_MASS)
@@ -251,8 +264,7 @@ class Tabletop(Env):
         return physics.replace(bodies=bodies)
 
     def episode_limit(self, physics: TabletopPhysics):
-        lengths = jnp.asarray([T.EPISODE_LENGTH[f] for f in T.FAMILIES], jnp.int32)
-        return lengths[physics.task[T.FAMILY]]
+        return F.lookup(physics.task[T.FAMILY], F.registered(), lambda f: f.episode_length)
 
     # ---- observation, goal, success -------------------------------------------------------
     def observe(self, physics: TabletopPhysics) -> jax.Array:
@@ -296,31 +308,22 @@ class Tabletop(Env):
         )
 
     def goal_state(self, physics: TabletopPhysics) -> jax.Array:
-        """A state satisfying the instruction, in goal space (pusher + object positions)."""
-        b = physics.bodies
-        row = physics.task
-        family = row[T.FAMILY]
-        pos = b.pos
-        slots = jnp.arange(self.num_objects)
-        zone_of = physics.zones[jnp.clip(row[T.ZONE], 0, 3)]
-        own_zone = physics.zones[jnp.clip(physics.colour, 0, 3)]  # [N, 2]
-        t1, t2 = physics.targets[0], physics.targets[1]
-        obj = pos[1:]
-        # push: target -> its zone; sort: every present object -> its own zone;
-        # gather: target -> beside the anchor, on the side it starts from.
-        is_t1 = slots == t1
-        push_goal = jnp.where(is_t1[:, None], zone_of, obj)
-        sort_goal = jnp.where((physics.colour >= 0)[:, None], own_zone, obj)
-        anchor = obj[jnp.maximum(t2, 0)]
-        away = obj[jnp.maximum(t1, 0)] - anchor
-        away = away / jnp.maximum(jnp.sqrt(away[0] ** 2 + away[1] ** 2), 1e-6)
-        gather_goal = jnp.where(is_t1[:, None], _gather_spot(b, t1, t2, away), obj)
-        fam = lambda name: family == T.FAMILIES.index(name)  # noqa: E731
-        obj_goal = jnp.where(fam("push"), push_goal, obj)
-        obj_goal = jnp.where(fam("sort"), sort_goal, obj_goal)
-        obj_goal = jnp.where(fam("gather"), gather_goal, obj_goal)
-        pusher_goal = jnp.where(fam("reach"), zone_of, pos[0])
-        return jnp.concatenate([pusher_goal, obj_goal.reshape(-1)]).astype(jnp.float32)
+        """A state satisfying the instruction, in goal space (pusher + object positions): the
+        task family's ``goal``."""
+        n = self.num_objects
+
+        def family_goal(family: F.TaskFamily) -> tuple[jax.Array, jax.Array]:
+            pusher, objects = family.goal(self, physics)
+            pusher, objects = jnp.asarray(pusher, jnp.float32), jnp.asarray(objects, jnp.float32)
+            if pusher.shape != (2,) or objects.shape != (n, 2):
+                raise ValueError(
+                    f"task family {family.name!r}: goal must return (pusher [2], objects "
+                    f"[{n}, 2]), got {pusher.shape} and {objects.shape}"
+                )
+            return pusher, objects
+
+        pusher, objects = F.dispatch(physics.task[T.FAMILY], F.registered(), family_goal)
+        return jnp.concatenate([pusher, objects.reshape(-1)])
 
     def is_success(self, obs, goal):
         """Goal reaching: every present object (and the pusher) within the threshold."""
@@ -334,28 +337,18 @@ class Tabletop(Env):
         return ok
 
     def task_success(self, physics: TabletopPhysics, obs, goal) -> jax.Array:
-        """The instruction's predicate, per family."""
-        b = physics.bodies
-        row = physics.task
-        zones = physics.zones
+        """The instruction's predicate: the task family's ``success``."""
 
-        def in_zone(p, z):
-            return (jnp.abs(p[..., 0] - z[..., 0]) < ZONE_HALF) & (
-                jnp.abs(p[..., 1] - z[..., 1]) < ZONE_HALF
-            )
+        def family_success(family: F.TaskFamily) -> jax.Array:
+            ok = jnp.asarray(family.success(self, physics))
+            if ok.shape != () or ok.dtype != jnp.bool_:
+                raise ValueError(
+                    f"task family {family.name!r}: success must return a bool scalar, got "
+                    f"{ok.dtype}{list(ok.shape)}"
+                )
+            return ok
 
-        t1, t2 = jnp.maximum(physics.targets[0], 0), jnp.maximum(physics.targets[1], 0)
-        zone = zones[jnp.clip(row[T.ZONE], 0, 3)]
-        reach = in_zone(b.pos[0], zone)
-        push = in_zone(b.pos[1 + t1], zone)
-        present = physics.colour >= 0
-        sort = jnp.all(~present | in_zone(b.pos[1:], zones[jnp.clip(physics.colour, 0, 3)]))
-        gather = _gap(b, 1 + t1, 1 + t2) < GATHER_GAP
-        return jnp.select(
-            [row[T.FAMILY] == T.FAMILIES.index(f) for f in T.FAMILIES],
-            [reach, push, sort, gather],
-            default=False,  # an int default would promote State.success to int32
-        )
+        return F.dispatch(physics.task[T.FAMILY], F.registered(), family_success)
 
     # ---- host-side helpers ----------------------------------------------------------------
     def instruction(self, state_or_physics) -> str | list[str]:
@@ -393,52 +386,6 @@ def _place(colours, shapes, slot, colour, shape):
     colours = jnp.where(has, swapped, colours)
     shapes = jnp.where(has, shapes.at[slot].set(jnp.maximum(shape, 0)), shapes)
     return colours, shapes
-
-
-def body_reach(b: Bodies, k, ux, uy):
-    """Support radius of body ``k`` along the unit direction ``u`` (how far it extends)."""
-    from anyskill.envs.tabletop.physics import support_radius
-
-    c, s = jnp.cos(b.angle[k]), jnp.sin(b.angle[k])
-    return support_radius(b.half[k, 0], b.half[k, 1], b.radius[k], (c, s), (-s, c), ux, uy)
-
-
-def _gather_spot(b: Bodies, t1, t2, away):
-    """Where object ``t1`` goes to lie beside object ``t2`` along the unit direction ``away``,
-    both keeping their orientation: at a surface gap of GATHER_GAP / 2.
-
-    Starts where the two support radii along ``away`` meet, then slides along ``away`` until
-    the surface gap (the gather predicate's own measure) is the target. Each correction moves
-    every axis' separation by at most its own size, so the gap never undershoots the target.
-    """
-    i, j = 1 + jnp.maximum(t1, 0), 1 + jnp.maximum(t2, 0)
-    anchor = b.pos[j]
-    target = 0.5 * GATHER_GAP
-    dist = body_reach(b, i, away[0], away[1]) + body_reach(b, j, away[0], away[1]) + target
-    for _ in range(4):
-        gap = _gap(b.replace(pos=b.pos.at[i].set(anchor + away * dist)), i, j)
-        dist = dist - jnp.maximum(gap - target, 0.0)
-    return anchor + away * dist
-
-
-def _gap(b: Bodies, i, j):
-    """Distance between the surfaces of bodies ``i`` and ``j`` (negative when overlapping)."""
-    from anyskill.envs.tabletop.physics import pair_contact
-
-    def body(k):
-        return dict(
-            x=b.pos[k, 0],
-            y=b.pos[k, 1],
-            c=jnp.cos(b.angle[k]),
-            s=jnp.sin(b.angle[k]),
-            hx=b.half[k, 0],
-            hy=b.half[k, 1],
-            r=b.radius[k],
-            on=jnp.asarray(True),
-        )
-
-    depth, *_ = pair_contact(body(i), body(j))
-    return -depth
 
 
 def raise_on_faults(env: Tabletop, state: State) -> None:

@@ -1,151 +1,114 @@
-"""Task families, language templates and the held-out split of the tabletop suite.
+"""Task instances of the tabletop suite: the table of rows an env draws from, instructions,
+the held-out split, and family name <-> code.
 
 A *task instance* is one row of integers ``[family, colour, shape, zone, colour2, shape2,
-phrasing]`` (unused entries are -1). Its instruction is a template of the family filled in
-with the names. Rows are enumerated here once, in numpy, and split into ``train`` and
-``heldout``: a row is held out when its combination is in :data:`HELDOUT_COMBOS` or its
-phrasing is the family's held-out phrasing (the last template). Training data must come from
-``split="train"`` only; ``split="heldout"`` measures generalization to unseen
-object x zone combinations and unseen phrasings.
+phrasing]`` (unused entries are -1; layout in :mod:`anyskill.envs.tabletop.families.base`),
+where ``family`` is the family's stable code. Each family (``families/``, looked up by name
+in its registry) enumerates its rows and says which are held out: a row is held out when its
+phrasing is the family's held-out phrasing (the last template) or its object x zone
+combination is one the family holds out. Training data must come from ``split="train"``
+only; ``split="heldout"`` measures generalization to unseen object x zone combinations and
+unseen phrasings.
+
+This module reads the registry and keeps the names callers used before families were files:
+``FAMILIES`` (names ordered by code), ``TEMPLATES``, ``EPISODE_LENGTH`` and ``MIN_OBJECTS``
+are computed from the registry each time they are read, so they include families registered
+later. Select a family by :func:`family_code` / :func:`family_name`, never by a position.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 
 import numpy as np
 
+from anyskill.envs.tabletop import families
+from anyskill.envs.tabletop.families.base import (  # noqa: F401  (the row layout, public here)
+    COLOUR,
+    COLOUR2,
+    FAMILY,
+    HELDOUT_COMBOS,
+    PHRASING,
+    ROW_WIDTH,
+    SHAPE,
+    SHAPE2,
+    ZONE,
+    TaskFamily,
+    rows_as_array,
+)
+from anyskill.envs.tabletop.scene import (  # noqa: F401  (the vocabulary, public here)
+    COLOUR_RGB,
+    COLOURS,
+    SHAPE_BOUND,
+    SHAPE_GEOMETRY,
+    SHAPES,
+)
 from anyskill.names import unknown_name
 
-COLOURS = ("red", "green", "blue", "yellow")
-COLOUR_RGB = np.array([[214, 48, 49], [46, 160, 67], [38, 98, 217], [232, 185, 20]], np.uint8)
-SHAPES = ("block", "disc", "bar")
-#: (half extent x, half extent y, rounding radius) of each shape's collision body
-SHAPE_GEOMETRY = np.array([[0.085, 0.085, 0.015], [0.0, 0.0, 0.1], [0.13, 0.045, 0.015]])
-#: radius of the disc that bounds each shape (for spawning and gather distances)
-SHAPE_BOUND = np.hypot(SHAPE_GEOMETRY[:, 0], SHAPE_GEOMETRY[:, 1]) + SHAPE_GEOMETRY[:, 2]
-
-FAMILY, COLOUR, SHAPE, ZONE, COLOUR2, SHAPE2, PHRASING = range(7)
-ROW_WIDTH = 7
-
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "reach": (
-        "move the gripper to the {zone} zone",
-        "go to the {zone} area",
-        "reach the {zone} square",
-        "put the end effector in the {zone} zone",
-        "head over to the {zone} region",  # held out
-    ),
-    "push": (
-        "push the {colour} {shape} into the {zone} zone",
-        "move the {colour} {shape} to the {zone} area",
-        "slide the {colour} {shape} onto the {zone} square",
-        "put the {colour} {shape} in the {zone} zone",
-        "shove the {colour} {shape} over to the {zone} region",  # held out
-    ),
-    "sort": (
-        "sort every object into the zone of its colour",
-        "put each object in the zone with the same colour",
-        "move all objects to their matching zones",
-        "tidy up: every object goes to its own colour's zone",
-        "match each piece with the area of its colour",  # held out
-    ),
-    "gather": (
-        "push the {colour} {shape} next to the {colour2} {shape2}",
-        "move the {colour} {shape} so it touches the {colour2} {shape2}",
-        "bring the {colour} {shape} to the {colour2} {shape2}",
-        "put the {colour} {shape} beside the {colour2} {shape2}",
-        "nudge the {colour} {shape} against the {colour2} {shape2}",  # held out
-    ),
-}
-FAMILIES = tuple(TEMPLATES)
-#: the phrasing index held out in every family
+#: the phrasing index held out in every built-in family (each has 5 templates, the last held
+#: out); a family's own is ``family.heldout_phrasing``
 HELDOUT_PHRASING = 4
-#: minimum number of objects on the table each family needs
-MIN_OBJECTS = {"reach": 0, "push": 1, "sort": 2, "gather": 2}
-#: episode length (control steps at 10 Hz) per family
-EPISODE_LENGTH = {"reach": 40, "push": 100, "sort": 200, "gather": 100}
-
-# Held-out combinations, documented here and in docs/tasks.md:
-#   push:   (colour, shape, zone) with zone == the colour after it in COLOURS and the shape
-#           index == colour index mod 3, e.g. "red block -> green zone",
-#           "green disc -> blue zone", "blue bar -> yellow zone", "yellow block -> red zone";
-#   gather: (colour, shape) next to (colour2, any shape) for the same four (colour, shape)
-#           with colour2 == the colour after it, e.g. "red block next to the green ...".
-#   reach, sort: only the held-out phrasing.
-HELDOUT_COMBOS = frozenset(
-    (c, c % len(SHAPES), (c + 1) % len(COLOURS)) for c in range(len(COLOURS))
-)
-
-
-def _is_heldout(row: tuple[int, ...]) -> bool:
-    family = FAMILIES[row[FAMILY]]
-    if row[PHRASING] == HELDOUT_PHRASING:
-        return True
-    if family == "push":
-        return (row[COLOUR], row[SHAPE], row[ZONE]) in HELDOUT_COMBOS
-    if family == "gather":
-        return (row[COLOUR], row[SHAPE], row[COLOUR2]) in HELDOUT_COMBOS
-    return False
-
-
-def _family_rows(family: str) -> list[tuple[int, ...]]:
-    f = FAMILIES.index(family)
-    n_c, n_s, n_p = len(COLOURS), len(SHAPES), len(TEMPLATES[family])
-    rows = []
-    if family == "reach":
-        for z, p in itertools.product(range(n_c), range(n_p)):
-            rows.append((f, -1, -1, z, -1, -1, p))
-    elif family == "push":
-        for c, s, z, p in itertools.product(range(n_c), range(n_s), range(n_c), range(n_p)):
-            rows.append((f, c, s, z, -1, -1, p))
-    elif family == "sort":
-        rows = [(f, -1, -1, -1, -1, -1, p) for p in range(n_p)]
-    elif family == "gather":
-        for c, s, c2, s2, p in itertools.product(
-            range(n_c), range(n_s), range(n_c), range(n_s), range(n_p)
-        ):
-            if c != c2:
-                rows.append((f, c, s, -1, c2, s2, p))
-    return rows
-
 
 SPLITS = ("train", "heldout", "all")
 
 
-@functools.cache
-def task_table(families: tuple[str, ...], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All instances of ``families`` in ``split``: ``(rows [R, 7] int32, family_offsets
-    [len(families) + 1])``; rows of family ``i`` are ``rows[offsets[i]:offsets[i + 1]]``."""
+def family_code(name: str) -> int:
+    """The code task rows of family ``name`` carry (unknown name -> "did you mean")."""
+    return families.get(name).code
+
+
+def family_name(code: int) -> str:
+    """The name of the family whose task rows carry ``code``."""
+    return families.by_code(int(code)).name
+
+
+def task_table(names: tuple[str, ...], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """All instances of the families ``names`` in ``split``: ``(rows [R, 7] int32,
+    family_offsets [len(names) + 1])``; rows of family ``i`` are
+    ``rows[offsets[i]:offsets[i + 1]]``."""
     if split not in SPLITS:
         raise unknown_name("task split", split, SPLITS)
+    return _task_table(tuple(families.get(n) for n in names), split)
+
+
+@functools.cache
+def _task_table(fams: tuple[TaskFamily, ...], split: str) -> tuple[np.ndarray, np.ndarray]:
+    # keyed on the family objects, not names: a name re-registered with other rows is new
     blocks, offsets = [], [0]
-    for family in families:
-        if family not in TEMPLATES:
-            raise unknown_name("task family", family, TEMPLATES)
-        rows = _family_rows(family)
+    for family in fams:
+        rows = family.task_rows()
         if split != "all":
-            rows = [r for r in rows if _is_heldout(r) == (split == "heldout")]
-        blocks.append(np.array(rows, np.int32).reshape(-1, ROW_WIDTH))
+            rows = [r for r in rows if family.is_heldout(r) == (split == "heldout")]
+        blocks.append(rows_as_array(rows))
         offsets.append(offsets[-1] + len(rows))
     return np.concatenate(blocks), np.array(offsets, np.int32)
 
 
+def _as_row(row) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.asarray(row).tolist())
+
+
 def instruction(row) -> str:
     """The instruction of one task row."""
-    row = [int(v) for v in np.asarray(row).tolist()]
-    family = FAMILIES[row[FAMILY]]
-    names = {}
-    if row[COLOUR] >= 0:
-        names["colour"], names["shape"] = COLOURS[row[COLOUR]], SHAPES[row[SHAPE]]
-    if row[ZONE] >= 0:
-        names["zone"] = COLOURS[row[ZONE]]
-    if row[COLOUR2] >= 0:
-        names["colour2"], names["shape2"] = COLOURS[row[COLOUR2]], SHAPES[row[SHAPE2]]
-    return TEMPLATES[family][row[PHRASING]].format(**names)
+    row = _as_row(row)
+    return families.by_code(row[FAMILY]).instruction(row)
 
 
 def is_heldout(row) -> bool:
     """Whether a task row belongs to the held-out split."""
-    return _is_heldout(tuple(int(v) for v in np.asarray(row).tolist()))
+    row = _as_row(row)
+    return families.by_code(row[FAMILY]).is_heldout(row)
+
+
+def __getattr__(name: str):
+    # Computed on every read so that families registered after import are included.
+    registered = families.registered()
+    if name == "FAMILIES":
+        return tuple(f.name for f in registered)
+    if name == "TEMPLATES":
+        return {f.name: f.templates for f in registered}
+    if name == "EPISODE_LENGTH":
+        return {f.name: f.episode_length for f in registered}
+    if name == "MIN_OBJECTS":
+        return {f.name: f.min_objects for f in registered}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
