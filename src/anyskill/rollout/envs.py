@@ -383,7 +383,7 @@ class JaxBatchEnv(BatchEnv):
         if not isinstance(self.env, Tabletop):
             return None
         rows = np.asarray(carry.state.physics.task).reshape(-1, T.ROW_WIDTH)
-        return [T.FAMILIES[int(f)] for f in rows[:, T.FAMILY]]
+        return [T.family_name(int(f)) for f in rows[:, T.FAMILY]]
 
     def frame(self, carry: Carry, size: int) -> np.ndarray:
         if not callable(getattr(self.env, "render_image", None)):
