@@ -40,6 +40,10 @@ PATH = "/episodes"
 _INFO_TYPES = (int, float, str, bool)
 
 
+class EpisodeChannelClosed(ConnectionError):
+    """The server stopped taking episodes (a flywheel round ended, or it shut down)."""
+
+
 class EpisodeRejected(ValueError):
     """An uploaded episode does not fit the store; ``field`` names what is wrong."""
 
@@ -219,8 +223,16 @@ class EpisodeUploader:
             "intervention": None if intervention is None else np.asarray(intervention, bool),
             "episode_info": dict(episode_info or {}),
         }
-        self._ws.send(wire.pack(msg))
-        reply = self._ws.recv(timeout=self.timeout_s)
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self._ws.send(wire.pack(msg))
+            reply = self._ws.recv(timeout=self.timeout_s)
+        except ConnectionClosed as e:
+            raise EpisodeChannelClosed(
+                f"the server closed the episode channel ({e}); this episode was not stored "
+                "(a flywheel robot round closes it once it has its episodes)"
+            ) from None
         if isinstance(reply, str):
             err = wire.parse_error(reply)
             raise EpisodeRejected(err.get("field", "<episode>"), err.get("message", reply))

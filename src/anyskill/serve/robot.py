@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from anyskill.policies.base import Batch, ChunkPolicy, InputSpec, PolicySpec
+from anyskill.serve.episodes import EpisodeChannelClosed, EpisodeUploader
 from anyskill.serve.runtime import (
     ChunkRuntime,
     LinkFaults,
@@ -212,8 +213,6 @@ class SimRobot:
 
         uploader = None
         if upload:
-            from anyskill.serve.episodes import EpisodeUploader
-
             uploader = EpisodeUploader(server, timeout_s=connect_timeout_s)
             # the store decides what each frame carries; refuse what this robot cannot send
             providable = {"observation.state", "observation.goal", "action"}
@@ -313,6 +312,9 @@ class SimRobot:
                 on_episode=episode_done,
             )
         except PoweredOff:
+            episodes = max(len(successes_seen), 1)
+        except EpisodeChannelClosed as e:  # the round this robot fed is over
+            print(f"run-robot: stopping: {e}", flush=True)
             episodes = max(len(successes_seen), 1)
         finally:
             link.close()
