@@ -25,9 +25,9 @@ from anyskill import checkpoint
 from anyskill.flywheel.artifacts import LABELS
 from anyskill.flywheel.config import FlywheelConfig
 from anyskill.flywheel.context import RunContext
-from anyskill.flywheel.deployment import selection_chunk_fn
 from anyskill.flywheel.loop import run_flywheel
 from anyskill.flywheel.phases import outcome_metrics
+from anyskill.policies.base import ChunkPolicy
 
 
 def test_time_compute(fw: RunContext, betas, candidates, episodes: int) -> list[dict]:
@@ -40,19 +40,14 @@ def test_time_compute(fw: RunContext, betas, candidates, episodes: int) -> list[
     out = []
     for beta in betas:
         for n in candidates:
-            if n == 1:
-                fn, params = fw.deployment.chunk_fn(True, beta), pol
-            else:
-                fn = selection_chunk_fn(fw.model, fw.normalizer, fw.vf, n, beta, True, c.indicator)
-                params = (pol, vp)
-            roll = fw.deployment.make_rollout(fn, episodes, fw.deployment.prompt_suffix(True))
+            policy = fw.deployment.policy(pol, recap=True, beta=beta, best_of=n, value_params=vp)
             key = jax.random.key(c.seed + 99)
-            roll(params, key)  # compile
+            fw.deployment.evaluate(policy, key, episodes, "ttc")  # compile
             t0 = time.perf_counter()
-            success, _, steps = (np.asarray(x) for x in roll(params, jax.random.fold_in(key, 1)))
+            ep = fw.deployment.evaluate(policy, jax.random.fold_in(key, 1), episodes, "ttc")
             wall = time.perf_counter() - t0
-            m = outcome_metrics(success, steps, float(fw.env.control_hz))
-            n_chunks = -(-int(fw.env.episode_length) // c.replan_every)
+            m = outcome_metrics(ep.success, ep.length, fw.env.control_hz)
+            n_chunks = -(-fw.env.horizon // c.replan_every)
             out.append(
                 {
                     "beta": beta,
@@ -65,34 +60,44 @@ def test_time_compute(fw: RunContext, betas, candidates, episodes: int) -> list[
     return out
 
 
+class AskedFor(ChunkPolicy):
+    """``inner`` told "advantage: negative" (``positive=False``) or given no indicator
+    (``None``): as words of the prompt or as the indicator input (``kind``)."""
+
+    def __init__(self, inner, kind: str, positive: bool | None):
+        from anyskill.policies.base import INDICATOR_NEGATIVE, INDICATOR_NONE
+
+        self.inner, self.kind, self.positive = inner, kind, positive
+        self.value = INDICATOR_NONE if positive is None else INDICATOR_NEGATIVE
+        self.spec = inner.spec
+
+    def act(self, obs, key):
+        from anyskill.policies.base import INDICATOR, PROMPT, prompt_with_indicator
+
+        if self.kind == "prompt":
+            words = [prompt_with_indicator(str(p), self.positive) for p in obs[PROMPT]]
+            return self.inner.act({**obs, PROMPT: words}, key)
+        return self.inner.act({**obs, INDICATOR: np.full(len(obs[PROMPT]), self.value)}, key)
+
+
 def indicator_ablation(fw: RunContext, episodes: int) -> dict:
     """The final RECAP policy asked for "advantage: positive", given no indicator, and asked
     for "advantage: negative" (β = 1, the same episodes): does it use the indicator?"""
     import jax
 
-    from anyskill.algos.recap import advantage as A
-    from anyskill.algos.vla import model as M
-    from anyskill.flywheel.deployment import chunk_fn, with_indicator
-
     c = fw.cfg
     pol = fw.policy_params("recap")
-    fn = chunk_fn(fw.model, fw.normalizer)
+    kind = "prompt" if c.indicator == "prompt" else "input"
+    plain = fw.deployment.policy(pol, recap=False)
+    policies = {
+        "positive": fw.deployment.policy(pol, recap=True, beta=1.0),
+        "none": AskedFor(plain, kind, None),
+        "negative": AskedFor(plain, kind, False),
+    }
     out = {}
-    kinds = (
-        ("positive", True, M.INDICATOR_POSITIVE),
-        ("none", None, M.INDICATOR_NONE),
-        ("negative", False, M.INDICATOR_NEGATIVE),
-    )
-    for name, positive, ind in kinds:
-        if c.indicator != "prompt":
-            roll = fw.deployment.make_rollout(
-                lambda p, k, o, ind=ind: fn(p, k, with_indicator(o, ind)), episodes
-            )
-        else:
-            suffix = "" if positive is None else ", " + A.INDICATOR_TEXT[positive]
-            roll = fw.deployment.make_rollout(fn, episodes, suffix)
-        success, _, steps = (np.asarray(x) for x in roll(pol, jax.random.key(c.seed + 77)))
-        out[name] = outcome_metrics(success, steps, float(fw.env.control_hz))
+    for name, policy in policies.items():
+        ep = fw.deployment.evaluate(policy, jax.random.key(c.seed + 77), episodes, "ablation")
+        out[name] = outcome_metrics(ep.success, ep.length, fw.env.control_hz)
     print("indicator ablation", {k: round(v["success"], 3) for k, v in out.items()}, flush=True)
     return out
 

@@ -3,7 +3,7 @@
     anyskill train crl [--preset NAME] [--env ENV] [--depth D] [--run-dir DIR] [--resume] ...
     anyskill eval RUN_DIR [--episodes N] [--video PATH]
     anyskill train policy --data PATH [--model.arch vla|mlp-bc|mlp-flow] [--run-dir DIR] ...
-    anyskill eval policy RUN_DIR [--episodes N] [--split train heldout] [--video PATH]
+    anyskill eval policy RUN_DIR [--env NAME] [--episodes N] [--split train heldout] [--video PATH]
     anyskill render --env ENV [--policy expert|random|zero|RUN_DIR] [--out PATH]
     anyskill envs        list environments
     anyskill presets     list training presets
@@ -38,7 +38,7 @@ commands:
   eval        evaluate a run's latest checkpoint and write a rollout video
   train policy  train the π0-style VLA (or an MLP baseline) from an episode store
   train recap   RECAP's deployment flywheel (the same as `anyskill flywheel`)
-  eval policy   closed-loop success of a trained policy per task family
+  eval policy   closed-loop success of a trained policy on any env (per task family)
   render      write a video of a policy or scripted expert on any task
   envs        list the built-in environments
   presets     list the training presets
@@ -596,22 +596,30 @@ def cmd_train_crl(rest: list[str], prog: str = "anyskill train crl") -> int:
 
 @dataclasses.dataclass(frozen=True)
 class EvalPolicy:
-    """Closed-loop success of a trained policy per task family, in the simulator it was
-    trained for (chunks executed with replanning)."""
+    """Closed-loop evaluation of a trained policy (chunks executed with replanning) on any
+    env: success per task family and split on a tabletop task mix; success rate, return and
+    episode length on any other registered env or adapter env (gym-pusht, gym-hil-panda)."""
 
     run_dir: tyro.conf.Positional[Path]
     """A run directory written by `anyskill train policy`."""
+    env: str | None = None
+    """Env to evaluate on (`anyskill envs`, or an adapter env: gym-pusht, gym-hil-panda).
+    Default: the env the run's data was recorded from. A policy that reads a field the env
+    does not offer (or offers with another shape) is refused, naming the field."""
     episodes: int = 64
-    """Episodes per task family and split."""
+    """Episodes per task family and split (tabletop); episodes in all (other envs)."""
     split: tuple[Literal["train", "heldout", "all"], ...] = ("train", "heldout")
-    """Task splits: train (seen combinations and phrasings), heldout, all."""
+    """Task splits of a tabletop task mix: train (seen combinations and phrasings), heldout,
+    all."""
+    max_steps: int | None = None
+    """Steps after which an episode ends (default: the env's own episode length)."""
     replan_every: int | None = None
     """Actions executed per chunk (default: the run's)."""
     num_steps: int | None = None
     """Euler steps per chunk (default: the model's)."""
     video: Path | None = None
     """Also write a video (.gif or .mp4) of --video-episodes closed-loop episodes of the
-    first split, side by side, each captioned with its instruction and outcome."""
+    first split, side by side, each captioned with its instruction and outcome (tabletop)."""
     video_episodes: int = 4
     """Episodes in the video."""
     seed: int = 123
@@ -619,6 +627,8 @@ class EvalPolicy:
     def __post_init__(self):
         # no episodes would make every rate NaN
         _at_least(("--episodes", self.episodes, 1), ("--video-episodes", self.video_episodes, 1))
+        if self.max_steps is not None:
+            _at_least(("--max-steps", self.max_steps, 1))
 
 
 def cmd_train_policy(args: list[str], prog: str = "anyskill train policy") -> int:
@@ -637,29 +647,59 @@ def cmd_train_policy(args: list[str], prog: str = "anyskill train policy") -> in
 
 def cmd_eval_policy(args: list[str]) -> int:
     parsed = parse_cli(EvalPolicy, args, prog="anyskill eval policy")
-    from anyskill.algos.vla.evaluate import ChunkFnPolicy, Evaluator
-    from anyskill.algos.vla.train import chunk_fn_for, load_run, make_eval_env, source_env
-
-    cfg, model, normalizer, params, meta = load_run(parsed.run_dir)
-    m = cfg.model
-    env = make_eval_env(source_env(cfg.data[0]), m.image_size) if cfg.data else None
-    if env is None:
-        raise ValueError(
-            f"{parsed.run_dir}: its data was not recorded from a built-in tabletop env, so there "
-            "is no simulator to evaluate it in"
-        )
-    policy = ChunkFnPolicy(chunk_fn_for(model, normalizer, parsed.num_steps), params, m)
-    # at most a chunk's worth of actions, as a served VLA's execute_horizon
-    replan_every = min(parsed.replan_every or cfg.replan_every, m.horizon)
-    ev = Evaluator(env, parsed.split, parsed.episodes, replan_every)
     import jax
+    import numpy as np
 
-    result = {
-        "run_dir": str(parsed.run_dir),
-        "step": meta.get("step"),
-        **ev(policy, jax.random.key(parsed.seed)),
-    }
+    from anyskill.algos.vla.evaluate import Evaluator
+    from anyskill.algos.vla.policy import VLAPolicy
+    from anyskill.algos.vla.train import source_env
+    from anyskill.envs.adapters import ADAPTER_ENVS, env_names, make_env
+    from anyskill.envs.tabletop import Tabletop
+    from anyskill.rollout import HostBatchEnv, JaxBatchEnv, check_inputs, rollout
+    from anyskill.rundir import dumps  # never NaN in JSON output
+
+    policy = VLAPolicy(parsed.run_dir, num_steps=parsed.num_steps)  # loads; compiles nothing
+    m = policy.cfg.model
+    name = parsed.env
+    if name is None:
+        src = source_env(policy.cfg.data[0]) if policy.cfg.data else None
+        name = (src or {}).get("env")
+        if name not in env_names():
+            raise ValueError(
+                f"{parsed.run_dir}: its data names no env it was recorded from "
+                f"({name or 'none'}); give --env NAME: {', '.join(env_names())}"
+            )
+    if name in ADAPTER_ENVS:
+        env = make_env(name)
+        steps = parsed.max_steps or ADAPTER_ENVS[name].max_steps
+        benv = HostBatchEnv(env, seed=parsed.seed, max_steps=steps)
+    else:
+        env = make_env(
+            name, **({"image_size": m.image_size} if name.startswith("tabletop") else {})
+        )
+        benv = JaxBatchEnv(env, parsed.max_steps)
+    benv.name = name
+    # a policy reading a field the env does not offer: one error naming it, nothing compiled
+    check_inputs(policy.spec, benv.offered(), name)
+    # at most a chunk's worth of actions, as a served VLA's execute_horizon
+    replan_every = min(parsed.replan_every or policy.cfg.replan_every, m.horizon)
+    key = jax.random.key(parsed.seed)
+    result = {"run_dir": str(parsed.run_dir), "step": policy.meta.get("step"), "env": name}
+    if isinstance(env, Tabletop) and parsed.max_steps is None:
+        ev = Evaluator(env, parsed.split, parsed.episodes, replan_every)
+        result.update(ev(policy, key))
+    else:
+        ep = rollout(benv, policy, key, num_envs=parsed.episodes, replan_every=replan_every)
+        live = np.arange(ep.reward.shape[1])[None] < ep.length[:, None]
+        result.update(
+            episodes=parsed.episodes,
+            success_rate=float(np.mean(ep.success)),
+            mean_return=float(np.sum(np.where(live, ep.reward, 0.0)) / parsed.episodes),
+            mean_length=float(np.mean(ep.length)),
+        )
     if parsed.video is not None:
+        if not isinstance(env, Tabletop):
+            raise ValueError(f"--video draws the tabletop's camera; {name} has none to draw")
         from anyskill.algos.vla.evaluate import rollout_video
 
         result["video"] = rollout_video(
@@ -670,8 +710,6 @@ def cmd_eval_policy(args: list[str]) -> int:
             episodes=parsed.video_episodes,
             replan_every=replan_every,
         )
-    from anyskill.rundir import dumps  # never NaN in JSON output
-
     print(dumps(result, indent=2))
     return 0
 

@@ -88,14 +88,16 @@ def test_held_out_detection_scores_only_unseen_uncorrected_episodes():
 
 
 def test_family_ids_of_the_tabletop_instructions():
+    """A tabletop instruction's group is its family; any other instruction (an adapter
+    env's task) is a group of its own, past the families."""
     from anyskill.envs.tabletop import tasks as T
 
     rows, _ = T.task_table(T.FAMILIES, "all")
     first, last = rows[0], rows[-1]
-    tasks = [T.instruction(first), "sing a song", T.instruction(last)]
-    fam = R.family_ids(tasks, np.array([0, 1, 2, -1]))
-    want = [int(first[T.FAMILY]), -1, int(last[T.FAMILY]), int(first[T.FAMILY])]
-    np.testing.assert_array_equal(fam, want)
+    tasks = [T.instruction(first), "sing a song", T.instruction(last), "push the T"]
+    fam = R.family_ids(tasks, np.array([0, 1, 2, 3, 1, -1]))
+    f, n = int(first[T.FAMILY]), len(T.FAMILIES)
+    np.testing.assert_array_equal(fam, [f, n + 1, int(last[T.FAMILY]), n + 3, n + 1, f])
     assert int(first[T.FAMILY]) != int(last[T.FAMILY])  # the table spans several families
 
 

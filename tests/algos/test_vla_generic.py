@@ -29,6 +29,7 @@ from anyskill.data.reader import Dataset
 from anyskill.data.state_layout import STATE_TOKENS, StateLayout, declare, declared
 from anyskill.data.writer import EpisodeWriter
 from anyskill.envs.adapters.evaluation import EvalResult, evaluate
+from anyskill.envs.adapters.experts import pusht_action
 from anyskill.policies.base import IMAGE, PROMPT, STATE, ObservationError
 
 TINY = ModelConfig(
@@ -289,42 +290,6 @@ def test_data_declaring_another_layout_than_the_model_is_refused(tmp_path):
 
 # ---- PushT: record a scripted expert, train, beat a random policy -----------------------------
 
-GOAL = np.array([256.0, 256.0])
-GOAL_ANGLE = np.pi / 4
-#: the T's centre of mass in its body frame (gym-pusht's add_tee: bar 120x30, stem 30x90)
-COM = np.array([0.0, 45.0])
-
-
-def _rot(a: float, v: np.ndarray) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([c * v[0] - s * v[1], s * v[0] + c * v[1]])
-
-
-def pusht_expert(state: np.ndarray) -> np.ndarray:
-    """Push the T's centre of mass onto the goal's (its angle is left as it comes): circle
-    round the block at a safe radius until behind it, then push through the centre of mass.
-    Final coverage ~0.25 on average (random actions: ~0)."""
-    agent, pos, angle = state[:2], state[2:4], state[4]
-    c = pos + _rot(angle, COM)
-    d = GOAL + _rot(GOAL_ANGLE, COM) - c
-    dist = np.linalg.norm(d)
-    a = agent - c
-    r = max(np.linalg.norm(a), 1e-6)
-    if dist < 4:  # there: back off
-        return np.clip(c + 130 * a / r, 15, 497).astype(np.float32)
-    u = d / dist
-    s = a @ u
-    if s < -70 and np.linalg.norm(a - s * u) < 20:  # behind the block, on the line: push
-        target = c + u * min(40.0, dist)
-    else:
-        ah, behind = a / r, -u
-        off = np.arctan2(ah[0] * behind[1] - ah[1] * behind[0], ah @ behind)
-        if abs(off) < np.radians(25):
-            target = c - u * 95
-        else:  # orbit towards the point behind the block, 40 degrees at a time
-            target = c + 115 * _rot(np.sign(off) * min(abs(off), np.radians(40)), ah)
-    return np.clip(target, 15, 497).astype(np.float32)
-
 
 def record_adapter(env, policy, out: Path, episodes: int, max_steps: int, seed: int = 0) -> Path:
     """Record ``episodes`` of a host ``policy(obs) -> action`` on an adapter env (LeRobot
@@ -428,7 +393,7 @@ def test_vla_learns_pusht_from_a_scripted_expert_and_beats_random(tmp_path):
 
     env = make_pusht("state")
     data = record_adapter(
-        env, lambda o: pusht_expert(o[STATE_KEY]), tmp_path / "pusht", episodes=100, max_steps=150
+        env, lambda o: pusht_action(o[STATE_KEY]), tmp_path / "pusht", episodes=100, max_steps=150
     )
     ds = Dataset.open(data)
     assert ds.num_episodes == 100 and list(ds.tasks) == [env.instruction]

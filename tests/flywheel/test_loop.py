@@ -1,12 +1,11 @@
-"""The flywheel's driver: chunk helpers, metrics, the phase registry, resume after a kill
-(and a resumed run equals an uninterrupted one), one improving round."""
+"""The flywheel's driver: metrics, the phase registry, resume after a kill (and a resumed run
+equals an uninterrupted one), one improving round."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,21 +13,12 @@ from anyskill import rundir
 from anyskill.algos.recap.value import ValueConfig
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.data.reader import Dataset
-from anyskill.flywheel import deployment as D
 from anyskill.flywheel import loop, phases
 from anyskill.flywheel.artifacts import POLICIES, FlywheelState
 from anyskill.flywheel.config import FlywheelConfig
 from anyskill.flywheel.context import RunContext
 from anyskill.flywheel.deploy import CorrectorConfig
-from anyskill.nets.transformer import tokenize
-
-
-def test_strip_suffix_removes_the_indicator_words():
-    k = D.suffix_length(16)
-    assert k == 2  # "advantage", "positive"
-    plain, _ = tokenize(["push the red block", "go"], 16)
-    cond, _ = tokenize(["push the red block, advantage: positive", "go, advantage: positive"], 16)
-    np.testing.assert_array_equal(np.asarray(D.strip_suffix(jnp.asarray(cond), k)), plain)
+from anyskill.policies.wrappers import IndicatorConditioned
 
 
 def test_outcome_metrics_hand_worked():
@@ -282,7 +272,8 @@ def test_a_round_with_the_indicator_as_an_input(tmp_path, indicator):
     out = loop.run_flywheel(cfg)
     assert {r["method"] for r in out.rows} >= {"start", "recap", "bc", "filtered"}
     ctx = RunContext.open(dataclasses.replace(cfg, resume=True))
-    assert ctx.deployment.prompt_suffix(True) == ""
+    recap = ctx.deployment.policy(ctx.policy_params("recap"), recap=True)
+    assert isinstance(recap, IndicatorConditioned) and recap.kind == "input"  # plain prompts
     names = ["indicator"] + (["indicator_mod"] if indicator == "modulation" else [])
     for name in names:
         emb = {n: np.abs(ctx.policy_params(n)["params"][name]).max() for n in POLICIES}
@@ -315,46 +306,3 @@ def test_saved_config_round_trips_a_runs_settings(tmp_path):
     assert loop.saved_config(cfg.run_dir) == cfg
     with pytest.raises(FileNotFoundError, match="no config.json"):
         loop.saved_config(tmp_path / "nothing")
-
-
-@pytest.mark.parametrize("indicator", ["prompt", "embedding", "modulation"])
-def test_guided_chunks_contrast_positive_with_no_indicator(indicator):
-    """``chunk_fn`` with β = 2: the prompt's indicator words stripped (prompt) or the indicator
-    input set to positive and to none (embedding, modulation) — the same chunks as
-    ``sample_guided`` on hand-built inputs; with β = 1, plain sampling of the positive input."""
-    import jax
-
-    from anyskill.algos.vla import model as M
-    from anyskill.algos.vla.data import Normalizer
-
-    cfg = ModelConfig(
-        arch="vla", horizon=4, num_steps=3, width=32, depth=1, heads=2, head_dim=8,
-        action_width=24, max_text_len=12, state_dim=3, action_dim=2, num_cameras=0,
-        indicator=indicator != "prompt", indicator_modulation=indicator == "modulation",
-    )  # fmt: skip
-    model = M.PolicyModel(cfg)
-    params = model.init(jax.random.key(0))
-    for i, name in enumerate(["indicator", "indicator_mod"]):
-        if name in params["params"]:  # random, so that the indicator changes the chunks
-            emb = jax.random.normal(jax.random.key(1 + i), params["params"][name].shape)
-            params = {**params, "params": {**params["params"], name: 0.5 * emb}}
-    norm = Normalizer(jnp.zeros(3), jnp.full(3, 2.0), jnp.ones(2), jnp.full(2, 3.0))
-    text = "push the red block" + (", advantage: positive" if indicator == "prompt" else "")
-    tok = jnp.asarray(np.repeat(tokenize([text], 12)[0], 2, axis=0))
-    plain_tok = jnp.asarray(np.repeat(tokenize(["push the red block"], 12)[0], 2, axis=0))
-    state = jnp.array([[1.0, -2.0, 0.5], [0.0, 4.0, -1.0]])
-    obs = M.Obs(state=state, images=jnp.zeros((2, 0, 1, 1, 3), jnp.uint8), tokens=tok,
-                text_mask=tok != 0)  # fmt: skip
-    key = jax.random.key(3)
-    got = D.chunk_fn(model, norm, 2.0, True, indicator)(params, key, obs)
-    n_obs = obs.replace(state=state / 2.0)
-    if indicator == "prompt":
-        cond, unc = n_obs, n_obs.replace(tokens=plain_tok, text_mask=plain_tok != 0)
-    else:
-        cond = D.with_indicator(n_obs, M.INDICATOR_POSITIVE)
-        unc = D.with_indicator(n_obs, M.INDICATOR_NONE)
-    want = model.sample_guided(params, key, cond, unc, 2.0) * 3.0 + 1.0
-    np.testing.assert_allclose(got, want, atol=1e-5)
-    one = D.chunk_fn(model, norm, 1.0, True, indicator)(params, key, obs)
-    np.testing.assert_allclose(one, model.sample(params, key, cond) * 3.0 + 1.0, atol=1e-5)
-    assert not np.allclose(one, got, atol=1e-3)

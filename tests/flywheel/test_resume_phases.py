@@ -71,7 +71,7 @@ def world(tmp_path, monkeypatch):
     w = SimpleNamespace(collected=0, vf=FakeValueFunction(), predicted=[])
 
     def open_run(cls, cfg, human=None):
-        env = SimpleNamespace(episode_length=EP_LEN)
+        env = SimpleNamespace(horizon=EP_LEN)
         return cls(cfg, RunPaths(cfg.run_dir), None, None, {"w": jnp.zeros(1)}, w.vf, env, None)
 
     def collect(ctx, st):

@@ -1,5 +1,5 @@
-"""Test-time compute wrappers: RECAP's indicator and guidance, best-of-N — bit for bit the
-flywheel's own chunk functions, and clear refusals of what cannot be wrapped."""
+"""Test-time compute wrappers: RECAP's indicator and guidance, best-of-N — the samples the
+model's equations give on hand-built inputs, and clear refusals of what cannot be wrapped."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 from policy_runs import vla_batch, write_flywheel_run
 
 from anyskill.algos.vla.policy import VLAPolicy
-from anyskill.flywheel import deployment
 from anyskill.policies.base import (
     INDICATOR,
     INDICATOR_NONE,
@@ -28,43 +27,72 @@ from anyskill.policies.registry import load_policy
 from anyskill.policies.wrappers import BestOfN, IndicatorConditioned
 
 
+def _sample(model, norm, params, key, cond, uncond=None, beta=1.0):
+    """The reference: the model's sampler on hand-built inputs (normalised state), in env
+    units — plain sampling of ``cond``, or guidance ``v_u + beta (v_c - v_u)``."""
+
+    def fn(params, key, cond, uncond):
+        cond = cond.replace(state=norm.state(cond.state))
+        if uncond is None:
+            return norm.unaction(model.sample(params, key, cond))
+        uncond = uncond.replace(state=norm.state(uncond.state))
+        return norm.unaction(model.sample_guided(params, key, cond, uncond, beta))
+
+    return np.asarray(jax.jit(fn)(params, key, cond, uncond))
+
+
 @pytest.mark.parametrize(
     "arch, indicator",
     [("mlp-flow", "prompt"), ("vla", "prompt"), ("vla", "embedding"), ("vla", "modulation")],
 )
-def test_served_flywheel_policies_equal_the_flywheel_chunk_functions(tmp_path, arch, indicator):
+def test_served_flywheel_policies_sample_what_recap_asks(tmp_path, arch, indicator):
     """``anyskill serve RUN`` (the registry's flywheel loader: VLA weights wrapped in
-    IndicatorConditioned and BestOfN) gives exactly the chunks of ``deployment.chunk_fn`` /
-    ``deployment.selection_chunk_fn`` for the same weights, key and observations: RECAP with
-    β = 1 and the run's β = 2, best-of-3 with the value function, and a baseline."""
+    IndicatorConditioned and BestOfN) samples, for the same weights, key and observations:
+    RECAP asked for "advantage: positive" (the prompt's words, or the indicator input set to
+    positive) with β = 1, guided against the plain prompt / no indicator with the run's
+    β = 2, the best of 3 candidates by the value function's ``Q(s, chunk)`` on the plain
+    instruction, and a baseline plainly. (Before the flywheel's chunk functions were
+    deleted, these policies equalled them bit for bit; the flywheel now deploys them.)"""
+    from anyskill.algos.vla.model import INDICATOR_NONE, INDICATOR_POSITIVE
+
     run = tmp_path / "fw"
     parts = write_flywheel_run(run, arch, indicator, beta=2.0)
     model, norm, params = parts.model, parts.normalizer, parts.params
     batch = vla_batch(3)
     key = jax.random.key(7)
-    reader = VLAPolicy(run / "start")  # builds the flywheel's model inputs from the batch
-    words = indicator == "prompt"  # the flywheel's prompts carry the words themselves
-    suffixed = {**batch, PROMPT: [prompt_with_indicator(p, True) for p in batch[PROMPT]]}
-    fw_obs = reader.to_obs(suffixed if words else batch)
-
-    def flywheel(fn, p):
-        return np.asarray(jax.jit(fn)(p, key, fw_obs))
+    reader = VLAPolicy(run / "start")  # builds the model inputs from the batch
+    plain = reader.to_obs(batch)
+    if indicator == "prompt":
+        suffixed = {**batch, PROMPT: [prompt_with_indicator(p, True) for p in batch[PROMPT]]}
+        cond, uncond = reader.to_obs(suffixed), plain
+    else:
+        cond = plain.replace(indicator=np.full(3, INDICATOR_POSITIVE, np.int32))
+        uncond = plain.replace(indicator=np.full(3, INDICATOR_NONE, np.int32))
 
     recap = load_policy(run)  # the run's β = 2
     assert isinstance(recap, IndicatorConditioned) and recap.beta == 2.0
-    for beta, policy in ((2.0, recap), (1.0, load_policy(run, beta=1.0))):
-        want = flywheel(deployment.chunk_fn(model, norm, beta, True, indicator), params["recap"])
-        got = policy.act(batch, key)
-        assert got.dtype == np.float32 and got.shape == (3, 4, 2)
-        np.testing.assert_array_equal(got, want, err_msg=f"beta {beta}")
+    guided = recap.act(batch, key)
+    assert guided.dtype == np.float32 and guided.shape == (3, 4, 2)
+    want = _sample(model, norm, params["recap"], key, cond, uncond, beta=2.0)
+    np.testing.assert_allclose(guided, want, atol=1e-5)
+    one = load_policy(run, beta=1.0).act(batch, key)
+    np.testing.assert_allclose(one, _sample(model, norm, params["recap"], key, cond), atol=1e-5)
+    assert not np.allclose(one, guided, atol=1e-3)  # guidance changes the chunks
 
-    selection = deployment.selection_chunk_fn(model, norm, parts.vf, 3, 2.0, True, indicator)
-    want = flywheel(selection, (params["recap"], parts.value_params))
+    # best of 3: the batch's rows repeated, one draw of noise, the candidate Q ranks highest
     best = load_policy(run, best_of=3)
     assert isinstance(best, BestOfN) and isinstance(best.inner, IndicatorConditioned)
+    tiled = {k: [v[i] for i in (0, 0, 0, 1, 1, 1, 2, 2, 2)] for k, v in batch.items()}
+    tiled = {k: v if k == PROMPT else np.stack(v) for k, v in tiled.items()}
+    candidates = recap.act(tiled, key)
+    vobs = reader.to_obs(tiled)
+    vobs = vobs.replace(state=norm.state(vobs.state))
+    q = np.asarray(parts.vf.expected(parts.value_params, vobs, norm.action(candidates)))
+    pick = q.reshape(3, 3).argmax(1)
+    want = candidates.reshape(3, 3, 4, 2)[np.arange(3), pick]
     np.testing.assert_array_equal(best.act(batch, key), want)
     # the selection matters: the best candidate is not always the first one drawn
-    assert not np.array_equal(want, recap.act(batch, key))
+    assert not np.array_equal(want, guided)
 
     # a VLA without an indicator input refuses the field rather than ignore it
     if indicator == "prompt":
@@ -76,9 +104,8 @@ def test_served_flywheel_policies_equal_the_flywheel_chunk_functions(tmp_path, a
         with pytest.raises(ObservationError, match=r"expected 3 integers in \(0, 1, 2\)"):
             recap.inner.act({**batch, INDICATOR: np.full(3, 5)}, key)
 
-    plain = reader.to_obs(batch)
-    want = np.asarray(jax.jit(deployment.chunk_fn(model, norm))(params["bc"], key, plain))
-    np.testing.assert_array_equal(load_policy(run, policy_name="bc").act(batch, key), want)
+    want = _sample(model, norm, params["bc"], key, plain)
+    np.testing.assert_allclose(load_policy(run, policy_name="bc").act(batch, key), want, atol=1e-5)
 
 
 class Echo(ChunkPolicy):

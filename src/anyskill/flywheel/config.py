@@ -9,10 +9,23 @@ from typing import Literal
 from anyskill.algos.recap.value import ValueConfig
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.flywheel.deploy import CorrectorConfig
+from anyskill.flywheel.robots import RobotsConfig
 from anyskill.names import unknown_name
+from anyskill.rundir import ADDED_LATER
 
 #: how RECAP's policy is told the advantage (``--indicator``)
 INDICATORS = ("prompt", "embedding", "modulation")
+
+
+def flywheel_envs() -> list[str]:
+    """Envs the flywheel runs on: every registered env with a scripted expert — the tabletop
+    task mixes (``anyskill.envs.REGISTRY``) and the adapter envs whose
+    :class:`~anyskill.envs.adapters.AdapterEnv` has one."""
+    from anyskill.data.record import expert_envs
+    from anyskill.envs.adapters import ADAPTER_ENVS
+
+    adapters = [name for name, entry in ADAPTER_ENVS.items() if entry.expert is not None]
+    return sorted([*expert_envs(), *adapters])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,8 +33,9 @@ class FlywheelConfig:
     """Deploy, label, correct, learn a value, retrain conditioned on advantage — K rounds."""
 
     env: str = "tabletop-reach"
-    """Tabletop task mix to deploy on (see `anyskill envs`): tabletop-reach, -push, -gather,
-    -sort, or tabletop (all families)."""
+    """Env to deploy on: a tabletop task mix (tabletop-reach, -push, -gather, -sort, or
+    tabletop: all families; see `anyskill envs`) or an adapter env with a scripted expert
+    (gym-pusht). The expert records the demonstrations and corrects."""
     run_dir: Path = Path("runs/flywheel")
     """Everything of the run: data/ (episode store), checkpoints, report.md, plots, videos."""
     rounds: int = 3
@@ -47,6 +61,18 @@ class FlywheelConfig:
     15-minute CPU demo; every size is a flag."""
     value: ValueConfig = ValueConfig(steps=600, finetune_steps=200, batch_size=64)
     corrector: CorrectorConfig = CorrectorConfig()
+    deploy: Literal["sim", "robots"] = dataclasses.field(
+        default="sim", metadata={ADDED_LATER: "issue 23"}
+    )
+    """Where each round's episodes come from. sim: the policy is deployed in the simulator
+    with the corrector on call. robots: the round's policy is served (--robots.host/port) and
+    robots (`anyskill run-robot --upload`, or any openpi client with an EpisodeUploader) run
+    episodes against it and upload each finished one, with a person's takeovers flagged; the
+    round ends after --episodes-per-round episodes or on `anyskill flywheel end-round RUN`.
+    Demonstrations and evaluation still use the simulator --env."""
+    robots: RobotsConfig = dataclasses.field(
+        default=RobotsConfig(), metadata={ADDED_LATER: "issue 23"}
+    )
     labels: str = "predicate"
     """predicate: success from the task's predicate; human: episodes are stored unlabelled and
     the loop waits for `anyskill label RUN_DIR/data`."""
@@ -72,6 +98,9 @@ class FlywheelConfig:
     """Classifier-free guidance weight at deployment (1: plain conditioning on positive)."""
     replan_every: int = 5
     """Actions executed per sampled chunk."""
+    max_steps: int | None = None
+    """Steps after which an episode ends (the value targets' horizon). Default: the env's own
+    episode length (the tabletop's per task mix; gym-pusht 300)."""
     eval_episodes: int = 128
     """Evaluation episodes per policy per round (no corrector)."""
     eval_interventions: bool = True
@@ -89,10 +118,28 @@ class FlywheelConfig:
     """Show progress bars."""
 
     def __post_init__(self):
-        from anyskill.data.record import expert_envs
+        if self.env not in flywheel_envs():  # the expert records the demonstrations
+            from anyskill.envs.adapters import env_names
 
-        if self.env not in expert_envs():  # the flywheel records and corrects with the expert
-            raise unknown_name("env with a scripted expert (--env)", self.env, expert_envs())
+            if self.env in env_names():
+                raise ValueError(
+                    f"--env {self.env} has no scripted expert to record the starting policy's "
+                    f"demonstrations; the flywheel runs on {', '.join(flywheel_envs())}"
+                )
+            raise unknown_name("env with a scripted expert (--env)", self.env, flywheel_envs())
+        if self.corrector.kind == "human":
+            from anyskill.envs.adapters import ADAPTER_ENVS
+
+            if self.env in ADAPTER_ENVS:
+                raise ValueError(
+                    f"--corrector.kind human steers the tabletop's pusher from the keyboard; "
+                    f"--env {self.env} is corrected by its scripted expert (--corrector.kind "
+                    "expert) or not at all (none)"
+                )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(
+                f"max_steps must be >= 1 or None (the env's episode length), got {self.max_steps}"
+            )
         if self.labels not in ("predicate", "human"):
             raise ValueError(f"labels must be 'predicate' or 'human', got {self.labels!r}")
         for name in (

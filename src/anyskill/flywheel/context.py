@@ -2,7 +2,10 @@
 policy's model and weights, the value function, the env and the deployment of policies.
 
 :meth:`RunContext.open` is the run's set-up: it records the scripted demonstrations and
-trains the starting policy when they are not there yet (both resume), then loads them.
+trains the starting policy when they are not there yet (both resume), then loads them. The
+demonstrations of a tabletop task mix are :func:`anyskill.data.record.record_expert`'s; an
+adapter env's (gym-pusht) are its scripted expert run through the one rollout and written
+under LeRobot feature names, each episode as it ends.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ from typing import Any
 import jax
 
 from anyskill import checkpoint
+from anyskill.algos.recap.policy import indicator_model
 from anyskill.algos.recap.value import ValueFunction
 from anyskill.algos.vla.config import TrainConfig
 from anyskill.algos.vla.data import Normalizer, TrainingData
 from anyskill.algos.vla.model import PolicyModel
-from anyskill.algos.vla.train import load_run
+from anyskill.algos.vla.policy import VLAPolicy
 from anyskill.data.reader import Dataset
+from anyskill.envs.adapters import ADAPTER_ENVS
 from anyskill.flywheel.artifacts import RunPaths
 from anyskill.flywheel.config import FlywheelConfig
-from anyskill.flywheel.deployment import Deployment
+from anyskill.flywheel.deployment import Deployment, RunEnv, episode_frames
 
 
 def log(msg: str) -> None:
@@ -40,13 +45,17 @@ class RunContext:
     """The starting policy's statistics, kept by every fine-tuned policy."""
     start_params: Any
     vf: ValueFunction
-    env: Any
+    env: RunEnv
+    """The env (a tabletop task mix or an adapter env) as the rollouts run it."""
     deployment: Deployment
+    robots_listening: Any = None
+    """``--deploy robots``: called with the server's URL once robots can connect (tests start
+    their simulated robots there)."""
 
     @property
     def horizon(self) -> int:
-        """The env's episode length (the value targets' time scale)."""
-        return int(self.env.episode_length)
+        """Steps per episode (the value targets' time scale)."""
+        return self.env.horizon
 
     @classmethod
     def open(cls, cfg: FlywheelConfig, human: Any = None) -> RunContext:
@@ -56,22 +65,14 @@ class RunContext:
         paths = RunPaths(cfg.run_dir)
         _record_demos(cfg, paths)
         _train_start(cfg, paths)
-        _, model, normalizer, start_params, _ = load_run(paths.start)
-        if cfg.indicator != "prompt":
-            # one model for every method: the baselines never set the indicator input
-            model = PolicyModel(
-                dataclasses.replace(
-                    model.cfg,
-                    indicator=True,
-                    indicator_modulation=cfg.indicator == "modulation",
-                )
-            )
-            start_params = model.with_indicator(start_params)
+        start = VLAPolicy(paths.start, seed=cfg.seed)
+        normalizer = start.normalizer
+        # one model for every method: with an input indicator, the baselines never set it
+        model, start_params = indicator_model(start.model, start.params, cfg.indicator)
+        base = start.with_weights(start_params, model) if model is not start.model else start
         vf = ValueFunction(model.cfg, cfg.value)
-        from anyskill import envs
-
-        env = envs.make(cfg.env, image_size=model.cfg.image_size)
-        deployment = Deployment(cfg, env, model, normalizer, vf, human)
+        env = RunEnv.open(cfg, model.cfg.image_size)
+        deployment = Deployment(cfg, env, base, vf, human)
         return cls(cfg, paths, model, normalizer, start_params, vf, env, deployment)
 
     def dataset(self) -> Dataset:
@@ -110,18 +111,67 @@ class RunContext:
 
 
 def _record_demos(c: FlywheelConfig, paths: RunPaths) -> None:
+    have = Dataset.open(paths.data).num_episodes if (paths.data / "meta").exists() else 0
+    if have >= c.demos:
+        return
+    log(f"recording {c.demos - have} scripted demonstrations of {c.env} ...")
+    if c.env in ADAPTER_ENVS:
+        _record_adapter_demos(c, paths, RunEnv.open(c, c.model.image_size), have)
+        return
     from anyskill.data.record import record_expert
 
-    have = Dataset.open(paths.data).num_episodes if (paths.data / "meta").exists() else 0
-    if have < c.demos:
-        log(f"recording {c.demos - have} scripted demonstrations of {c.env} ...")
-        record_expert(
-            paths.data,
-            c.env,
-            episodes=c.demos - have,
-            noise=c.demo_noise,
-            seed=c.seed,
-            progress=None,
+    record_expert(
+        paths.data,
+        c.env,
+        episodes=c.demos - have,
+        noise=c.demo_noise,
+        seed=c.seed,
+        progress=None,
+    )
+
+
+def _record_adapter_demos(c: FlywheelConfig, paths: RunPaths, env: RunEnv, have: int) -> None:
+    """Demonstrations ``[have, demos)`` of an adapter env's scripted expert through the one
+    rollout (episode ``i`` from the seeds of purpose ``demos``), each stored as it ends: a
+    killed recording resumes after the episodes already stored."""
+    from anyskill.data.format import vector_feature
+    from anyskill.data.writer import EpisodeWriter
+    from anyskill.rollout import rollout
+
+    expert = env.expert(c.demo_noise)
+    benv = env.batch_env("demos")
+    if have == 0:
+        fields = benv.offered()
+        features = {"observation.state": vector_feature(fields["observation.state"].shape[0])}
+        if "observation.goal" in fields:
+            features["observation.goal"] = vector_feature(fields["observation.goal"].shape[0])
+        features["action"] = vector_feature(expert.spec.action_dim)
+        source = {"env": c.env, "noise": c.demo_noise, "seed": c.seed}
+        writer = EpisodeWriter.create(
+            paths.data, features, fps=round(env.control_hz), robot_type=c.env,
+            source_env=source,
+        )  # fmt: skip
+    else:
+        writer = EpisodeWriter.open(paths.data)
+
+    def store(ep) -> None:
+        writer.add_episode(
+            episode_frames(ep, 0),
+            task=ep.task[0],
+            success=bool(ep.success[0]),
+            source="demonstration",
+            policy_version=expert.spec.name,
+        )
+
+    with writer:
+        rollout(
+            benv,
+            expert,
+            jax.random.key(c.seed),
+            num_envs=c.demos,
+            replan_every=1,
+            skip=have,
+            on_episode=store,
         )
 
 

@@ -104,11 +104,14 @@ def make_corrector(
     env: Tabletop,
     value: Callable[[Batch], np.ndarray] | None = None,
     person: Any = None,
+    expert: Any = None,
 ) -> Corrector:
     """The :class:`~anyskill.rollout.Corrector` a :class:`CorrectorConfig` describes.
 
     ``value(obs) -> [B]`` enables the ``value`` trigger (without it, the stall trigger stands
-    in, as before a value function exists); ``person`` is the actor of ``kind="human"``.
+    in, as before a value function exists); ``person`` is the actor of ``kind="human"``;
+    ``expert`` the actor of ``kind="expert"`` (default: the tabletop's ScriptedExpert of
+    ``env``; an adapter env's expert is a Policy of its observations).
     ``kind="none"`` is a corrector that watches no env: the deployment draws its keys as
     every deployment does, so its episodes are those a watched deployment would start."""
     stall = StallTrigger(cfg.stall_window, cfg.stall_eps)
@@ -122,6 +125,8 @@ def make_corrector(
         if person is None:
             raise ValueError("corrector kind 'human' needs a person (a HumanCorrector)")
         actor = person
+    elif expert is not None:
+        actor = expert
     else:
         actor = ScriptedExpert(env, noise=cfg.noise)
     fraction = 0.0 if cfg.kind == "none" else cfg.fraction
@@ -129,7 +134,7 @@ def make_corrector(
 
 
 def deploy(
-    env: Tabletop | JaxBatchEnv,
+    env: Any,
     policy: Any,
     key: jax.Array,
     *,
@@ -139,6 +144,7 @@ def deploy(
     value: Callable[[Batch], np.ndarray] | None = None,
     record_images: int = 0,
     person: Any = None,
+    expert: Any = None,
     skip: int = 0,
     on_episode: Callable[[Episodes], None] | None = None,
 ) -> Episodes | None:
@@ -148,7 +154,8 @@ def deploy(
     ``record_images``-pixel frames of every step (for videos). With ``corrector.kind ==
     "human"`` the episodes run one at a time with a person correcting (``person``: a
     :class:`~anyskill.flywheel.human.HumanCorrector`; None: the terminal's keyboard);
-    ``skip`` episodes already stored are not run again and ``on_episode`` receives each
+    ``expert``: the corrector of ``kind="expert"`` (see :func:`make_corrector`); ``skip``
+    episodes already stored are not run again and ``on_episode`` receives each
     episode as it ends."""
     base = env.env if isinstance(env, JaxBatchEnv) else env
 
@@ -159,7 +166,7 @@ def deploy(
             key,
             num_envs=num_envs,
             replan_every=replan_every,
-            corrector=make_corrector(corrector, base, value, actor),
+            corrector=make_corrector(corrector, base, value, actor, expert),
             record_images=record_images,
             on_episode=on_episode,
             skip=skip,

@@ -1,209 +1,226 @@
-"""Every place the flywheel runs a policy in the simulator: chunk functions (RECAP's
-indicator, classifier-free guidance, value-ranked selection among N chunks) and the calls to
-:func:`~anyskill.algos.vla.evaluate.make_rollout` (evaluation without a corrector) and
-:func:`~anyskill.flywheel.deploy.make_deployer` (deployment with a corrector on call,
-recording).
+"""Every place the flywheel runs a policy: the run's env, its policies and the one rollout.
 
-The phases (:mod:`anyskill.flywheel.phases`) only ask a :class:`Deployment` for a rollout or a
-deployer; when rollouts become one ``rollout(env, policy, ...)`` and guidance / best-of-N
-become policy wrappers, this module is the one to switch.
+* The env is looked up by name (:func:`anyskill.envs.adapters.make_env`): a tabletop task mix
+  (pure JAX, :class:`~anyskill.rollout.JaxBatchEnv`, compiled once per process) or an adapter
+  env such as gym-pusht (host, :class:`~anyskill.rollout.HostBatchEnv`, one episode at a
+  time; episode ``i`` of a purpose ``p`` starts from ``reset(seed=crc32("seed/p") + i)``, so
+  every method of a round meets the same episodes).
+* A method's policy is the run's VLA with that method's weights
+  (:meth:`~anyskill.algos.vla.policy.VLAPolicy.with_weights`); RECAP's is wrapped in
+  :class:`~anyskill.policies.wrappers.IndicatorConditioned` (the run's ``--indicator`` and
+  guidance β), and test-time selection in :class:`~anyskill.policies.wrappers.BestOfN` with
+  RECAP's value function as the scorer.
+* Evaluation is :func:`anyskill.rollout.rollout` without a corrector; deployment is
+  :func:`anyskill.flywheel.deploy.deploy` with the corrector on call — the env's scripted
+  expert (the tabletop's, or the adapter env's as a policy of its observations) or a person.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from anyskill.algos.recap import advantage as A
+from anyskill.algos.recap.policy import ValueScorer
 from anyskill.algos.recap.value import ValueFunction
-from anyskill.algos.vla.data import Normalizer
-from anyskill.algos.vla.evaluate import make_rollout
-from anyskill.algos.vla.model import INDICATOR_NONE, INDICATOR_POSITIVE, Obs, PolicyModel
-from anyskill.algos.vla.train import chunk_fn_for
+from anyskill.algos.vla.policy import VLAPolicy
+from anyskill.envs.adapters import ADAPTER_ENVS, make_env
 from anyskill.flywheel.config import FlywheelConfig
-from anyskill.flywheel.deploy import CorrectorConfig, make_deployer
-from anyskill.nets.transformer import tokenize
-
-# ---- chunk functions -------------------------------------------------------------------------
-
-
-def suffix_length(max_text_len: int) -> int:
-    """Words the "advantage: positive" indicator adds to a prompt."""
-    plain, _ = tokenize("x", max_text_len)
-    cond, _ = tokenize(A.prompt_with_indicator("x", True), max_text_len)
-    return int((cond != 0).sum() - (plain != 0).sum())
+from anyskill.flywheel.deploy import CorrectorConfig, deploy
+from anyskill.policies.base import Batch, Policy
+from anyskill.policies.wrappers import BestOfN, IndicatorConditioned
+from anyskill.rollout import Episodes, HostBatchEnv, JaxBatchEnv, rollout
 
 
-def strip_suffix(tokens: jax.Array, k: int) -> jax.Array:
-    """Drop the last ``k`` words of right-padded prompts (the indicator)."""
-    n = (tokens != 0).sum(-1, keepdims=True)
-    pos = jnp.arange(tokens.shape[-1])[None]
-    return jnp.where(pos < n - k, tokens, 0)
+def episode_frames(ep: Episodes, i: int) -> dict[str, np.ndarray]:
+    """Episode ``i`` of ``ep`` cut to its length, under LeRobot feature names:
+    ``observation.state``, ``observation.goal`` (when the env has a goal), ``action``."""
+    t = int(ep.length[i])
+    frames = {"observation.state": ep.state[i, :t]}
+    if ep.goal.shape[-1]:
+        frames["observation.goal"] = ep.goal[i, :t]
+    frames["action"] = ep.action[i, :t]
+    return frames
 
 
-def with_indicator(obs: Obs, value: int) -> Obs:
-    """``obs`` with every sample's ``Obs.indicator`` set to ``value``."""
-    return obs.replace(indicator=jnp.full(obs.state.shape[:1], value, jnp.int32))
+# ---- the run's env ----------------------------------------------------------------------------
 
 
-def chunk_fn(
-    model: PolicyModel,
-    normalizer,
-    beta: float = 1.0,
-    conditioned: bool = False,
-    indicator: str = "prompt",
-):
-    """``fn(params, key, obs) -> [B, H, A]`` env-unit chunks. ``conditioned``: ask for
-    "advantage: positive" — ``indicator="prompt"``: the prompts already carry the words;
-    ``"embedding"`` / ``"modulation"``: the indicator input is set to positive here.
-    ``beta != 1`` applies classifier-free guidance against the same observation without the
-    indicator."""
-    plain = chunk_fn_for(model, normalizer)
-    if not conditioned:
-        return plain
-    if indicator != "prompt":
+@dataclasses.dataclass
+class RunEnv:
+    """The run's env as the rollouts run it, its horizon, rate and scripted expert."""
 
-        def split(obs: Obs):  # (asked for positive, no indicator): one shared prefix
-            return with_indicator(obs, INDICATOR_POSITIVE), with_indicator(obs, INDICATOR_NONE)
+    cfg: FlywheelConfig
+    env: Any
+    """A pure-JAX env (the tabletop) or an adapter env (host, Gymnasium API)."""
 
-    else:
-        k = suffix_length(model.cfg.max_text_len)
+    def __post_init__(self):
+        self.adapter = ADAPTER_ENVS.get(self.cfg.env)
+        # one batch env for the process: its compiled programs serve every rollout
+        self._jax_env = None if self.adapter else JaxBatchEnv(self.env, self.cfg.max_steps)
 
-        def split(obs: Obs):  # (prompt with the words, prompt without them)
-            words = strip_suffix(obs.tokens, k)
-            return obs, obs.replace(tokens=words, text_mask=words != 0)
+    @classmethod
+    def open(cls, cfg: FlywheelConfig, image_size: int) -> RunEnv:
+        """The env ``cfg.env`` names (a tabletop task mix renders at ``image_size``)."""
+        if cfg.env in ADAPTER_ENVS:
+            return cls(cfg, make_env(cfg.env))
+        return cls(cfg, make_env(cfg.env, image_size=image_size))
 
-    if beta == 1.0:
-        return lambda params, key, obs: plain(params, key, split(obs)[0])
+    @property
+    def horizon(self) -> int:
+        """Steps per episode: the rollouts' time limit and the value targets' time scale."""
+        if self.adapter is None:
+            return self._jax_env.horizon
+        return int(self.cfg.max_steps or self.adapter.max_steps)
 
-    def guided(params, key, obs: Obs):
-        cond, unc = split(obs.replace(state=normalizer.state(obs.state)))
-        return normalizer.unaction(model.sample_guided(params, key, cond, unc, beta))
+    @property
+    def control_hz(self) -> float:
+        if self.adapter is None:
+            return float(self.env.control_hz)
+        return float(self.adapter.control_hz)
 
-    return guided
+    @property
+    def has_camera(self) -> bool:
+        """The env draws frames for videos (the tabletop renders at any size)."""
+        return self.adapter is None and callable(getattr(self.env, "render_image", None))
+
+    def batch_env(self, purpose: str) -> JaxBatchEnv | HostBatchEnv:
+        """The env as the rollout runs it; an adapter env's episodes start from seeds of
+        ``purpose`` (e.g. ``"collect-r2"``), the same for every method asked with it."""
+        if self.adapter is None:
+            return self._jax_env
+        seed = zlib.crc32(f"{self.cfg.seed}/{purpose}".encode())
+        benv = HostBatchEnv(self.env, seed=seed, max_steps=self.horizon)
+        benv.name = self.cfg.env
+        return benv
+
+    def expert(self, noise: float) -> Policy:
+        """The env's scripted expert as a policy (it records the demonstrations)."""
+        if self.adapter is None:
+            from anyskill.rollout import expert_policy
+
+            return expert_policy(self.env, noise)
+        if self.adapter.expert is None:
+            raise ValueError(f"--env {self.cfg.env} has no scripted expert")
+        return self.adapter.expert(noise)
+
+    def corrector_actor(self, corrector: CorrectorConfig) -> Any:
+        """Who takes over with ``--corrector.kind expert``: None for the tabletop (the
+        deployment's own ScriptedExpert of the simulator state), the adapter env's expert (a
+        policy of its observations) otherwise."""
+        if self.adapter is None or corrector.kind != "expert":
+            return None
+        return self.expert(corrector.noise)
 
 
-def selection_chunk_fn(
-    model, normalizer, vf: ValueFunction, n: int, beta=1.0, conditioned=False, indicator="prompt"
-):
-    """Test-time compute: sample ``n`` chunks per observation and execute the one the value
-    function ranks highest (``Q(s, chunk)``). ``params`` is ``(policy_params, value_params)``."""
-    base = chunk_fn(model, normalizer, beta, conditioned, indicator)
-    k = suffix_length(model.cfg.max_text_len)
-
-    def fn(params, key, obs: Obs):
-        pol, val = params
-        b = obs.state.shape[0]
-        tiled = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), obs)
-        chunks = base(pol, key, tiled)  # [B*n, H, A]
-        prompted = conditioned and indicator == "prompt"
-        plain = strip_suffix(tiled.tokens, k) if prompted else tiled.tokens
-        vobs = tiled.replace(
-            state=normalizer.state(tiled.state), tokens=plain, text_mask=plain != 0
-        )
-        q = vf.expected(val, vobs, normalizer.action(chunks)).reshape(b, n)
-        best = jnp.argmax(q, axis=1)
-        return chunks.reshape(b, n, *chunks.shape[1:])[jnp.arange(b), best]
-
-    return fn
-
-
-# ---- rollouts and deployers ------------------------------------------------------------------
+# ---- rollouts of the run's policies ---------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Deployment:
-    """Rollouts and deployers of one run's policies (its env, model, indicator kind, β),
-    each built and compiled once per configuration per process."""
+    """The run's policies and every rollout of them."""
 
     cfg: FlywheelConfig
-    env: Any
-    model: PolicyModel
-    normalizer: Normalizer
+    env: RunEnv
+    base: VLAPolicy
+    """The run's policy architecture and normaliser (with the starting policy's weights):
+    every method's policy is this one with its weights."""
     vf: ValueFunction
     human: Any = None
     """With ``--corrector.kind human``: the person (a ``flywheel.human.HumanCorrector``);
     None: the terminal's keyboard."""
-    _compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
-    def prompt_suffix(self, conditioned: bool) -> str:
-        """What a conditioned policy's prompts end with (nothing with an input indicator,
-        which :func:`chunk_fn` sets)."""
-        prompted = conditioned and self.cfg.indicator == "prompt"
-        return ", " + A.INDICATOR_TEXT[True] if prompted else ""
+    def __post_init__(self):
+        vf, norm = self.vf, self.base.normalizer
+        self._value = jax.jit(lambda vp, o: vf.expected(vp, o.replace(state=norm.state(o.state))))
 
-    def chunk_fn(self, conditioned: bool, beta: float | None = None):
-        """This run's chunk function (its indicator kind; β default: ``--beta``)."""
-        b = self.cfg.beta if beta is None else beta
-        return chunk_fn(self.model, self.normalizer, b, conditioned, self.cfg.indicator)
+    # ---- the policies ---------------------------------------------------------------------
 
-    def make_rollout(self, fn, episodes: int, prompt_suffix: str = ""):
-        """A closed-loop rollout of ``episodes`` envs of this run's task mix with the chunk
-        function ``fn`` (see :func:`anyskill.algos.vla.evaluate.make_rollout`)."""
-        m = self.model.cfg
-        return make_rollout(
-            self.env,
-            fn,
-            episodes,
-            self.cfg.replan_every,
-            m.image_size,
-            m.num_cameras,
-            m.max_text_len,
-            prompt_suffix,
+    def policy(
+        self,
+        params: Any,
+        recap: bool,
+        beta: float | None = None,
+        best_of: int = 1,
+        value_params: Any = None,
+    ) -> Policy:
+        """The run's VLA with weights ``params``; ``recap``: asked for "advantage:
+        positive" with guidance ``beta`` (default ``--beta``); ``best_of > 1``: the chunk
+        the value function ``value_params`` ranks highest of that many."""
+        policy: Policy = self.base.with_weights(params)
+        if recap:
+            kind = "prompt" if self.cfg.indicator == "prompt" else "input"
+            policy = IndicatorConditioned(policy, kind, self.cfg.beta if beta is None else beta)
+        if best_of > 1:
+            policy = BestOfN(policy, ValueScorer(self.vf, value_params, self.base), best_of)
+        return policy
+
+    def state_value(self, value_params: Any):
+        """``value(obs) -> [B]``: ``V(s)`` of a batch of observations (the value trigger),
+        read as the policy reads them with the plain instruction, as the value function was
+        trained."""
+
+        def value(obs: Batch) -> np.ndarray:
+            return np.asarray(self._value(value_params, self.base.to_obs(obs)))
+
+        return value
+
+    # ---- rollouts -------------------------------------------------------------------------
+
+    def evaluate(self, policy: Policy, key: jax.Array, episodes: int, purpose: str) -> Episodes:
+        """``episodes`` closed-loop episodes of ``policy``, no corrector."""
+        return rollout(
+            self.env.batch_env(purpose),
+            policy,
+            key,
+            num_envs=episodes,
+            replan_every=self.cfg.replan_every,
         )
 
-    def rollout(self, conditioned: bool):
-        """The evaluation rollout (no corrector) ``roll(params, key) -> (success, _, steps)``,
-        compiled once per process and reused for every policy with the same prompt format."""
-        key = ("eval", conditioned)
-        if key not in self._compiled:
-            self._compiled[key] = self.make_rollout(
-                self.chunk_fn(conditioned), self.cfg.eval_episodes, self.prompt_suffix(conditioned)
-            )
-        return self._compiled[key]
+    def deploy(
+        self,
+        policy: Policy,
+        key: jax.Array,
+        num_envs: int,
+        corrector: CorrectorConfig,
+        purpose: str,
+        value_params: Any = None,
+        record_images: int = 0,
+        skip: int = 0,
+        on_episode=None,
+    ) -> Episodes | None:
+        """``num_envs`` episodes of ``policy`` with ``corrector`` on call (see
+        :func:`anyskill.flywheel.deploy.deploy`); ``value_params`` enable the value trigger."""
+        value = None
+        if corrector.trigger == "value" and value_params is not None:
+            value = self.state_value(value_params)
+        return deploy(
+            self.env.batch_env(purpose),
+            policy,
+            key,
+            num_envs=num_envs,
+            replan_every=self.cfg.replan_every,
+            corrector=corrector,
+            value=value,
+            record_images=record_images,
+            person=self.human,
+            expert=self.env.corrector_actor(corrector),
+            skip=skip,
+            on_episode=on_episode,
+        )
 
-    def deployer(
-        self, conditioned: bool, num_envs: int, corrector: CorrectorConfig, record_images: int = 0
-    ):
-        """``deploy(params, key, value_params=None, ...) -> episodes`` with ``corrector`` on
-        call (see :func:`anyskill.flywheel.deploy.make_deployer`)."""
-        key = ("deploy", conditioned, num_envs, corrector, record_images)
-        if key not in self._compiled:
-            m = self.model.cfg
-
-            def value_fn(vp, obs):
-                return self.vf.expected(vp, obs.replace(state=self.normalizer.state(obs.state)))
-
-            self._compiled[key] = make_deployer(
-                self.env,
-                self.chunk_fn(conditioned),
-                num_envs,
-                self.cfg.replan_every,
-                m.image_size,
-                m.num_cameras,
-                m.max_text_len,
-                prompt_suffix=self.prompt_suffix(conditioned),
-                corrector=corrector,
-                value_fn=value_fn,
-                record_images=record_images,
-                human=self.human,
-            )
-        return self._compiled[key]
-
-    def rollout_video(
-        self, params, conditioned: bool, path: Path, episodes: int = 4, size: int = 96
-    ) -> str:
-        """Write a GIF of ``episodes`` rollouts of ``params`` side by side to ``path``;
+    def rollout_video(self, policy: Policy, path: Path, episodes: int = 4, size: int = 96) -> str:
+        """Write a GIF of ``episodes`` rollouts of ``policy`` side by side to ``path``;
         returns its caption (each episode's instruction and outcome, left to right)."""
         from anyskill.envs.render import save_video
 
-        deploy = self.deployer(conditioned, episodes, CorrectorConfig(kind="none"), size)
-        ep = deploy(params, jax.random.fold_in(jax.random.key(self.cfg.seed), 777))
+        key = jax.random.fold_in(jax.random.key(self.cfg.seed), 777)
+        # a corrector that watches no env: the episodes a watched deployment would start
+        ep = self.deploy(policy, key, episodes, CorrectorConfig(kind="none"), "video", None, size)
         frames = ep.images  # [B, T, S, S, 3]
         t = int(ep.length.max())
         for i in range(episodes):  # hold each episode's last frame
@@ -212,7 +229,7 @@ class Deployment:
                 frames[i, ep.length[i] :, :3] = (40, 200, 60)
                 frames[i, ep.length[i] :, -3:] = (40, 200, 60)
         tiled = np.concatenate(list(frames[:, : t + 5]), axis=2)
-        save_video(tiled, path, fps=float(self.env.control_hz))
+        save_video(tiled, path, fps=self.env.control_hz)
         return "Left to right: " + "; ".join(
             f"“{text}” — {'success' if ok else 'failure'} after {n} steps"
             for text, ok, n in zip(ep.task, ep.success, ep.length, strict=True)

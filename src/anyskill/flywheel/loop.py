@@ -47,10 +47,11 @@ from anyskill.flywheel.phases import NeedsLabels
 __all__ = ["NeedsLabels", "RESUMABLE", "config_changes", "run_flywheel", "saved_config"]
 
 
-def run_flywheel(cfg: FlywheelConfig, human=None) -> FlywheelState:
+def run_flywheel(cfg: FlywheelConfig, human=None, robots_listening=None) -> FlywheelState:
     """Run (or with ``cfg.resume`` continue) the flywheel in ``cfg.run_dir``; returns the
     final state. ``human``: the person correcting with ``--corrector.kind human`` (None: the
-    terminal's keyboard, which must be an interactive terminal)."""
+    terminal's keyboard, which must be an interactive terminal). ``robots_listening(url)``:
+    with ``--deploy robots``, called each round once robots can connect."""
     if cfg.corrector.kind == "human" and human is None:
         from anyskill.flywheel.human import require_terminal
 
@@ -61,6 +62,7 @@ def run_flywheel(cfg: FlywheelConfig, human=None) -> FlywheelState:
     paths.root.mkdir(parents=True, exist_ok=True)
     rundir.write_json(paths.config, rundir.config_to_json(cfg))
     ctx = RunContext.open(cfg, human)
+    ctx.robots_listening = robots_listening
     while st.round <= cfg.rounds:
         for name, phase in phases.PHASES.items():
             if name in st.done:

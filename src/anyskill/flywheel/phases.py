@@ -25,6 +25,7 @@ from anyskill.data.reader import Dataset
 from anyskill.data.writer import EpisodeWriter
 from anyskill.flywheel.artifacts import LABELS, POLICIES, FlywheelState, policy_version
 from anyskill.flywheel.context import RunContext, log
+from anyskill.flywheel.deployment import episode_frames
 
 Phase = Callable[[RunContext, FlywheelState], FlywheelState]
 
@@ -58,39 +59,73 @@ def collect(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     if have >= c.episodes_per_round:
         return st
     name = "recap" if rnd > 1 else "start"
+    if c.deploy == "robots":
+        return collect_from_robots(ctx, st, name, have)
     params = ctx.policy_params("recap") if rnd > 1 else ctx.start_params
+    policy = ctx.deployment.policy(params, recap=rnd > 1)
     vp = ctx.value()[0] if c.corrector.trigger == "value" else None
     log(f"round {rnd}: deploying the {LABELS[name]} on {c.episodes_per_round} episodes ...")
-    deploy = ctx.deployment.deployer(rnd > 1, c.episodes_per_round, c.corrector)
     key = jax.random.fold_in(jax.random.key(c.seed), 1000 + rnd)
     writer = EpisodeWriter.open(ctx.paths.data)
     human = c.labels == "human"
 
     def store(ep, i):
-        t = int(ep.length[i])
+        iv = ep.intervention[i, : int(ep.length[i])]
         writer.add_episode(
-            {
-                "observation.state": ep.state[i, :t],
-                "observation.goal": ep.goal[i, :t],
-                "action": ep.action[i, :t],
-            },
+            episode_frames(ep, i),
             task=ep.task[i],
-            intervention=ep.intervention[i, :t],
+            intervention=iv,
             success=None if human else bool(ep.success[i]),
-            source="corrected" if ep.intervention[i, :t].any() else "autonomous",
+            source="corrected" if iv.any() else "autonomous",
             policy_version=tag,
-            episode_info={"round": rnd, "corrected": bool(ep.intervention[i, :t].any())},
+            episode_info={"round": rnd, "corrected": bool(iv.any())},
         )
 
+    def deploy(**kw):
+        n = c.episodes_per_round
+        return ctx.deployment.deploy(policy, key, n, c.corrector, f"collect-r{rnd}", vp, **kw)
+
     with writer:  # releases the dataset's writer lock however the round ends
-        if c.corrector.kind == "human":
-            # a person's time is precious: every episode is stored the moment it ends, and
-            # a resumed round continues after the episodes already stored
-            deploy(params, key, vp, first=have, on_episode=lambda ep: store(ep, 0))
+        if c.corrector.kind == "human" or ctx.env.adapter is not None:
+            # one episode at a time (a person's time is precious; a host env runs one):
+            # every episode is stored the moment it ends, and a resumed round continues
+            # after the episodes already stored
+            deploy(skip=have, on_episode=lambda ep: store(ep, 0))
         else:
-            ep = deploy(params, key, vp)
+            ep = deploy()
             for i in range(have, c.episodes_per_round):
                 store(ep, i)
+    return st
+
+
+def collect_from_robots(ctx: RunContext, st: FlywheelState, name: str, have: int):
+    """``--deploy robots``: serve the round's policy (loaded from the run directory through
+    the policy registry, exactly as ``anyskill serve RUN`` would) and store what robots
+    upload until the round has its episodes or is ended by command."""
+    from anyskill.algos.recap.policy import load_flywheel_policy
+    from anyskill.flywheel import robots
+
+    c, rnd = ctx.cfg, st.round
+    tag = policy_version(rnd)
+    policy = load_flywheel_policy(ctx.paths.root, policy_name=name, seed=c.seed + rnd)
+    log(f"round {rnd}: serving the {LABELS[name]} to robots for {c.episodes_per_round} episodes")
+    result = robots.collect_from_robots(
+        policy,
+        ctx.paths.data,
+        tag,
+        c.episodes_per_round,
+        have,
+        c.robots,
+        ctx.paths.root,
+        log=log,
+        on_listening=ctx.robots_listening,
+    )
+    log(f"round {rnd}: {result.stored} episodes from robots (ended by {result.reason})")
+    if result.stored == 0:
+        raise RuntimeError(
+            f"round {rnd} ended ({result.reason}) before any robot uploaded an episode; "
+            "nothing to learn from — resume with --resume once robots are connected"
+        )
     return st
 
 
@@ -233,6 +268,11 @@ def policy(ctx: RunContext, st: FlywheelState) -> FlywheelState:
         if p.exists() and checkpoint.load_meta(p).get("round") == rnd:
             continue
         seed = c.seed + 10 * rnd + i
+        if name == "filtered" and not (ctx.dataset().episodes.success > 0).any():
+            # e.g. PushT, whose 95 % coverage even its scripted expert rarely reaches
+            log(f"round {rnd}: no successful episode yet; filtered BC keeps its weights")
+            ctx.save_policy(name, ctx.policy_params(name), rnd)
+            continue
         if name == "filtered":
             data = ctx.training_data(seed, success=True)
         else:
@@ -270,7 +310,7 @@ def outcome_metrics(success: np.ndarray, steps: np.ndarray, control_hz: float) -
     }
 
 
-def assisted(ctx: RunContext, params, conditioned: bool, rnd: int, value_params=None) -> dict:
+def assisted(ctx: RunContext, params, recap: bool, rnd: int, value_params=None) -> dict:
     """How much help a policy needs: deployed as in data collection (the scripted corrector
     watching the same fraction of envs, same trigger), on episodes that are the same for
     every method of a round — intervention rate (frames under correction), episodes
@@ -280,9 +320,11 @@ def assisted(ctx: RunContext, params, conditioned: bool, rnd: int, value_params=
     c = ctx.cfg
     if not c.eval_interventions or c.corrector.kind != "expert":
         return {}
-    deploy = ctx.deployment.deployer(conditioned, c.eval_episodes, c.corrector)
     key = jax.random.fold_in(jax.random.key(c.seed), 6000 + rnd)
-    ep = deploy(params, key, value_params)
+    policy = ctx.deployment.policy(params, recap)
+    ep = ctx.deployment.deploy(
+        policy, key, c.eval_episodes, c.corrector, f"assisted-r{rnd}", value_params
+    )
     live = np.arange(ep.intervention.shape[1])[None] < ep.length[:, None]
     return {
         "intervention_rate": float(ep.intervention[live].mean()),
@@ -295,18 +337,18 @@ def evaluate(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     """Every policy without a corrector (success, failure rate, time to success,
     throughput), with the corrector on call (:func:`assisted`), the round's deployment, and
     the held-out detection; rollout videos of the starting and final policies after the
-    last round (``--videos``)."""
+    last round (``--videos``, on envs with a camera)."""
     c, rnd = ctx.cfg, st.round
-    hz = float(ctx.env.control_hz)
+    hz = ctx.env.control_hz
     rows = []
     vp = ctx.value()[0] if c.corrector.trigger == "value" else None
 
-    def run(name, params, conditioned):
-        roll = ctx.deployment.rollout(conditioned)
+    def run(name, params, recap):
         key = jax.random.fold_in(jax.random.key(c.seed), 5000 + rnd)
-        success, _, steps = (np.asarray(x) for x in roll(params, key))
-        row = {"round": rnd, "method": name, **outcome_metrics(success, steps, hz)}
-        return {**row, **assisted(ctx, params, conditioned, rnd, vp)}
+        policy = ctx.deployment.policy(params, recap)
+        ep = ctx.deployment.evaluate(policy, key, c.eval_episodes, f"evaluate-r{rnd}")
+        row = {"round": rnd, "method": name, **outcome_metrics(ep.success, ep.length, hz)}
+        return {**row, **assisted(ctx, params, recap, rnd, vp)}
 
     if rnd == 1 and not any(r["method"] == "start" for r in st.rows):
         rows.append({**run("start", ctx.start_params, False), "round": 0})
@@ -336,7 +378,10 @@ def evaluate(ctx: RunContext, st: FlywheelState) -> FlywheelState:
                 f"throughput {r['throughput_per_h']:.0f}/h"
             )
     if c.videos and rnd == c.rounds:
-        record_videos(ctx, rnd)
+        if ctx.env.has_camera:
+            record_videos(ctx, rnd)
+        else:
+            log(f"no rollout videos: {c.env} has no camera to draw them")
     return dataclasses.replace(st, rows=st.rows + tuple(rows), detection=st.detection + detection)
 
 
@@ -346,7 +391,8 @@ def record_videos(ctx: RunContext, rnd: int) -> None:
     for name in ("start", "recap"):
         params = ctx.start_params if name == "start" else ctx.policy_params(name)
         path = ctx.paths.video(name)
-        caption = ctx.deployment.rollout_video(params, name == "recap", path)
+        policy = ctx.deployment.policy(params, name == "recap")
+        caption = ctx.deployment.rollout_video(policy, path)
         videos.append({"name": name, "file": path.name, "caption": caption})
     rundir.write_json(ctx.paths.videos, {"round": rnd, "videos": videos})
 

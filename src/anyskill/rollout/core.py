@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anyskill.policies.base import Policy
 from anyskill.rollout.correctors import Boundary, Corrector, StepStatus
 from anyskill.rollout.envs import BatchEnv, JaxBatchEnv, as_batch_env, check_inputs
 from anyskill.rollout.episodes import Episodes, concat
@@ -138,6 +139,13 @@ def rollout(
     benv = as_batch_env(env, horizon)
     spec = policy.spec
     check_inputs(spec, benv.offered(), benv.name)
+    if corrector is not None and isinstance(corrector.actor, Policy):
+        if isinstance(benv, JaxBatchEnv):
+            raise ValueError(
+                f"{benv.name} is a pure-JAX env: its corrector's actor runs inside the jitted "
+                "steps as a JAX function (state, key) -> action, not a Policy"
+            )
+        check_inputs(corrector.actor.spec, benv.offered(), benv.name)
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     r = replan_every or spec.execute_horizon or spec.action_horizon

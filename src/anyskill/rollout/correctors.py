@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anyskill.policies.base import Batch
+from anyskill.policies.base import Batch, Policy
 
 #: ``actor(state, key) -> action`` for one env (vmapped and jitted by the rollout)
 JaxActor = Callable[[Any, jax.Array], jax.Array]
@@ -169,8 +169,10 @@ class Corrector:
 
     trigger: Trigger
     actor: Any
-    """A JAX actor ``(state, key) -> action`` (runs inside the jitted chunk execution) or a
-    :class:`Person`."""
+    """A JAX actor ``(state, key) -> action`` (runs inside the jitted chunk execution), a
+    :class:`Person`, or — for host envs, which have no simulator state for a JAX actor — a
+    :class:`~anyskill.policies.base.Policy` of the env's observations asked for one action
+    on each step it corrects (e.g. gym-pusht's scripted expert)."""
     fraction: float = 1.0
     """Fraction of the rollout's envs watched (each drawn independently)."""
     correction_steps: int = 15
@@ -183,10 +185,10 @@ class Corrector:
             raise ValueError(f"correction_steps must be >= 1, got {self.correction_steps}")
         if not isinstance(self.trigger, Trigger):
             raise TypeError(f"trigger must have fire(boundary) -> [B] bool, got {self.trigger!r}")
-        if not (isinstance(self.actor, Person) or callable(self.actor)):
+        if not (isinstance(self.actor, (Person, Policy)) or callable(self.actor)):
             raise TypeError(
-                "actor must be a JAX function (state, key) -> action or a Person, got "
-                f"{self.actor!r}"
+                "actor must be a JAX function (state, key) -> action, a Person or a Policy, "
+                f"got {self.actor!r}"
             )
 
     @property

@@ -52,6 +52,9 @@ HOST_STATE, HOST_GOAL, HOST_IMAGE_PREFIX, HOST_TASK = (
     "observation.images.",
     "task",
 )
+#: ``info`` key of an adapter env's own distance to its goal (what the stall trigger watches
+#: when the goal is not an observation, e.g. PushT's block pose against the target's)
+HOST_GOAL_DISTANCE = "goal_distance"
 ANY = -1
 """A dimension of an offered field that takes any size (a JAX env renders its camera at the
 size the policy asks for)."""
@@ -481,18 +484,27 @@ class HostBatchEnv(BatchEnv):
         record_env_state: bool = False,
     ) -> tuple[HostCarry, dict[str, Any]]:
         from anyskill.envs.adapters.evaluation import check_action
+        from anyskill.policies.base import Policy
 
-        if policy_fn is not None or actor is not None or record_env_state:
+        if (
+            policy_fn is not None
+            or record_env_state
+            or not (actor is None or isinstance(actor, Policy))
+        ):
             raise ValueError(
                 f"{self.name} is a host env: it has no simulator state for JAX step "
-                "policies, JAX correctors or record_env_state"
+                "policies, JAX correctors (a corrector's actor here is a Policy of the "
+                "observations) or record_env_state"
             )
         frames: dict[str, list] = {k: [] for k in _FRAME_KEYS}
         if record_images:
             frames["images"] = []
-        for a in np.asarray(plan)[0]:
+        for j, a in enumerate(np.asarray(plan)[0]):
             if carry.done[0]:
                 break
+            if actor is not None and carry.left[0] > 0:  # the corrector acts on this step
+                k = actor_keys[j, 0] if actor_keys is not None else jax.random.key(j)
+                a = np.asarray(actor.act(self.observe(carry, actor.spec.inputs), k))[0, 0]
             action = check_action(a, self.env.action_space)
             obs = carry.obs
             frames["state"].append(np.asarray(obs.get(HOST_STATE, np.zeros(0)), np.float32))
@@ -523,6 +535,8 @@ class HostBatchEnv(BatchEnv):
         return carry, out
 
     def goal_distance(self, carry: HostCarry) -> np.ndarray | None:
+        if HOST_GOAL_DISTANCE in carry.info:  # the env measures it (e.g. PushT's block pose)
+            return np.array([float(carry.info[HOST_GOAL_DISTANCE])])
         if HOST_GOAL not in carry.obs:
             return None
         s = np.asarray(carry.obs[HOST_STATE], np.float32)

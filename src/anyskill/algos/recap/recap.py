@@ -146,13 +146,17 @@ def recap_advantages(
 
 
 def family_ids(tasks: list[str], task_index: np.ndarray) -> np.ndarray:
-    """Per-frame task family of the tabletop tasks (``-1``: an instruction of no family):
-    ``tasks`` the store's instructions, ``task_index`` ``[N]`` each frame's instruction."""
+    """Per-frame group of the advantage threshold: ``tasks`` the store's instructions,
+    ``task_index`` ``[N]`` each frame's instruction. A tabletop instruction's group is its
+    task family (index into ``tasks.FAMILIES``: the threshold compares frames of tasks of one
+    kind, whatever their objects and phrasing); any other instruction (an adapter env's,
+    e.g. gym-pusht's) is a group of its own, ``len(FAMILIES) + its index in tasks``."""
     from anyskill.envs.tabletop import tasks as T
 
     rows, _ = T.task_table(T.FAMILIES, "all")
     fam_of_text = {T.instruction(r): int(r[T.FAMILY]) for r in rows}
-    fam_of_task = np.array([fam_of_text.get(t, -1) for t in tasks] or [0])
+    own = len(T.FAMILIES)
+    fam_of_task = np.array([fam_of_text.get(t, own + i) for i, t in enumerate(tasks)] or [0])
     return fam_of_task[np.maximum(np.asarray(task_index), 0)]
 
 

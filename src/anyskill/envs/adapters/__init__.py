@@ -9,11 +9,22 @@
 * :mod:`~anyskill.envs.adapters.evaluation` — the observation convention (LeRobot feature
   names), the host policy type and one :func:`evaluate` shared by all of them.
 
+* :mod:`~anyskill.envs.adapters.experts` — scripted experts of adapter envs, as policies.
+
+Adapter envs are looked up by name in :data:`ADAPTER_ENVS` (``gym-pusht``, ``gym-hil-panda``);
+:func:`make_env` builds any env by name — a registered pure-JAX env (``anyskill.envs.REGISTRY``)
+or an adapter env — so ``--env`` of the flywheel and of ``anyskill eval policy`` takes both.
+
 The simulators are optional (``pip install 'anyskill[sim]'``) and imported only when an
-adapter module is: ``import anyskill.envs.adapters`` itself needs nothing but numpy.
+adapter module is (or an adapter env is built): ``import anyskill.envs.adapters`` itself
+needs nothing but numpy.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from anyskill.envs.adapters.evaluation import (
     EpisodeResult,
@@ -24,7 +35,167 @@ from anyskill.envs.adapters.evaluation import (
     policy_observation,
 )
 
+
+@dataclasses.dataclass(frozen=True)
+class AdapterEnv:
+    """A host (Gymnasium) env in the adapters' convention (LeRobot feature names,
+    ``info["is_success"]``, ``info["task"]``), by name."""
+
+    name: str
+    make: Callable[[], Any]
+    """Builds the env (imports its simulator; a missing one raises ImportError naming the
+    package to install)."""
+    summary: str
+    """One line for listings."""
+    max_steps: int
+    """Steps per episode (the env's own time limit): the horizon of rollouts and of the
+    value targets."""
+    expert: Callable[[float], Any] | None = None
+    """``expert(noise)`` -> the scripted expert as a Policy of the env's observations, when
+    the env has one (it records demonstrations and corrects)."""
+    control_hz: float = 10.0
+    """Control steps per second (PushT and gym-hil step at 10 Hz)."""
+
+
+#: adapter env name -> :class:`AdapterEnv`; names are what ``--env`` accepts
+ADAPTER_ENVS: dict[str, AdapterEnv] = {}
+
+
+def register_adapter_env(entry: AdapterEnv) -> AdapterEnv:
+    """Add ``entry`` to :data:`ADAPTER_ENVS` (a name taken by a JAX env or another adapter
+    is refused)."""
+    from anyskill import envs
+
+    if entry.name in ADAPTER_ENVS or entry.name in envs.REGISTRY:
+        raise ValueError(f"env name {entry.name!r} is already registered")
+    ADAPTER_ENVS[entry.name] = entry
+    return entry
+
+
+def env_names() -> list[str]:
+    """Every env name ``--env`` accepts: the pure-JAX registry and the adapter envs."""
+    from anyskill import envs
+
+    return sorted([*envs.REGISTRY, *ADAPTER_ENVS])
+
+
+def is_adapter_env(name: str) -> bool:
+    return name in ADAPTER_ENVS
+
+
+def make_env(name: str, **jax_overrides: Any) -> Any:
+    """The env called ``name``: a pure-JAX :class:`~anyskill.envs.base.Env` (built with
+    ``jax_overrides``, e.g. ``image_size``) or an adapter env (host, Gymnasium API). An
+    unknown name is refused naming the known ones."""
+    from anyskill import envs
+    from anyskill.names import unknown_name
+
+    if name in ADAPTER_ENVS:
+        return ADAPTER_ENVS[name].make()
+    if name not in envs.REGISTRY:
+        raise unknown_name("env", name, env_names())
+    return envs.make(name, **jax_overrides)
+
+
+class _Wrapped:
+    """An adapter env with its observations and ``info`` rewritten on the host: ``obs_fn``
+    maps each observation, ``info_fn(info)`` adds entries to each step's ``info``."""
+
+    def __init__(self, env: Any, obs_fn: Callable | None = None, info_fn: Callable | None = None):
+        self.env, self._obs, self._info = env, obs_fn, info_fn
+        self.action_space = env.action_space
+        self.metadata = getattr(env, "metadata", {})
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped env's other attributes
+        if name == "env":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+    def _out(self, obs: dict, info: dict) -> tuple[dict, dict]:
+        obs = self._obs(obs) if self._obs else obs
+        return obs, ({**info, **self._info(info)} if self._info else info)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        return self._out(*self.env.reset(seed=seed, options=options))
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs, info = self._out(obs, info)
+        return obs, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _state_with_environment(obs: dict) -> dict:
+    """``observation.state`` followed by ``observation.environment_state`` (gym-hil's state
+    mode keeps the cube's position apart; a policy reading the state alone would not see
+    the cube)."""
+    import numpy as np
+
+    out = {k: v for k, v in obs.items() if k != "observation.environment_state"}
+    parts = [obs["observation.state"], obs["observation.environment_state"]]
+    out["observation.state"] = np.concatenate(parts).astype(np.float32)
+    return out
+
+
+def pusht_goal_distance(info: dict) -> dict:
+    """``info["goal_distance"]``: how far PushT's T is from the target pose — its position
+    error in units of the 512-pixel workspace plus its angle error over π (what the stall
+    trigger watches: the scripted expert takes over a policy that stops making progress)."""
+    import numpy as np
+
+    if "block_pose" not in info or "goal_pose" not in info:
+        return {}
+    block, goal = np.asarray(info["block_pose"], float), np.asarray(info["goal_pose"], float)
+    angle = (block[2] - goal[2] + np.pi) % (2 * np.pi) - np.pi
+    return {"goal_distance": float(np.linalg.norm(block[:2] - goal[:2]) / 512 + abs(angle) / np.pi)}
+
+
+def _pusht() -> Any:
+    from anyskill.envs.adapters.lerobot_sim import make_pusht
+
+    return _Wrapped(make_pusht("state"), info_fn=pusht_goal_distance)
+
+
+def _pusht_expert(noise: float) -> Any:
+    from anyskill.envs.adapters.experts import pusht_expert
+
+    return pusht_expert(noise)
+
+
+def _panda() -> Any:
+    from anyskill.envs.adapters.lerobot_sim import make_gym_hil
+
+    return _Wrapped(make_gym_hil(image_obs=False), obs_fn=_state_with_environment)
+
+
+register_adapter_env(
+    AdapterEnv(
+        "gym-pusht",
+        _pusht,
+        "gym-pusht's PushT (state: agent xy, T xy and angle; actions: agent target in pixels)",
+        300,
+        _pusht_expert,
+    )
+)
+register_adapter_env(
+    AdapterEnv(
+        "gym-hil-panda",
+        _panda,
+        "gym-hil's Panda pick-cube, state only (robot state + cube position; end-effector "
+        "steps and gripper)",
+        100,
+    )
+)
+
 __all__ = [
+    "ADAPTER_ENVS",
+    "AdapterEnv",
+    "env_names",
+    "is_adapter_env",
+    "make_env",
+    "register_adapter_env",
     "EpisodeResult",
     "EvalResult",
     "HostObs",

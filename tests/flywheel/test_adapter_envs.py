@@ -1,0 +1,217 @@
+"""The flywheel beyond the table: adapter envs (gym-pusht) by name, their scripted expert as a
+policy, a round end to end on PushT, and `anyskill eval policy --env` on any env."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from anyskill.algos.recap.value import ValueConfig
+from anyskill.algos.vla.config import ModelConfig
+from anyskill.envs.adapters import ADAPTER_ENVS, env_names, make_env
+from anyskill.envs.adapters.experts import pusht_action, pusht_expert
+from anyskill.flywheel.config import FlywheelConfig, flywheel_envs
+from anyskill.flywheel.deploy import CorrectorConfig
+from anyskill.policies.base import STATE
+
+pytest.importorskip("gym_pusht")
+
+
+def test_env_names_cover_jax_and_adapter_envs():
+    names = env_names()
+    assert {"tabletop-reach", "pointmaze-u", "gym-pusht", "gym-hil-panda"} <= set(names)
+    assert "gym-pusht" in flywheel_envs() and "gym-hil-panda" not in flywheel_envs()
+    with pytest.raises(ValueError, match="unknown env 'gym-push'. Did you mean 'gym-pusht'"):
+        make_env("gym-push")
+    env = make_env("gym-pusht")
+    obs, info = env.reset(seed=0)
+    assert obs["observation.state"].shape == (5,) and info["task"]
+
+
+def test_the_flywheel_config_names_the_envs_it_runs_on(tmp_path):
+    with pytest.raises(ValueError, match="gym-hil-panda has no scripted expert.*gym-pusht"):
+        FlywheelConfig(env="gym-hil-panda")
+    with pytest.raises(ValueError, match="unknown env with a scripted expert.*Known: gym-pusht"):
+        FlywheelConfig(env="tabletop-rech")
+    with pytest.raises(ValueError, match="corrector.kind human steers the tabletop"):
+        FlywheelConfig(env="gym-pusht", corrector=CorrectorConfig(kind="human"))
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        FlywheelConfig(env="gym-pusht", max_steps=0)
+
+
+def test_the_pusht_expert_is_a_policy_of_the_state():
+    states = np.array([[100, 100, 300, 300, 0.5], [400, 50, 200, 250, -1.0]], np.float32)
+    plain = pusht_expert()
+    out = plain.act({STATE: states}, jax.random.key(0))
+    assert out.shape == (2, 1, 2) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, 0], [pusht_action(s) for s in states])
+    noisy = pusht_expert(noise=0.1)
+    a, b = (noisy.act({STATE: states}, jax.random.key(k)) for k in (1, 1))
+    np.testing.assert_array_equal(a, b)  # the key decides the noise
+    c = noisy.act({STATE: states}, jax.random.key(2))
+    assert not np.array_equal(a, c) and np.all((c >= 0) & (c <= 512))
+    assert noisy.spec.inputs[0].shape == (5,) and noisy.spec.action_horizon == 1
+
+
+def tiny_pusht(tmp_path, **kw) -> FlywheelConfig:
+    base = dict(
+        env="gym-pusht",
+        run_dir=tmp_path / "fw",
+        rounds=1,
+        demos=3,
+        max_steps=24,
+        init_steps=4,
+        episodes_per_round=3,
+        policy_steps=3,
+        batch_size=8,
+        model=ModelConfig(arch="mlp-flow", mlp_width=32, depth=2, width=16, horizon=4),
+        value=ValueConfig(steps=4, finetune_steps=2, batch_size=8, hidden=16),
+        corrector=CorrectorConfig(fraction=1.0, stall_window=8, correction_steps=6),
+        replan_every=4,
+        eval_episodes=2,
+        videos=True,  # PushT (state) has no camera: refused politely, the report still works
+        progress=False,
+    )
+    base.update(kw)
+    return FlywheelConfig(**base)
+
+
+@pytest.mark.slow  # ~20 s on 2 CPU cores; test_the_pusht_expert_corrects_a_policy is the fast part
+def test_a_flywheel_round_on_pusht(tmp_path):
+    """Demonstrations of the PushT expert (through the rollout), a starting policy read
+    from the data's features, one round with the expert correcting, advantages with PushT's
+    instruction as its own group, evaluation on the host env and the report (learning is not
+    asserted at this size)."""
+    from anyskill.algos.vla.train import load_config
+    from anyskill.data.reader import Dataset
+    from anyskill.flywheel import loop
+
+    cfg = tiny_pusht(tmp_path)
+    out = loop.run_flywheel(cfg)
+    ds = Dataset.open(cfg.run_dir / "data")
+    ep = ds.episodes
+    assert list(ds.info.features) >= ["observation.state", "action"]
+    assert "observation.goal" not in ds.info.features  # PushT has no goal
+    demo = ep.source == "demonstration"
+    assert int(demo.sum()) == cfg.demos and set(ep.policy_version[demo]) == {
+        "pusht-expert(noise=0.1)"
+    }
+    rolled = ep.policy_version == "recap-r0"
+    assert int(rolled.sum()) == cfg.episodes_per_round
+    assert np.all(ep.length <= cfg.max_steps) and np.all(ep.length[~demo] >= 1)
+    assert set(ep.source[rolled]) <= {"autonomous", "corrected"}
+    iv = np.asarray(ds.columns["intervention"], bool)
+    assert iv.any()  # the stall trigger handed PushT episodes to the expert
+    m = load_config(cfg.run_dir / "start").model
+    assert (m.state_dim, m.action_dim, m.num_cameras) == (5, 2, 0)  # from the data
+
+    adv = np.load(cfg.run_dir / "advantage-r1.npz")
+    assert len(adv["indicator"]) == ds.num_frames and adv["indicator"][iv].all()
+    from anyskill.envs.tabletop import tasks as T
+
+    assert set(adv["family"]) == {len(T.FAMILIES)}  # PushT's one instruction, its own group
+    rows = {(r["round"], r["method"]): r for r in out.rows}
+    want = {(0, "start"), (1, "recap"), (1, "bc"), (1, "filtered"), (1, "deployment (start)")}
+    assert want <= set(rows)
+    assert rows[(1, "recap")]["episodes"] == cfg.eval_episodes
+    assert 0.0 <= rows[(1, "recap")]["intervention_rate"] <= 1.0
+    report = (cfg.run_dir / "report.md").read_text()
+    assert "gym-pusht" in report and not (cfg.run_dir / "videos.json").exists()
+
+
+@pytest.fixture(scope="module")
+def pusht_run(tmp_path_factory):
+    """A tiny VLA trained two steps on three short PushT demonstrations."""
+    from anyskill.algos.vla.config import TrainConfig
+    from anyskill.algos.vla.train import train
+    from anyskill.flywheel.artifacts import RunPaths
+    from anyskill.flywheel.context import _record_demos
+
+    root = tmp_path_factory.mktemp("pusht")
+    cfg = tiny_pusht(root, demos=2, max_steps=12)
+    _record_demos(cfg, RunPaths(cfg.run_dir))
+    model = ModelConfig(
+        arch="vla", width=16, depth=1, heads=2, head_dim=8, action_width=16, horizon=4
+    )
+    tcfg = TrainConfig(
+        data=(cfg.run_dir / "data",), model=model, run_dir=root / "run", steps=2,
+        batch_size=4, warmup_steps=1, eval_episodes=0, replan_every=4, progress=False,
+    )  # fmt: skip
+    train(tcfg, log=lambda *_: None)
+    return root / "run"
+
+
+def test_the_pusht_expert_corrects_a_policy(pusht_run, tmp_path):
+    """The flywheel's deployment on a host env: the stall trigger watches PushT's own goal
+    distance and hands stalled episodes to the scripted expert, whose actions are recorded
+    as interventions; demonstrations were recorded through the rollout, each with its
+    expert's version."""
+    from anyskill.algos.vla.policy import VLAPolicy
+    from anyskill.data.reader import Dataset
+    from anyskill.flywheel.deploy import deploy
+    from anyskill.flywheel.deployment import RunEnv
+
+    demos = Dataset.open(pusht_run.parent / "fw" / "data")
+    assert demos.num_episodes == 2 and list(demos.tasks) == [make_env("gym-pusht").instruction]
+    assert set(demos.episodes.policy_version) == {"pusht-expert(noise=0.1)"}
+
+    cfg = tiny_pusht(tmp_path, max_steps=30)
+    env = RunEnv.open(cfg, 0)
+    assert env.horizon == 30 and env.control_hz == 10.0 and not env.has_camera
+    corrector = CorrectorConfig(fraction=1.0, stall_window=4, correction_steps=5, noise=0.0)
+    expert = env.corrector_actor(corrector)
+    ep = deploy(env.batch_env("t"), VLAPolicy(pusht_run), jax.random.key(0), num_envs=2,
+                replan_every=4, corrector=corrector, expert=expert)  # fmt: skip
+    live = np.arange(ep.intervention.shape[1])[None] < ep.length[:, None]
+    iv = ep.intervention & live
+    assert iv.any() and not iv.all()
+    # the expert (noise 0) chose exactly the flagged frames' actions
+    for b, t in zip(*np.nonzero(iv), strict=True):
+        np.testing.assert_allclose(ep.action[b, t], pusht_action(ep.state[b, t]), atol=1e-4)
+    with pytest.raises(ValueError, match="pure-JAX env: its corrector's actor"):
+        from anyskill.flywheel.deploy import make_corrector
+        from anyskill.rollout import expert_policy, rollout
+
+        reach = make_env("tabletop-reach")
+        rollout(reach, expert_policy(reach), jax.random.key(0), num_envs=1,
+                corrector=make_corrector(corrector, reach, expert=expert))  # fmt: skip
+
+
+def test_eval_policy_on_an_adapter_env(pusht_run, capsys):
+    from anyskill.cli import main
+
+    args = ["eval", "policy", str(pusht_run), "--env", "gym-pusht", "--episodes", "2"]
+    assert main([*args, "--max-steps", "9"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["env"] == "gym-pusht" and out["episodes"] == 2
+    assert out["mean_length"] == 9 and 0.0 <= out["success_rate"] <= 1.0
+    # the data it was trained on names its env: --env is the default
+    assert main(["eval", "policy", str(pusht_run), "--episodes", "1", "--max-steps", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["env"] == "gym-pusht"
+
+
+@pytest.mark.parametrize("env", ["tabletop-reach", "gym-hil-panda"])
+def test_eval_policy_refuses_an_env_whose_features_differ(pusht_run, env, capsys, monkeypatch):
+    """PushT's state has 5 features; the table's and the Panda's do not: one line naming the
+    field, before anything compiles."""
+    from anyskill.algos.vla import policy as P
+    from anyskill.cli import main
+
+    if env == "gym-hil-panda":
+        pytest.importorskip("gym_hil")
+
+    def no_acting(*a, **k):
+        raise AssertionError("the policy ran on a mismatched env")
+
+    monkeypatch.setattr(P.VLAPolicy, "act", no_acting)
+    assert main(["eval", "policy", str(pusht_run), "--env", env, "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "observation/state" in err and "(5,)" in err and env in err
+
+
+def test_adapter_env_registry_entries_are_complete():
+    for name, entry in ADAPTER_ENVS.items():
+        assert entry.name == name and entry.max_steps >= 1 and entry.summary
