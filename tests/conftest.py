@@ -30,3 +30,17 @@ def tiny_overrides() -> dict:
 @pytest.fixture
 def tiny_config() -> CRLConfig:
     return dataclasses.replace(get_preset("arena-smoke"), **TINY_OVERRIDES)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's in-memory compiled programs after each test module: one pytest process
+    compiles thousands of programs and would otherwise keep every one of them (the persistent
+    compilation cache makes a later module's recompilation a disk read)."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()

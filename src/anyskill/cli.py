@@ -420,13 +420,18 @@ class DataSplit:
 
 @dataclasses.dataclass(frozen=True)
 class DataRecord:
-    """Record scripted-expert demonstrations of a tabletop task into a dataset."""
+    """Record scripted-expert demonstrations of a tabletop task or of an adapter env with a
+    scripted expert (gym-pusht, gym-hil-panda) into a LeRobot v3.0 dataset."""
 
     out: Path
     """Dataset root; a new one is created, or an existing recording is continued (with the
     same --env, --images, --image-size and --dart; one writer at a time)."""
     env: str = "tabletop-push"
-    """A tabletop environment (see `anyskill envs`)."""
+    """A tabletop environment (see `anyskill envs`) or an adapter env with a scripted expert
+    (gym-pusht, gym-hil-panda; state observations only, no --images or --dart)."""
+    max_steps: int | None = None
+    """Time limit of an adapter env's episodes (default: the env's own; the tabletop's is
+    fixed per task)."""
     episodes: int = 10
     """Episodes to record."""
     images: bool = False
@@ -500,7 +505,7 @@ def cmd_data(args: list[str]) -> int:
     elif isinstance(parsed, DataRecord):
         from tqdm import tqdm
 
-        from anyskill.data.record import record_expert
+        from anyskill.data.record import record_adapter_expert, record_expert
 
         bars = []  # the bar appears once the dataset is open: a refusal is one clean line
 
@@ -509,18 +514,41 @@ def cmd_data(args: list[str]) -> int:
                 bars.append(tqdm(total=parsed.episodes, desc="recording", unit="ep"))
             bars[0].update(n)
 
+        from anyskill.envs.adapters import ADAPTER_ENVS
+
         try:
-            rec = record_expert(
-                parsed.out,
-                env_name=parsed.env,
-                episodes=parsed.episodes,
-                images=parsed.images,
-                image_size=parsed.image_size,
-                noise=parsed.noise,
-                seed=parsed.seed,
-                progress=progress,
-                dart=parsed.dart,
-            )
+            if parsed.env in ADAPTER_ENVS:
+                if parsed.images or parsed.dart:
+                    raise ValueError(
+                        f"--env {parsed.env} is recorded from its state observations: --images "
+                        "and --dart are for the tabletop's camera and its simulator state"
+                    )
+                rec = record_adapter_expert(
+                    parsed.out,
+                    parsed.env,
+                    episodes=parsed.episodes,
+                    noise=parsed.noise,
+                    seed=parsed.seed,
+                    max_steps=parsed.max_steps,
+                    progress=progress,
+                )
+            else:
+                if parsed.max_steps is not None:
+                    raise ValueError(
+                        "--max-steps is for adapter envs; a tabletop task's episode length is "
+                        "fixed per task mix"
+                    )
+                rec = record_expert(
+                    parsed.out,
+                    env_name=parsed.env,
+                    episodes=parsed.episodes,
+                    images=parsed.images,
+                    image_size=parsed.image_size,
+                    noise=parsed.noise,
+                    seed=parsed.seed,
+                    progress=progress,
+                    dart=parsed.dart,
+                )
         finally:
             for bar in bars:
                 bar.close()

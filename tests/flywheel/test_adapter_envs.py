@@ -1,8 +1,10 @@
-"""The flywheel beyond the table: adapter envs (gym-pusht) by name, their scripted expert as a
-policy, a round end to end on PushT, and `anyskill eval policy --env` on any env."""
+"""The flywheel beyond the table: adapter envs (gym-pusht, gym-hil-panda) by name, their
+scripted experts as policies, a round end to end on each, and `anyskill eval policy --env` on
+any env."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -12,7 +14,14 @@ import pytest
 from anyskill.algos.recap.value import ValueConfig
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.envs.adapters import ADAPTER_ENVS, env_names, make_env
-from anyskill.envs.adapters.experts import pusht_action, pusht_expert
+from anyskill.envs.adapters.experts import (
+    PANDA_EE_STEP,
+    panda_action,
+    panda_expert,
+    panda_goal_distance,
+    pusht_action,
+    pusht_expert,
+)
 from anyskill.flywheel.config import FlywheelConfig, flywheel_envs
 from anyskill.flywheel.deploy import CorrectorConfig
 from anyskill.policies.base import STATE
@@ -23,7 +32,7 @@ pytest.importorskip("gym_pusht")
 def test_env_names_cover_jax_and_adapter_envs():
     names = env_names()
     assert {"tabletop-reach", "pointmaze-u", "gym-pusht", "gym-hil-panda"} <= set(names)
-    assert "gym-pusht" in flywheel_envs() and "gym-hil-panda" not in flywheel_envs()
+    assert {"gym-pusht", "gym-hil-panda"} <= set(flywheel_envs())
     with pytest.raises(ValueError, match="unknown env 'gym-push'. Did you mean 'gym-pusht'"):
         make_env("gym-push")
     env = make_env("gym-pusht")
@@ -31,10 +40,15 @@ def test_env_names_cover_jax_and_adapter_envs():
     assert obs["observation.state"].shape == (5,) and info["task"]
 
 
-def test_the_flywheel_config_names_the_envs_it_runs_on(tmp_path):
+def test_the_flywheel_config_names_the_envs_it_runs_on(tmp_path, monkeypatch):
+    without = dataclasses.replace(ADAPTER_ENVS["gym-hil-panda"], expert=None)
+    monkeypatch.setitem(ADAPTER_ENVS, "gym-hil-panda", without)
     with pytest.raises(ValueError, match="gym-hil-panda has no scripted expert.*gym-pusht"):
         FlywheelConfig(env="gym-hil-panda")
-    with pytest.raises(ValueError, match="unknown env with a scripted expert.*Known: gym-pusht"):
+    monkeypatch.undo()
+    FlywheelConfig(env="gym-hil-panda")  # registered with its expert
+    known = "Known: gym-hil-panda, gym-pusht, tabletop"
+    with pytest.raises(ValueError, match=f"unknown env with a scripted expert.*{known}"):
         FlywheelConfig(env="tabletop-rech")
     with pytest.raises(ValueError, match="corrector.kind human steers the tabletop"):
         FlywheelConfig(env="gym-pusht", corrector=CorrectorConfig(kind="human"))
@@ -56,6 +70,76 @@ def test_the_pusht_expert_is_a_policy_of_the_state():
     assert noisy.spec.inputs[0].shape == (5,) and noisy.spec.action_horizon == 1
 
 
+def panda_state(pinch, cube, grip: float = 0.0) -> np.ndarray:
+    """A gym-hil-panda state (joints at rest) with the pinch point, cube and gripper command."""
+    s = np.zeros(21, np.float32)
+    s[14], s[15:18], s[18:21] = grip, pinch, cube
+    return s
+
+
+def test_the_panda_expert_is_a_policy_of_the_state():
+    cube = [0.4, 0.1, 0.02]
+    far = panda_state([0.5, 0.0, 0.1], cube)  # open, away: over the cube first
+    beside = panda_state([0.45, 0.1, 0.03], cube)  # open, low beside it: rise first
+    around = panda_state([0.4, 0.1, 0.021], cube)  # open, the cube between the fingers: close
+    held = panda_state([0.4, 0.1, 0.05], [0.4, 0.1, 0.05], grip=255)  # closed on it: lift
+    lost = panda_state([0.4, 0.1, 0.1], cube, grip=255)  # closed on nothing: open, rise
+    states = np.stack([far, beside, around, held, lost])
+    out = panda_expert().act({STATE: states}, jax.random.key(0))
+    assert out.shape == (5, 1, 4) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, 0], [panda_action(s) for s in states])
+    a = out[:, 0]
+    assert a[0, 0] == -1 and a[0, 1] == 1 and a[0, 3] == 0  # full steps towards it, open
+    np.testing.assert_array_equal(a[1], [0, 0, 1, 0])
+    assert a[2, 3] == 2 and a[2, 2] == 0
+    np.testing.assert_array_equal(a[3], [0, 0, 1, 2])
+    np.testing.assert_array_equal(a[4], [0, 0, 1, 0])
+    noisy = panda_expert(noise=0.1)
+    x, y = (noisy.act({STATE: states}, jax.random.key(k)) for k in (1, 1))
+    np.testing.assert_array_equal(x, y)  # the key decides the noise
+    z = noisy.act({STATE: states}, jax.random.key(2))
+    assert not np.array_equal(x, z)
+    assert np.all(np.abs(z[..., :3]) <= 1) and np.all((z[..., 3] >= 0) & (z[..., 3] <= 2))
+    assert noisy.spec.inputs[0].shape == (21,) and noisy.spec.action_dim == 4
+    # the goal distance: 5 cm to the cube and its whole 10 cm lift; lifted: the grasp's offset
+    assert panda_goal_distance(panda_state([0.4, 0.1, 0.07], cube)) == pytest.approx(0.15)
+    assert panda_goal_distance(held) == pytest.approx(0.07)
+
+
+def test_the_panda_expert_picks_the_cube():
+    """gym-hil-panda's expert at the flywheel's demonstration noise lifts the cube (measured
+    50/50 in ~11 steps at noise 0 and 0.1), and from wherever a policy left the arm and the
+    cube (15 random steps, gym-hil's random cube positions; measured 50/50 in ~40 steps)."""
+    pytest.importorskip("gym_hil")
+    from anyskill.envs.adapters import _panda_distance, _state_with_environment, _Wrapped, evaluate
+    from anyskill.envs.adapters.lerobot_sim import GYM_HIL_EE_STEP, make_gym_hil
+
+    assert PANDA_EE_STEP == GYM_HIL_EE_STEP  # the expert's step is the env's
+    env = make_env("gym-hil-panda")
+    res = evaluate(panda_expert(FlywheelConfig.demo_noise), env, 3, max_steps=100)
+    assert res.success_rate == 1.0 and res.mean_length <= 15
+    _, info = env.reset(seed=0)
+    assert info["goal_distance"] == pytest.approx(0.16, abs=0.01)  # 6 cm away, 10 cm to lift
+
+    env = _Wrapped(
+        make_gym_hil(random_block_position=True),
+        obs_fn=_state_with_environment,
+        info_fn=_panda_distance,
+    )
+    expert, rng = panda_expert(), np.random.default_rng(0)
+    for seed in range(2):
+        obs, info = env.reset(seed=seed)
+        for t in range(100):
+            if t < 15:
+                a = rng.uniform(env.action_space.low, env.action_space.high)
+            else:
+                a = expert.act({STATE: obs["observation.state"][None]}, None)[0, 0]
+            obs, _, terminated, _, info = env.step(a.astype(np.float32))
+            if terminated:
+                break
+        assert info["is_success"] and info["goal_distance"] < 0.02, (seed, t)
+
+
 def tiny_pusht(tmp_path, **kw) -> FlywheelConfig:
     base = dict(
         env="gym-pusht",
@@ -72,54 +156,70 @@ def tiny_pusht(tmp_path, **kw) -> FlywheelConfig:
         corrector=CorrectorConfig(fraction=1.0, stall_window=8, correction_steps=6),
         replan_every=4,
         eval_episodes=2,
-        videos=True,  # PushT (state) has no camera: refused politely, the report still works
+        videos=True,  # state-only envs have no camera: refused politely, the report still works
         progress=False,
     )
     base.update(kw)
     return FlywheelConfig(**base)
 
 
-@pytest.mark.slow  # ~20 s on 2 CPU cores; test_the_pusht_expert_corrects_a_policy is the fast part
-def test_a_flywheel_round_on_pusht(tmp_path):
-    """Demonstrations of the PushT expert (through the rollout), a starting policy read
-    from the data's features, one round with the expert correcting, advantages with PushT's
+#: adapter env -> its expert's version and its (state, action) sizes
+ROUND_ENVS = {"gym-pusht": ("pusht-expert", 5, 2), "gym-hil-panda": ("panda-expert", 21, 4)}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        # ~20 s on 2 CPU cores; test_the_pusht_expert_corrects_a_policy is the fast part
+        pytest.param("gym-pusht", marks=pytest.mark.slow),
+        "gym-hil-panda",
+    ],
+)
+def test_a_flywheel_round_on_an_adapter_env(tmp_path, env):
+    """Demonstrations of the env's expert (through the rollout), a starting policy read
+    from the data's features, one round with the expert correcting, advantages with the env's
     instruction as its own group, evaluation on the host env and the report (learning is not
     asserted at this size)."""
     from anyskill.algos.vla.train import load_config
     from anyskill.data.reader import Dataset
     from anyskill.flywheel import loop
 
-    cfg = tiny_pusht(tmp_path)
+    if env == "gym-hil-panda":
+        pytest.importorskip("gym_hil")
+    version, state_dim, action_dim = ROUND_ENVS[env]
+    cfg = tiny_pusht(tmp_path, env=env)
     out = loop.run_flywheel(cfg)
     ds = Dataset.open(cfg.run_dir / "data")
     ep = ds.episodes
     assert list(ds.info.features) >= ["observation.state", "action"]
-    assert "observation.goal" not in ds.info.features  # PushT has no goal
+    assert "observation.goal" not in ds.info.features  # neither env has a goal
     demo = ep.source == "demonstration"
     assert int(demo.sum()) == cfg.demos and set(ep.policy_version[demo]) == {
-        "pusht-expert(noise=0.1)"
+        f"{version}(noise=0.1)"
     }
+    if env == "gym-hil-panda":  # its expert lifts the cube well within 24 steps
+        assert np.all(ep.success[demo] == 1) and np.all(ep.length[demo] < cfg.max_steps)
     rolled = ep.policy_version == "recap-r0"
     assert int(rolled.sum()) == cfg.episodes_per_round
     assert np.all(ep.length <= cfg.max_steps) and np.all(ep.length[~demo] >= 1)
     assert set(ep.source[rolled]) <= {"autonomous", "corrected"}
     iv = np.asarray(ds.columns["intervention"], bool)
-    assert iv.any()  # the stall trigger handed PushT episodes to the expert
+    assert iv.any()  # the stall trigger (the env's goal distance) handed episodes to the expert
     m = load_config(cfg.run_dir / "start").model
-    assert (m.state_dim, m.action_dim, m.num_cameras) == (5, 2, 0)  # from the data
+    assert (m.state_dim, m.action_dim, m.num_cameras) == (state_dim, action_dim, 0)  # the data's
 
     adv = np.load(cfg.run_dir / "advantage-r1.npz")
     assert len(adv["indicator"]) == ds.num_frames and adv["indicator"][iv].all()
     from anyskill.envs.tabletop import tasks as T
 
-    assert set(adv["family"]) == {len(T.FAMILIES)}  # PushT's one instruction, its own group
+    assert set(adv["family"]) == {len(T.FAMILIES)}  # the env's one instruction, its own group
     rows = {(r["round"], r["method"]): r for r in out.rows}
     want = {(0, "start"), (1, "recap"), (1, "bc"), (1, "filtered"), (1, "deployment (start)")}
     assert want <= set(rows)
     assert rows[(1, "recap")]["episodes"] == cfg.eval_episodes
     assert 0.0 <= rows[(1, "recap")]["intervention_rate"] <= 1.0
     report = (cfg.run_dir / "report.md").read_text()
-    assert "gym-pusht" in report and not (cfg.run_dir / "videos.json").exists()
+    assert env in report and not (cfg.run_dir / "videos.json").exists()
 
 
 @pytest.fixture(scope="module")

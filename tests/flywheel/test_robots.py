@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "serve"))
 from serve_helpers import CountingPolicy  # noqa: E402
@@ -117,6 +118,7 @@ def test_end_round_command_ends_with_what_arrived(tmp_path):
     assert Dataset.open(data).num_episodes == 1
 
 
+@pytest.mark.slow  # ~50 s: a whole flywheel round (demos, training, value, evaluation)
 def test_a_flywheel_round_collected_by_two_simulated_robots(tmp_path):
     """``--deploy robots``: the round's policy is served, two simulated robots (the real
     robot-side runtime over loopback) run episodes and upload them; robot b is switched off

@@ -220,6 +220,7 @@ def _gym_starts(gym, seed: int, n: int) -> jax.Array:
     return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
 
 
+@pytest.mark.slow  # ~20 s; host envs also run through the rollout in the gym-hil flywheel round
 def test_a_gymnasium_env_through_the_same_rollout_succeeds_where_the_jax_env_does(reach):
     """The scripted reach controller on tabletop-reach: stepped as a host Gymnasium env, one
     episode at a time, and as the pure-JAX env, on the same episodes (the Gymnasium env's

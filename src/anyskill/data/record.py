@@ -259,6 +259,103 @@ def record_expert(
         )
 
 
+def record_adapter_expert(
+    out: Path | str,
+    env_name: str = "gym-pusht",
+    episodes: int = 10,
+    noise: float = 0.1,
+    seed: int = 0,
+    max_steps: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    reset_seed: int | None = None,
+) -> Recording:
+    """Record ``episodes`` episodes of an adapter env's scripted expert (gym-pusht,
+    gym-hil-panda: :data:`anyskill.envs.adapters.ADAPTER_ENVS` entries with an ``expert``)
+    through the one rollout, each stored as it ends, under LeRobot feature names
+    (``observation.state``, ``observation.goal`` when the env has one, ``action``).
+
+    Episode ``i`` (counted over the whole recording) starts from
+    ``env.reset(seed=reset_seed + i)`` (``reset_seed`` defaults to ``seed``); the expert's
+    noise comes from ``key(seed)``. A recording that was stopped continues after the episodes
+    already stored (with the same env). ``max_steps``: the episode's time limit (default: the
+    env's own). ``progress(n)`` as for :func:`record_expert`."""
+    from anyskill.envs.adapters import ADAPTER_ENVS, make_env
+    from anyskill.names import unknown_name
+    from anyskill.rollout import HostBatchEnv, rollout
+
+    entry = ADAPTER_ENVS.get(env_name)
+    with_expert = sorted(n for n, e in ADAPTER_ENVS.items() if e.expert is not None)
+    if entry is None:
+        raise unknown_name("adapter env with a scripted expert (--env)", env_name, with_expert)
+    if entry.expert is None:
+        raise ValueError(
+            f"--env {env_name} has no scripted expert to record; adapter envs with one: "
+            f"{', '.join(with_expert)}"
+        )
+    _check_arguments(episodes, noise, 1, False, 1)
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None (the env's own), got {max_steps}")
+    out = Path(out)
+    expert = entry.expert(noise)
+    env = make_env(env_name)
+    start = seed if reset_seed is None else reset_seed
+    benv = HostBatchEnv(env, seed=start, max_steps=int(max_steps or entry.max_steps))
+    benv.name = env_name
+    fields = benv.offered()
+    features = {"observation.state": vector_feature(fields["observation.state"].shape[0])}
+    if "observation.goal" in fields:
+        features["observation.goal"] = vector_feature(fields["observation.goal"].shape[0])
+    features["action"] = vector_feature(expert.spec.action_dim)
+    if (out / "meta" / "info.json").exists():
+        source = load_source_env(out) or {}
+        info = read_info(out)
+        if source.get("env", info.robot_type) != env_name:
+            raise ValueError(
+                f"{out}: --env does not match the recording being continued: the dataset has "
+                f"--env={source.get('env', info.robot_type)}, given --env={env_name}; "
+                "continue it with its env or record into a new --out"
+            )
+        writer = EpisodeWriter.open(out)
+    else:
+        source = {"env": env_name, "noise": noise, "seed": seed}
+        writer = EpisodeWriter.create(
+            out, features, fps=round(entry.control_hz), robot_type=env_name, source_env=source
+        )
+    wins = [0]
+
+    def store(ep) -> None:
+        writer.add_episode(
+            ep.frames(0),
+            task=ep.task[0],
+            success=bool(ep.success[0]),
+            source="demonstration",
+            policy_version=expert.spec.name,
+        )
+        wins[0] += int(ep.success[0])
+        if progress is not None:
+            progress(1)
+
+    with writer:  # releases the writer lock however the recording ends
+        if progress is not None:
+            progress(0)
+        have = writer.total_episodes
+        rollout(
+            benv,
+            expert,
+            jax.random.key(seed),
+            num_envs=have + episodes,
+            replan_every=1,
+            skip=have,
+            on_episode=store,
+        )
+        return Recording(
+            path=str(out),
+            episodes=writer.total_episodes,
+            frames=writer.total_frames,
+            success_rate=wins[0] / max(episodes, 1),
+        )
+
+
 def replay_images(
     env_name: str, seed: int, episode: int, actions: np.ndarray, image_size: int = 64
 ) -> np.ndarray:

@@ -35,7 +35,7 @@ class FlywheelConfig:
     env: str = "tabletop-reach"
     """Env to deploy on: a tabletop task mix (tabletop-reach, -push, -gather, -sort, or
     tabletop: all families; see `anyskill envs`) or an adapter env with a scripted expert
-    (gym-pusht). The expert records the demonstrations and corrects."""
+    (gym-pusht, gym-hil-panda). The expert records the demonstrations and corrects."""
     run_dir: Path = Path("runs/flywheel")
     """Everything of the run: data/ (episode store), checkpoints, report.md, plots, videos."""
     rounds: int = 3

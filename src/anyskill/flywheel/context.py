@@ -27,7 +27,7 @@ from anyskill.data.reader import Dataset
 from anyskill.envs.adapters import ADAPTER_ENVS
 from anyskill.flywheel.artifacts import RunPaths
 from anyskill.flywheel.config import FlywheelConfig
-from anyskill.flywheel.deployment import Deployment, RunEnv, episode_frames
+from anyskill.flywheel.deployment import Deployment, RunEnv, purpose_seed
 
 
 def log(msg: str) -> None:
@@ -116,7 +116,18 @@ def _record_demos(c: FlywheelConfig, paths: RunPaths) -> None:
         return
     log(f"recording {c.demos - have} scripted demonstrations of {c.env} ...")
     if c.env in ADAPTER_ENVS:
-        _record_adapter_demos(c, paths, RunEnv.open(c, c.model.image_size), have)
+        from anyskill.data.record import record_adapter_expert
+
+        # episode i of the demonstrations starts from the seeds of purpose "demos"
+        record_adapter_expert(
+            paths.data,
+            c.env,
+            episodes=c.demos - have,
+            noise=c.demo_noise,
+            seed=c.seed,
+            max_steps=c.max_steps,
+            reset_seed=purpose_seed(c.seed, "demos"),
+        )
         return
     from anyskill.data.record import record_expert
 
@@ -128,51 +139,6 @@ def _record_demos(c: FlywheelConfig, paths: RunPaths) -> None:
         seed=c.seed,
         progress=None,
     )
-
-
-def _record_adapter_demos(c: FlywheelConfig, paths: RunPaths, env: RunEnv, have: int) -> None:
-    """Demonstrations ``[have, demos)`` of an adapter env's scripted expert through the one
-    rollout (episode ``i`` from the seeds of purpose ``demos``), each stored as it ends: a
-    killed recording resumes after the episodes already stored."""
-    from anyskill.data.format import vector_feature
-    from anyskill.data.writer import EpisodeWriter
-    from anyskill.rollout import rollout
-
-    expert = env.expert(c.demo_noise)
-    benv = env.batch_env("demos")
-    if have == 0:
-        fields = benv.offered()
-        features = {"observation.state": vector_feature(fields["observation.state"].shape[0])}
-        if "observation.goal" in fields:
-            features["observation.goal"] = vector_feature(fields["observation.goal"].shape[0])
-        features["action"] = vector_feature(expert.spec.action_dim)
-        source = {"env": c.env, "noise": c.demo_noise, "seed": c.seed}
-        writer = EpisodeWriter.create(
-            paths.data, features, fps=round(env.control_hz), robot_type=c.env,
-            source_env=source,
-        )  # fmt: skip
-    else:
-        writer = EpisodeWriter.open(paths.data)
-
-    def store(ep) -> None:
-        writer.add_episode(
-            episode_frames(ep, 0),
-            task=ep.task[0],
-            success=bool(ep.success[0]),
-            source="demonstration",
-            policy_version=expert.spec.name,
-        )
-
-    with writer:
-        rollout(
-            benv,
-            expert,
-            jax.random.key(c.seed),
-            num_envs=c.demos,
-            replan_every=1,
-            skip=have,
-            on_episode=store,
-        )
 
 
 def _train_start(c: FlywheelConfig, paths: RunPaths) -> None:

@@ -35,19 +35,13 @@ from anyskill.policies.base import Batch, Policy
 from anyskill.policies.wrappers import BestOfN, IndicatorConditioned
 from anyskill.rollout import Episodes, HostBatchEnv, JaxBatchEnv, rollout
 
-
-def episode_frames(ep: Episodes, i: int) -> dict[str, np.ndarray]:
-    """Episode ``i`` of ``ep`` cut to its length, under LeRobot feature names:
-    ``observation.state``, ``observation.goal`` (when the env has a goal), ``action``."""
-    t = int(ep.length[i])
-    frames = {"observation.state": ep.state[i, :t]}
-    if ep.goal.shape[-1]:
-        frames["observation.goal"] = ep.goal[i, :t]
-    frames["action"] = ep.action[i, :t]
-    return frames
-
-
 # ---- the run's env ----------------------------------------------------------------------------
+
+
+def purpose_seed(seed: int, purpose: str) -> int:
+    """The first reset seed of an adapter env's episodes of ``purpose`` in a run of ``seed``
+    (episode ``i`` resets with this plus ``i``)."""
+    return zlib.crc32(f"{seed}/{purpose}".encode())
 
 
 @dataclasses.dataclass
@@ -93,7 +87,7 @@ class RunEnv:
         ``purpose`` (e.g. ``"collect-r2"``), the same for every method asked with it."""
         if self.adapter is None:
             return self._jax_env
-        seed = zlib.crc32(f"{self.cfg.seed}/{purpose}".encode())
+        seed = purpose_seed(self.cfg.seed, purpose)
         benv = HostBatchEnv(self.env, seed=seed, max_steps=self.horizon)
         benv.name = self.cfg.env
         return benv

@@ -25,7 +25,6 @@ from anyskill.data.reader import Dataset
 from anyskill.data.writer import EpisodeWriter
 from anyskill.flywheel.artifacts import LABELS, POLICIES, FlywheelState, policy_version
 from anyskill.flywheel.context import RunContext, log
-from anyskill.flywheel.deployment import episode_frames
 
 Phase = Callable[[RunContext, FlywheelState], FlywheelState]
 
@@ -72,7 +71,7 @@ def collect(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     def store(ep, i):
         iv = ep.intervention[i, : int(ep.length[i])]
         writer.add_episode(
-            episode_frames(ep, i),
+            ep.frames(i),
             task=ep.task[i],
             intervention=iv,
             success=None if human else bool(ep.success[i]),

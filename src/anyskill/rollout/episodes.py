@@ -68,6 +68,17 @@ class Episodes:
             **{f.name: one(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)}
         )
 
+    def frames(self, i: int) -> dict[str, np.ndarray]:
+        """Episode ``i`` cut to its length, under LeRobot feature names (what an episode
+        store holds): ``observation.state``, ``observation.goal`` (when the env has a goal),
+        ``action``."""
+        t = int(self.length[i])
+        out = {"observation.state": self.state[i, :t]}
+        if self.goal.shape[-1]:
+            out["observation.goal"] = self.goal[i, :t]
+        out["action"] = self.action[i, :t]
+        return out
+
 
 def concat(parts: list[Episodes]) -> Episodes:
     """One :class:`Episodes` from several, in order; shorter ones are padded at the end by

@@ -192,7 +192,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(run_dir / CONFIG, rundir.config_to_json(cfg), indent=2)
 
-    log(f"decoding {ds.num_episodes} episodes' camera frames ({ds.num_frames} frames) ...")
+    what = "camera frames" if m.num_cameras else "frames"
+    log(f"loading {ds.num_episodes} episodes' {what} ({ds.num_frames} frames) ...")
     data = TrainingData.build(ds, m, cfg.batch_size, cfg.seed)
     opt = make_optimizer(cfg)
     key = jax.random.PRNGKey(cfg.seed)  # raw uint32 key: checkpointable

@@ -99,7 +99,8 @@ def make_env(name: str, **jax_overrides: Any) -> Any:
 
 class _Wrapped:
     """An adapter env with its observations and ``info`` rewritten on the host: ``obs_fn``
-    maps each observation, ``info_fn(info)`` adds entries to each step's ``info``."""
+    maps each observation, ``info_fn(obs, info)`` adds entries to each step's ``info`` (``obs``:
+    the mapped observation)."""
 
     def __init__(self, env: Any, obs_fn: Callable | None = None, info_fn: Callable | None = None):
         self.env, self._obs, self._info = env, obs_fn, info_fn
@@ -113,7 +114,7 @@ class _Wrapped:
 
     def _out(self, obs: dict, info: dict) -> tuple[dict, dict]:
         obs = self._obs(obs) if self._obs else obs
-        return obs, ({**info, **self._info(info)} if self._info else info)
+        return obs, ({**info, **self._info(obs, info)} if self._info else info)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         return self._out(*self.env.reset(seed=seed, options=options))
@@ -155,7 +156,7 @@ def pusht_goal_distance(info: dict) -> dict:
 def _pusht() -> Any:
     from anyskill.envs.adapters.lerobot_sim import make_pusht
 
-    return _Wrapped(make_pusht("state"), info_fn=pusht_goal_distance)
+    return _Wrapped(make_pusht("state"), info_fn=lambda obs, info: pusht_goal_distance(info))
 
 
 def _pusht_expert(noise: float) -> Any:
@@ -167,7 +168,23 @@ def _pusht_expert(noise: float) -> Any:
 def _panda() -> Any:
     from anyskill.envs.adapters.lerobot_sim import make_gym_hil
 
-    return _Wrapped(make_gym_hil(image_obs=False), obs_fn=_state_with_environment)
+    return _Wrapped(
+        make_gym_hil(image_obs=False), obs_fn=_state_with_environment, info_fn=_panda_distance
+    )
+
+
+def _panda_distance(obs: dict, info: dict) -> dict:
+    """``info["goal_distance"]``: the pinch point's distance to the cube plus the lift still
+    missing, in metres (the stall trigger hands a policy that stops closing in to the expert)."""
+    from anyskill.envs.adapters.experts import panda_goal_distance
+
+    return {"goal_distance": panda_goal_distance(obs["observation.state"])}
+
+
+def _panda_expert(noise: float) -> Any:
+    from anyskill.envs.adapters.experts import panda_expert
+
+    return panda_expert(noise)
 
 
 register_adapter_env(
@@ -186,6 +203,7 @@ register_adapter_env(
         "gym-hil's Panda pick-cube, state only (robot state + cube position; end-effector "
         "steps and gripper)",
         100,
+        _panda_expert,  # gym-hil steps at 10 Hz (control_dt 0.1 s): the default control_hz
     )
 )
 

@@ -1,6 +1,6 @@
 """Scripted experts of the adapter envs, as policies of their observations.
 
-An adapter env (gym-pusht, gym-hil) runs on the host and exposes no simulator state to JAX,
+An adapter env (gym-pusht, gym-hil-panda) runs on the host and exposes no simulator state to JAX,
 so its expert reads what any policy reads — ``observation/state`` — and is a
 :class:`~anyskill.policies.base.Policy` (one action per chunk): it records demonstrations
 through :func:`anyskill.rollout.rollout` and acts as a corrector's actor on the steps it
@@ -119,4 +119,76 @@ def pusht_expert(noise: float = 0.0) -> ScriptedExpert:
     return ScriptedExpert(pusht_action, 5, (0.0, 0.0), (512.0, 512.0), noise, "pusht-expert")
 
 
-__all__ = ["ScriptedExpert", "pusht_action", "pusht_expert"]
+# ---- gym-hil Panda pick-cube ------------------------------------------------------------
+# gym-hil-panda's observation.state (21 values): joint positions (7), joint velocities (7),
+# the gripper command (0 open .. 255 closed), the pinch point between the fingers (xyz, m),
+# then the cube's centre (xyz, m). Actions (gym-hil's EEActionWrapper): [dx, dy, dz] in
+# [-1, 1] steps of PANDA_EE_STEP metres of the end-effector target, and a gripper command in
+# [0, 2] (0 opens, 1 keeps, 2 closes; each step moves the grip by ``command - 1`` of its range).
+_GRIP, _PINCH, _CUBE = 14, slice(15, 18), slice(18, 21)
+#: metres per unit of end-effector action (lerobot_sim.GYM_HIL_EE_STEP; not imported: no
+#: simulator here)
+PANDA_EE_STEP = 0.025
+#: the gripper command that means fully closed (gym-hil's MAX_GRIPPER_COMMAND)
+PANDA_GRIPPER_CLOSED = 255.0
+#: the cube's centre at rest (half its 4 cm side) and gym-hil's success: lifted by > 10 cm
+PANDA_CUBE_REST_Z = 0.02
+PANDA_LIFT = 0.1
+#: approach height of the pinch point above the cube's centre before descending
+PANDA_HOVER = 0.05
+
+
+def _steps(delta: np.ndarray) -> np.ndarray:
+    """A displacement in metres as end-effector action steps (the target moves by at most one
+    step per axis: gym-hil's controller follows within the 0.1 s control period)."""
+    return np.clip(np.asarray(delta) / PANDA_EE_STEP, -1.0, 1.0)
+
+
+def panda_action(state: np.ndarray) -> np.ndarray:
+    """gym-hil-panda's state -> a scripted pick, each phase read off the state: with the
+    gripper open, bring the pinch point over the cube at ``PANDA_HOVER`` (rising first when
+    low beside it, not to sweep it away), descend onto the cube's centre and close; with the
+    gripper closed, lift while the cube is between the fingers, otherwise open and rise to
+    start over (a lost grasp, or a policy's stray closing when it takes over)."""
+    pinch, cube = state[_PINCH], state[_CUBE]
+    closed = state[_GRIP] > PANDA_GRIPPER_CLOSED / 2
+    d = cube - pinch
+    off = float(np.linalg.norm(d[:2]))
+    up = np.array([0.0, 0.0, 1.0])
+    if closed:
+        held = off < 0.02 and abs(d[2]) < 0.03
+        return np.array([*up, 2.0 if held else 0.0], np.float32)
+    above = -d[2]  # height of the pinch point over the cube's centre
+    # hysteresis: once descending, a small drift is corrected on the way down
+    if off > (0.015 if above < PANDA_HOVER - 0.01 else 0.008):
+        if above < 0.03 and off > 0.02:  # low and beside the cube: rise before moving over
+            return np.array([*up, 0.0], np.float32)
+        return np.array([*_steps(d + [0.0, 0.0, PANDA_HOVER]), 0.0], np.float32)
+    if above > 0.005:  # over the cube: descend
+        return np.array([*_steps(d), 0.0], np.float32)
+    return np.array([*_steps([d[0], d[1], 0.0]), 2.0], np.float32)  # around it: close
+
+
+def panda_goal_distance(state: np.ndarray) -> float:
+    """How far gym-hil-panda's episode is from success, in metres: the pinch point's distance
+    to the cube plus the height the cube still has to rise (what the stall trigger watches)."""
+    cube = state[_CUBE]
+    rest = max(PANDA_CUBE_REST_Z + PANDA_LIFT - float(cube[2]), 0.0)
+    return float(np.linalg.norm(cube - state[_PINCH])) + rest
+
+
+def panda_expert(noise: float = 0.0) -> ScriptedExpert:
+    """The Panda pick-cube expert (:func:`panda_action`) for gym-hil-panda's state (21
+    values); actions are gym-hil's ``[dx, dy, dz, gripper]`` in ``[-1, 1]^3 x [0, 2]``."""
+    low, high = (-1.0, -1.0, -1.0, 0.0), (1.0, 1.0, 1.0, 2.0)
+    return ScriptedExpert(panda_action, 21, low, high, noise, "panda-expert")
+
+
+__all__ = [
+    "ScriptedExpert",
+    "panda_action",
+    "panda_expert",
+    "panda_goal_distance",
+    "pusht_action",
+    "pusht_expert",
+]
