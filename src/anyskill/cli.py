@@ -13,6 +13,7 @@
     anyskill flywheel [--env ENV] [--rounds K] [--run-dir DIR] [--resume] ...   RECAP loop
     anyskill demo [--run-dir DIR] ...   the whole loop on the embedded default, with a report
     anyskill label DATASET [--all-episodes]   label episodes success/failure by hand
+    anyskill diagnose labels RUN_DIR [--round N] | oracle [--env ENV] ...   RECAP's labels
 
 Every subcommand has ``--help``.
 """
@@ -48,6 +49,7 @@ commands:
   flywheel    learn from experience (RECAP): deploy, label, correct, value, advantage, retrain
   demo        demonstrations -> starting policy -> flywheel rounds -> report (the main job)
   label       label a dataset's episodes as success or failure, watching each one's video
+  diagnose    RECAP's labels: predictability from the action (labels), oracle-label test (oracle)
 
 `anyskill COMMAND --help` describes each command.
 """
@@ -1119,6 +1121,20 @@ def cmd_label(args: list[str]) -> int:
     return 0
 
 
+def cmd_diagnose(args: list[str]) -> int:
+    """``anyskill diagnose labels RUN_DIR | oracle``: JSON, then a one-paragraph reading."""
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: anyskill diagnose labels RUN_DIR [--round N] | oracle [--env ENV] ...")
+        return 0
+    from anyskill.algos.recap.diagnostics import diagnose
+    from anyskill.rundir import dumps  # never NaN in JSON output
+
+    out = diagnose(args[0], args[1:], lambda cls, rest, prog: parse_cli(cls, rest, prog=prog))
+    print(dumps(out["result"], indent=1))
+    print(out["reading"])
+    return 0
+
+
 #: ``anyskill train NAME`` of the algorithms whose command does more than parse its config,
 #: train and print the result (CRL's presets and video, the policy's --data check, the
 #: flywheel's pause for labels); ``fn(args, prog) -> exit code``
@@ -1126,6 +1142,7 @@ TRAIN_COMMANDS = {"crl": cmd_train_crl, "vla": cmd_train_policy, "recap": cmd_fl
 
 COMMANDS = {
     "label": cmd_label,
+    "diagnose": cmd_diagnose,
     "flywheel": cmd_flywheel,
     "demo": cmd_demo,
     "train": cmd_train,

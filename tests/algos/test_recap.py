@@ -41,6 +41,25 @@ def test_chunk_advantages_are_q_minus_v():
         R.recap_advantages(VALUES, SPANS, 10, FAMILY, np.zeros(7, bool), 0.5, kind="chunk")
 
 
+def test_centred_advantages_rank_actions_within_each_episode():
+    """Two episodes of one family, the first better throughout: uncentred, the best half
+    of the frames are all the first episode's; centred within each episode, each episode's
+    own better frames are positive, and each episode's centred advantages sum to 0."""
+    spans = R.EpisodeSpans(np.array([0, 4]), np.array([4, 8]), np.array([1, 0]))
+    q = np.array([0.9, 0.5, 0.7, 0.6, 0.1, 0.3, -0.2, 0.0], np.float32)
+    v, fam, iv = np.zeros(8, np.float32), np.zeros(8, int), np.zeros(8, bool)
+    plain = R.recap_advantages(v, spans, 10, fam, iv, 0.5, kind="chunk", q=q)
+    np.testing.assert_array_equal(plain.indicator, [1, 1, 1, 1, 0, 0, 0, 0])
+    centred = R.recap_advantages(v, spans, 10, fam, iv, 0.5, kind="chunk", q=q, center=True)
+    # episode 0: mean 0.675 -> 0.225, -0.175, 0.025, -0.075; episode 1: mean 0.05 -> 0.05,
+    # 0.25, -0.25, -0.05; the median of the eight is -0.0125 -> the four above it
+    want = [0.225, -0.175, 0.025, -0.075, 0.05, 0.25, -0.25, -0.05]
+    np.testing.assert_allclose(centred.advantages, want, atol=1e-6)
+    np.testing.assert_array_equal(centred.indicator, [1, 0, 1, 0, 1, 1, 0, 0])
+    np.testing.assert_allclose(centred.advantages[:4].sum(), 0, atol=1e-6)
+    np.testing.assert_allclose(centred.advantages[4:].sum(), 0, atol=1e-6)
+
+
 @pytest.mark.parametrize("with_q", [False, True])
 def test_advantages_file_round_trips(tmp_path, with_q):
     adv = R.recap_advantages(VALUES, SPANS, 10, FAMILY, np.zeros(7, bool), 0.3, n=2)

@@ -83,8 +83,21 @@ class FlywheelConfig:
     predicts) against its estimate without it."""
     advantage_n: int = 10
     """n of the n-step advantage (--advantage nstep)."""
+    advantage_center: bool = dataclasses.field(default=False, metadata={ADDED_LATER: "issue 24"})
+    """Centre the advantages within each episode before the per-family threshold, so that
+    "positive" marks an episode's better actions rather than the frames of its better
+    episodes."""
     positive_fraction: float = 0.3
     """Fraction of each task family's frames marked "advantage: positive"."""
+    variety: float = dataclasses.field(default=0.0, metadata={ADDED_LATER: "issue 24"})
+    """Fraction of the deployed policy's chunks varied while collecting (action contrast at
+    the same states, so labels can say which action was better; see
+    anyskill.algos.recap.variety): scaled by u ~ U[--variety-slow, 1] and shifted by a constant
+    offset of std --variety-noise. 0: none (evaluation is never varied)."""
+    variety_slow: float = dataclasses.field(default=0.5, metadata={ADDED_LATER: "issue 24"})
+    """Smallest speed scale of a varied chunk."""
+    variety_noise: float = dataclasses.field(default=0.0, metadata={ADDED_LATER: "issue 24"})
+    """Std of a varied chunk's constant action offset (env units)."""
     indicator: Literal["prompt", "embedding", "modulation"] = "prompt"
     """How RECAP's policy is told the advantage: prompt: the words "advantage: positive" /
     "advantage: negative" end the instruction (π*0.6); embedding: a learned input of the
@@ -165,6 +178,13 @@ class FlywheelConfig:
             raise ValueError(
                 f"indicator_dropout must be in [0, 1], got {self.indicator_dropout} (a fraction)"
             )
+        if not 0 <= self.variety <= 1 or not 0 <= self.variety_slow <= 1:
+            raise ValueError(
+                f"variety and variety_slow must be in [0, 1], got {self.variety} and "
+                f"{self.variety_slow}"
+            )
+        if not self.variety_noise >= 0:
+            raise ValueError(f"variety_noise must be >= 0, got {self.variety_noise}")
         if not 0 < self.positive_fraction < 1:
             raise ValueError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         if self.advantage not in ("nstep", "chunk"):

@@ -21,6 +21,7 @@ import numpy as np
 from anyskill import checkpoint, rundir
 from anyskill.algos.recap import advantage as A
 from anyskill.algos.recap import recap as R
+from anyskill.algos.recap.variety import varied
 from anyskill.data.reader import Dataset
 from anyskill.data.writer import EpisodeWriter
 from anyskill.flywheel.artifacts import LABELS, POLICIES, FlywheelState, policy_version
@@ -62,6 +63,8 @@ def collect(ctx: RunContext, st: FlywheelState) -> FlywheelState:
         return collect_from_robots(ctx, st, name, have)
     params = ctx.policy_params("recap") if rnd > 1 else ctx.start_params
     policy = ctx.deployment.policy(params, recap=rnd > 1)
+    # --variety: a fraction of the chunks slowed / shifted (evaluation never is)
+    policy = varied(policy, c.variety, c.variety_slow, c.variety_noise)
     vp = ctx.value()[0] if c.corrector.trigger == "value" else None
     log(f"round {rnd}: deploying the {LABELS[name]} on {c.episodes_per_round} episodes ...")
     key = jax.random.fold_in(jax.random.key(c.seed), 1000 + rnd)
@@ -246,6 +249,7 @@ def advantage(ctx: RunContext, st: FlywheelState) -> FlywheelState:
         kind=c.advantage,
         n=c.advantage_n,
         q=q,
+        center=c.advantage_center,
     )
     adv.save(ctx.paths.advantage(st.round))
     return st

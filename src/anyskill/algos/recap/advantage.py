@@ -82,6 +82,20 @@ def nstep_advantages(values, episode_start, episode_stop, success, horizon, n: i
     return out
 
 
+def center_per_episode(advantages, episode_start, episode_stop) -> np.ndarray:
+    """Each episode's advantages minus their mean over that episode.
+
+    What is left says which of an episode's actions did better than its others, not which
+    episode did better: without it, the frames of a successful episode tend to be positive
+    all together, and at the same state a label mostly tells the episode apart, not the
+    action (the per-family threshold is then taken over the centred values)."""
+    a = np.asarray(advantages, np.float32)
+    out = np.empty_like(a)
+    for s, t in zip(episode_start, episode_stop, strict=True):
+        out[s:t] = a[s:t] - a[s:t].mean() if t > s else a[s:t]
+    return out
+
+
 def positive_threshold(advantages, task_ids, fraction: float = 0.3) -> dict[int, float]:
     """Per task id, the advantage at or above which ``fraction`` of its frames lie."""
     if not 0.0 < fraction < 1.0:

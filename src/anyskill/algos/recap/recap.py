@@ -126,11 +126,15 @@ def recap_advantages(
     kind: Literal["nstep", "chunk"] = "nstep",
     n: int = 10,
     q: np.ndarray | None = None,
+    center: bool = False,
 ) -> Advantages:
     """Advantages of every frame and the indicator: ``kind="nstep"``, ``A_t = sum of n step
     costs + V(s_{t+n}) - V(s_t)`` (π*0.6, Sec. IV-B); ``"chunk"``, ``A_t = Q(s_t, chunk) -
     V(s_t)`` (needs ``q``). The best ``positive_fraction`` of each task family's frames
-    are marked positive, and so is every corrected frame (``intervention``)."""
+    are marked positive, and so is every corrected frame (``intervention``). ``center``:
+    advantages are first centred within each episode
+    (:func:`~anyskill.algos.recap.advantage.center_per_episode`; the stored ``advantages``
+    are the centred ones, the values thresholded)."""
     if kind == "chunk":
         if q is None:
             raise ValueError("chunk advantages need q = Q(s, chunk) of every frame")
@@ -140,6 +144,8 @@ def recap_advantages(
         adv = A.nstep_advantages(values, e.start, e.stop, e.success, horizon, n)
     else:
         raise ValueError(f"advantage kind must be 'nstep' or 'chunk', got {kind!r}")
+    if center:
+        adv = A.center_per_episode(adv, episodes.start, episodes.stop)
     thr = A.positive_threshold(adv, family, positive_fraction)
     ind = A.indicator(adv, family, thr, np.asarray(intervention, bool))
     return Advantages(values, adv, ind, family, q if kind == "chunk" else None)
