@@ -14,7 +14,7 @@ from anyskill.algos.recap.value import ValueConfig
 from anyskill.algos.vla.config import ModelConfig
 from anyskill.data.reader import Dataset
 from anyskill.flywheel import loop, phases
-from anyskill.flywheel.artifacts import POLICIES, FlywheelState
+from anyskill.flywheel.artifacts import FlywheelState, methods
 from anyskill.flywheel.config import FlywheelConfig
 from anyskill.flywheel.context import RunContext
 from anyskill.flywheel.deploy import CorrectorConfig
@@ -276,7 +276,7 @@ def test_a_round_with_the_indicator_as_an_input(tmp_path, indicator):
     assert isinstance(recap, IndicatorConditioned) and recap.kind == "input"  # plain prompts
     names = ["indicator"] + (["indicator_mod"] if indicator == "modulation" else [])
     for name in names:
-        emb = {n: np.abs(ctx.policy_params(n)["params"][name]).max() for n in POLICIES}
+        emb = {n: np.abs(ctx.policy_params(n)["params"][name]).max() for n in methods(cfg)}
         assert emb["recap"] > 0 and emb["bc"] == 0 and emb["filtered"] == 0, (name, emb)
 
 

@@ -20,19 +20,37 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyskill import rundir
 
-#: the methods trained every round (RECAP, then the baselines)
-POLICIES = ("recap", "bc", "filtered")
+if TYPE_CHECKING:  # config imports the flywheel's modules; only the type is needed here
+    from anyskill.flywheel.config import FlywheelConfig
+
+#: every method the flywheel can train, in the order a round trains, evaluates and reports
+#: them (each method's seed follows its place in :func:`methods`: add new ones at the end)
+METHODS = ("recap", "bc", "filtered", "awr")
 #: how each method is named in reports
 LABELS = {
     "start": "starting policy",
     "recap": "RECAP",
     "bc": "BC (all data)",
     "filtered": "filtered BC",
+    "awr": "AWR",
 }
+
+
+def methods(cfg: FlywheelConfig) -> tuple[str, ...]:
+    """The methods a run with ``cfg`` trains, evaluates and reports every round: RECAP; BC on
+    all data and filtered BC with ``--baselines``; advantage-weighted regression when
+    ``--awr-beta`` is set."""
+    on = {
+        "recap": True,
+        "bc": cfg.baselines,
+        "filtered": cfg.baselines,
+        "awr": cfg.awr_beta is not None,
+    }
+    return tuple(m for m in METHODS if on[m])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -121,6 +121,12 @@ class FlywheelConfig:
     collection) and report its intervention rate and success with corrections."""
     baselines: bool = True
     """Also train behaviour cloning on all data and filtered BC (successes only), same data."""
+    awr_beta: float | None = dataclasses.field(default=None, metadata={ADDED_LATER: "issue 24"})
+    """Also train advantage-weighted regression on all data (same data, the round's
+    advantages): the flow loss weighted per frame by min(exp(A / awr_beta), --awr-max-weight),
+    each batch's weights normalised to mean 1. None: not trained."""
+    awr_max_weight: float = dataclasses.field(default=20.0, metadata={ADDED_LATER: "issue 24"})
+    """Largest AWR weight (clips exp(A / awr_beta))."""
     videos: bool = True
     """Write rollout videos of the starting and final policies into the report."""
     seed: int = 0
@@ -185,6 +191,13 @@ class FlywheelConfig:
             )
         if not self.variety_noise >= 0:
             raise ValueError(f"variety_noise must be >= 0, got {self.variety_noise}")
+        if self.awr_beta is not None and not self.awr_beta > 0:
+            raise ValueError(
+                f"awr_beta must be > 0 (the temperature of exp(A / beta)) or None (no AWR), "
+                f"got {self.awr_beta}"
+            )
+        if not self.awr_max_weight > 0:
+            raise ValueError(f"awr_max_weight must be > 0, got {self.awr_max_weight}")
         if not 0 < self.positive_fraction < 1:
             raise ValueError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         if self.advantage not in ("nstep", "chunk"):

@@ -24,7 +24,7 @@ from anyskill.algos.recap import recap as R
 from anyskill.algos.recap.variety import varied
 from anyskill.data.reader import Dataset
 from anyskill.data.writer import EpisodeWriter
-from anyskill.flywheel.artifacts import LABELS, POLICIES, FlywheelState, policy_version
+from anyskill.flywheel.artifacts import LABELS, FlywheelState, methods, policy_version
 from anyskill.flywheel.context import RunContext, log
 
 Phase = Callable[[RunContext, FlywheelState], FlywheelState]
@@ -261,12 +261,12 @@ def advantage(ctx: RunContext, st: FlywheelState) -> FlywheelState:
 def policy(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     """Fine-tune RECAP on all data with the advantage indicator (dropped
     ``indicator_dropout`` of the time), as a learned input or as words of the prompt; the
-    baselines (behaviour cloning on all data, filtered BC on successful episodes) from their
+    baselines (behaviour cloning on all data, filtered BC on successful episodes, AWR: all
+    data, the flow loss weighted by ``min(exp(A / awr_beta), awr_max_weight)``) from their
     previous round on the same data. A method already trained this round is skipped."""
     c, rnd = ctx.cfg, st.round
     labels = R.Advantages.load(ctx.paths.advantage(rnd))
-    names = POLICIES if c.baselines else ("recap",)
-    for i, name in enumerate(names):
+    for i, name in enumerate(methods(c)):
         p = ctx.paths.policy(name)
         if p.exists() and checkpoint.load_meta(p).get("round") == rnd:
             continue
@@ -286,10 +286,20 @@ def policy(ctx: RunContext, st: FlywheelState) -> FlywheelState:
                 A.prompt_with_indicator if c.indicator == "prompt" else None,
                 lambda rng, n: A.drop_indicator(rng, n, c.indicator_dropout),
             )
+        weights = None
+        if name == "awr":
+            weights = R.awr_weights(labels.advantages, c.awr_beta, c.awr_max_weight)
         log(f"round {rnd}: fine-tuning {LABELS[name]} ({c.policy_steps} steps)")
         bar = _bar(ctx, c.policy_steps, name)
         params = R.finetune_policy(
-            ctx.model, ctx.policy_params(name), data, c.policy_steps, c.lr, seed, bar.update
+            ctx.model,
+            ctx.policy_params(name),
+            data,
+            c.policy_steps,
+            c.lr,
+            seed,
+            bar.update,
+            weights=weights,
         )
         bar.close()
         ctx.save_policy(name, params, rnd)
@@ -355,8 +365,7 @@ def evaluate(ctx: RunContext, st: FlywheelState) -> FlywheelState:
 
     if rnd == 1 and not any(r["method"] == "start" for r in st.rows):
         rows.append({**run("start", ctx.start_params, False), "round": 0})
-    names = POLICIES if c.baselines else ("recap",)
-    for name in names:
+    for name in methods(c):
         rows.append(run(name, ctx.policy_params(name), name == "recap"))
     ds = ctx.dataset()
     ep = ds.episodes

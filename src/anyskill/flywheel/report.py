@@ -14,10 +14,11 @@ import numpy as np
 
 from anyskill import checkpoint, rundir
 from anyskill.algos.recap.recap import Advantages
-from anyskill.flywheel.artifacts import LABELS, FlywheelState, RunPaths, policy_version
+from anyskill.flywheel.artifacts import LABELS, METHODS, FlywheelState, RunPaths, policy_version
 from anyskill.flywheel.config import FlywheelConfig
 
-METHOD_ORDER = ("start", "recap", "bc", "filtered")
+#: rows of the outcome table and lines of the plot, in this order
+METHOD_ORDER = ("start", *METHODS)
 
 
 def _fmt(x, spec=".2f"):
@@ -161,8 +162,14 @@ def write_report(run_dir: Path) -> Path:
         f"{c.policy_steps} fine-tuning steps per round per method; advantages "
         + (f"n-step (n = {c.advantage_n})" if c.advantage == "nstep" else "Q(s, chunk) − V(s)")
         + f", {c.positive_fraction:.0%} positive per task family, indicator "
-        f"as {c.indicator}, dropout {c.indicator_dropout:.0%}, guidance β = {c.beta}. Data: {ds.num_episodes} "
-        f"episodes, {ds.num_frames} frames in `{paths.data}`.",
+        f"as {c.indicator}, dropout {c.indicator_dropout:.0%}, guidance β = {c.beta}. "
+        + (
+            f"AWR: the flow loss weighted per frame by min(exp(A / {c.awr_beta}), "
+            f"{c.awr_max_weight}), mean 1 over each batch. "
+            if c.awr_beta is not None
+            else ""
+        )
+        + f"Data: {ds.num_episodes} episodes, {ds.num_frames} frames in `{paths.data}`.",
         "",
         f"## Evaluation ({c.eval_episodes} episodes per policy per round)",
         "",

@@ -36,7 +36,7 @@ from anyskill.policies.registry import PolicyLoadError, read_config_json, regist
 from anyskill.policies.wrappers import BestOfN, IndicatorConditioned
 
 #: what ``policy_name`` may name: the methods a flywheel run trains and the starting policy
-FLYWHEEL_POLICIES = ("recap", "bc", "filtered", "start")
+FLYWHEEL_POLICIES = ("recap", "bc", "filtered", "awr", "start")
 
 
 class ValueScorer:
@@ -125,11 +125,12 @@ def load_flywheel_policy(
     if policy_name != "start":
         weights = paths.policy(policy_name)
         if not weights.is_file():
-            why = (
-                "the run trains the baselines only with --baselines"
-                if policy_name != "recap" and not cfg.baselines
-                else "the run has not finished its first policy phase"
-            )
+            if policy_name == "awr" and cfg.awr_beta is None:
+                why = "the run trains AWR only with --awr-beta"
+            elif policy_name in ("bc", "filtered") and not cfg.baselines:
+                why = "the run trains the baselines only with --baselines"
+            else:
+                why = "the run has not finished its first policy phase"
             raise PolicyLoadError(
                 f"{weights} does not exist ({why}); serve another with --policy-name "
                 f"{' | '.join(FLYWHEEL_POLICIES)}"

@@ -207,6 +207,16 @@ def held_out_failure_detection(
 _policy_steps: dict = {}
 
 
+def awr_weights(advantages: np.ndarray, beta: float, max_weight: float) -> np.ndarray:
+    """Advantage-weighted regression's per-frame weights ``w = min(exp(A / beta), w_max)``
+    (Peng et al. 2019, "Advantage-Weighted Regression", Sec. 3) ``[N]`` float32. The
+    exponent is clipped at ``log w_max`` first, so a large ``A / beta`` never overflows."""
+    if not beta > 0 or not max_weight > 0:
+        raise ValueError(f"AWR needs beta > 0 and max_weight > 0, got {beta} and {max_weight}")
+    a = np.asarray(advantages, np.float64) / beta
+    return np.exp(np.minimum(a, np.log(max_weight))).astype(np.float32)
+
+
 def finetune_policy(
     model: PolicyModel,
     params: Any,
@@ -215,15 +225,31 @@ def finetune_policy(
     lr: float,
     seed: int,
     progress: Callable[[int], Any] | None = None,
+    weights: np.ndarray | None = None,
 ) -> Any:
     """Fine-tune ``params`` for ``steps`` steps on ``data``'s batches (with RECAP's indicator
     when ``data`` carries one): AdamW with warmup and cosine decay, EMA 0.99. Returns the EMA
-    weights."""
+    weights. ``weights``: ``[N]`` per-frame loss weights of ``data.ds`` (e.g.
+    :func:`awr_weights`), each batch's normalised by the loss to mean 1 over its frames
+    (``Batch.weight``); None: the unweighted loss."""
+    if weights is not None and len(weights) != data.ds.num_frames:
+        raise ValueError(
+            f"weights has {len(weights)} entries, the dataset {data.ds.num_frames} frames "
+            f"({data.ds.root}); pass one weight per frame of the store"
+        )
     if (model, steps, lr) not in _policy_steps:
         tcfg = TrainConfig(steps=steps, lr=lr, warmup_steps=min(100, steps // 5 + 1))
         opt = make_optimizer(tcfg)
         _policy_steps[(model, steps, lr)] = opt, make_train_step(model, opt, 0.99)
     opt, step_fn = _policy_steps[(model, steps, lr)]
+    next_batch = data.batch
+    if weights is not None:
+        w = np.asarray(weights, np.float32)
+
+        def next_batch():
+            b = data.batch()  # sets data.last_index: the batch's frames
+            return b.replace(weight=w[data.last_index])
+
     ts = TrainState(params, params, opt.init(params), jnp.int32(0), jax.random.PRNGKey(seed))
-    ts, _ = fit(step_fn, ts, data.batch, steps, progress)
+    ts, _ = fit(step_fn, ts, next_batch, steps, progress)
     return ts.ema

@@ -59,11 +59,13 @@ class Obs:
 @struct.dataclass
 class Batch:
     """A training batch: observation, normalized action chunk ``[B, H, A]`` and its mask
-    ``[B, H]`` (False past the episode end)."""
+    ``[B, H]`` (False past the episode end). ``weight`` ``[B]`` float32 > 0: per-sample
+    weights of the loss (advantage-weighted regression), None: unweighted."""
 
     obs: Obs
     actions: jax.Array
     action_mask: jax.Array
+    weight: jax.Array | None = None
 
 
 #: grounded words of an instruction that get their own mention-order embedding
@@ -307,10 +309,18 @@ class MLPPolicyNet(nn.Module):
 # ---- one interface --------------------------------------------------------------------------
 
 
-def _masked_mse(pred, target, mask):
+def _masked_mse(pred, target, mask, weight=None):
+    """Mean squared error over the valid frames ``mask`` ``[B, H]``; with ``weight`` ``[B]``,
+    the weighted mean ``sum_bh w_b m_bh e_bh / sum_bh w_b m_bh``: self-normalised over the
+    batch, so its scale (and the gradient's, under the same lr and clipping) is BC's whatever
+    the weights' scale; with full masks, the ``w``-weighted mean of per-sample losses."""
     err = jnp.mean((pred - target) ** 2, axis=-1)  # [B, H]
     m = mask.astype(jnp.float32)
-    return jnp.sum(err * m) / jnp.maximum(jnp.sum(m), 1.0)
+    if weight is None:  # the unweighted loss exactly as before weights existed (bit for bit)
+        return jnp.sum(err * m) / jnp.maximum(jnp.sum(m), 1.0)
+    wm = weight.astype(jnp.float32)[:, None] * m
+    # a tiny floor, not 1.0: weights can be far below 1 and the ratio must stay their mean
+    return jnp.sum(err * wm) / jnp.maximum(jnp.sum(wm), 1e-12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,14 +356,14 @@ class PolicyModel:
     def loss(self, params, key, batch: Batch):
         if self.cfg.arch == "mlp-bc":
             pred = self.net.apply(params, batch.obs)
-            loss = _masked_mse(pred, batch.actions, batch.action_mask)
+            loss = _masked_mse(pred, batch.actions, batch.action_mask, batch.weight)
             return loss, {"loss": loss}
         k_noise, k_t = jax.random.split(key)
         noise = jax.random.normal(k_noise, batch.actions.shape)
         t = sample_time(k_t, batch.actions.shape[:1])
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * batch.actions
         v = self.net.apply(params, batch.obs, x_t, t)
-        loss = _masked_mse(v, noise - batch.actions, batch.action_mask)
+        loss = _masked_mse(v, noise - batch.actions, batch.action_mask, batch.weight)
         return loss, {"loss": loss}
 
     def sample(self, params, key, obs: Obs, num_steps: int | None = None, cached: bool = True):
