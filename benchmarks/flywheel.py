@@ -281,7 +281,8 @@ def main():
         "|---|---|---|---|---|---|",
     ]
     for seed, s in results.items():
-        for r in s["detection"][-1]["rows"]:
+        # none with one round: the detection scores episodes the value function has not seen
+        for r in s["detection"][-1]["rows"] if s["detection"] else []:
             lines.append(
                 f"| {seed} | {r['threshold']:.2f} | {_f(r['precision'])} | {_f(r['recall'])} | "
                 f"{_f(r['mean_lead_steps'], '.1f')} | {r['flagged']} |"
