@@ -43,12 +43,16 @@ def test_env_names_cover_jax_and_adapter_envs():
 def test_the_flywheel_config_names_the_envs_it_runs_on(tmp_path, monkeypatch):
     without = dataclasses.replace(ADAPTER_ENVS["gym-hil-panda"], expert=None)
     monkeypatch.setitem(ADAPTER_ENVS, "gym-hil-panda", without)
-    with pytest.raises(ValueError, match="gym-hil-panda has no scripted expert.*gym-pusht"):
+    with pytest.raises(ValueError, match="gym-hil-panda has no scripted expert.*--demo-data"):
         FlywheelConfig(env="gym-hil-panda")
+    with pytest.raises(ValueError, match="no scripted expert to correct.*--corrector.kind none"):
+        FlywheelConfig(env="gym-hil-panda", demo_data=tmp_path)
+    FlywheelConfig(env="gym-hil-panda", demo_data=tmp_path, corrector=CorrectorConfig(kind="none"))
+    with pytest.raises(ValueError, match="pointmaze-u is not a flywheel env"):
+        FlywheelConfig(env="pointmaze-u", demo_data=tmp_path)
     monkeypatch.undo()
     FlywheelConfig(env="gym-hil-panda")  # registered with its expert
-    known = "Known: gym-hil-panda, gym-pusht, tabletop"
-    with pytest.raises(ValueError, match=f"unknown env with a scripted expert.*{known}"):
+    with pytest.raises(ValueError, match="unknown env.*'tabletop-rech'.*tabletop-reach"):
         FlywheelConfig(env="tabletop-rech")
     with pytest.raises(ValueError, match="corrector.kind human steers the tabletop"):
         FlywheelConfig(env="gym-pusht", corrector=CorrectorConfig(kind="human"))
@@ -315,3 +319,40 @@ def test_eval_policy_refuses_an_env_whose_features_differ(pusht_run, env, capsys
 def test_adapter_env_registry_entries_are_complete():
     for name, entry in ADAPTER_ENVS.items():
         assert entry.name == name and entry.max_steps >= 1 and entry.summary
+
+
+@pytest.mark.slow  # ~30 s: a whole PushT round plus a refused start
+def test_a_flywheel_round_from_given_demonstrations_on_an_env_without_an_expert(
+    tmp_path, monkeypatch
+):
+    """--demo-data: demonstrations recorded elsewhere start the run (copied, the original
+    untouched) on an env with no scripted expert (PushT with its expert removed), deployed
+    without a corrector; a dataset of another robot or without success labels is refused."""
+    from anyskill.data.reader import Dataset
+    from anyskill.data.record import record_adapter_expert
+    from anyskill.flywheel import loop
+
+    demos = tmp_path / "demos"
+    record_adapter_expert(demos, "gym-pusht", episodes=3, max_steps=24)
+    before = sorted(p.name for p in demos.rglob("*"))
+    monkeypatch.setitem(
+        ADAPTER_ENVS, "gym-pusht", dataclasses.replace(ADAPTER_ENVS["gym-pusht"], expert=None)
+    )
+    none = CorrectorConfig(kind="none")
+    cfg = tiny_pusht(tmp_path, demo_data=demos, corrector=none, baselines=False, videos=False)
+    out = loop.run_flywheel(cfg)
+    assert {r["method"] for r in out.rows} >= {"start", "recap"}
+    ds = Dataset.open(cfg.run_dir / "data")
+    assert ds.num_episodes == 3 + cfg.episodes_per_round
+    assert sorted(p.name for p in demos.rglob("*")) == before  # the original is untouched
+    assert Dataset.open(demos).num_episodes == 3
+
+    monkeypatch.undo()
+    other = tmp_path / "tabletop"
+    from anyskill.data.record import record_expert
+
+    record_expert(other, "tabletop-reach", episodes=2)
+    bad = tiny_pusht(tmp_path / "b", demo_data=other, corrector=none)
+    with pytest.raises(ValueError, match="observation.state has shape .* gym-pusht records"):
+        loop.run_flywheel(bad)
+    assert not (bad.run_dir / "data").exists()

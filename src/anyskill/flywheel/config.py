@@ -44,6 +44,12 @@ class FlywheelConfig:
     """Scripted-expert demonstrations the starting policy is trained on."""
     demo_noise: float = 0.1
     """Action noise of the demonstrator."""
+    demo_data: Path | None = dataclasses.field(default=None, metadata={ADDED_LATER: "issue 23"})
+    """A dataset of demonstrations to start from instead of recording the scripted expert's
+    (an episode store in the LeRobot v3.0 format with the features the env's rollouts record:
+    observation.state, observation.goal if the env has one, action). It is copied into the
+    run's data/ (the original is never written to) and --demos is ignored. With it the
+    flywheel also runs on an env without a scripted expert (then --corrector.kind none)."""
     init_steps: int = 600
     """Gradient steps of the starting policy (behaviour cloning on the demonstrations)."""
     episodes_per_round: int = 128
@@ -138,14 +144,26 @@ class FlywheelConfig:
 
     def __post_init__(self):
         if self.env not in flywheel_envs():  # the expert records the demonstrations
-            from anyskill.envs.adapters import env_names
+            from anyskill.envs.adapters import ADAPTER_ENVS, env_names
 
-            if self.env in env_names():
+            if self.env not in env_names():
+                raise unknown_name("env (--env)", self.env, env_names())
+            if self.demo_data is None:
                 raise ValueError(
                     f"--env {self.env} has no scripted expert to record the starting policy's "
-                    f"demonstrations; the flywheel runs on {', '.join(flywheel_envs())}"
+                    f"demonstrations: give them with --demo-data DATASET, or run on "
+                    f"{', '.join(flywheel_envs())}"
                 )
-            raise unknown_name("env with a scripted expert (--env)", self.env, flywheel_envs())
+            if self.env not in ADAPTER_ENVS:
+                raise ValueError(
+                    f"--env {self.env} is not a flywheel env (the flywheel deploys on the "
+                    f"tabletop task mixes and on adapter envs: {', '.join(sorted(ADAPTER_ENVS))})"
+                )
+            if self.corrector.kind == "expert":
+                raise ValueError(
+                    f"--env {self.env} has no scripted expert to correct the deployed policy: "
+                    "run it with --corrector.kind none"
+                )
         if self.corrector.kind == "human":
             from anyskill.envs.adapters import ADAPTER_ENVS
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from anyskill import checkpoint
 from anyskill.algos.recap.policy import indicator_model
@@ -110,7 +112,50 @@ class RunContext:
         return checkpoint.load(self.paths.value, self.vf.init(jax.random.key(0)))
 
 
+def _copy_demos(c: FlywheelConfig, paths: RunPaths) -> None:
+    """``--demo-data``: the given dataset becomes the run's data/ (copied whole, then renamed
+    into place, so a killed copy leaves no half store); refused when its features are not
+    those the env's rollouts record."""
+    import shutil
+
+    if (paths.data / "meta").exists():
+        return
+    src = Path(c.demo_data)
+    ds = Dataset.open(src)  # a clear error when it is not an episode store
+    env = RunEnv.open(c, c.model.image_size)
+    fields = env.batch_env("demos").offered()
+    want = {"observation.state": fields["observation.state"].shape, "action": None}
+    if "observation.goal" in fields:
+        want["observation.goal"] = fields["observation.goal"].shape
+    for name, shape in want.items():
+        if name not in ds.info.features:
+            raise ValueError(
+                f"--demo-data {src}: no feature {name!r} (it has {sorted(ds.info.features)}); "
+                f"the flywheel stores --env {c.env}'s episodes beside them, with {sorted(want)}"
+            )
+        have = tuple(ds.info.features[name].shape)
+        if shape is not None and have != tuple(shape):
+            raise ValueError(
+                f"--demo-data {src}: {name} has shape {list(have)}, --env {c.env} records "
+                f"{list(shape)}; record the demonstrations on the same robot/env"
+            )
+    unlabelled = int((np.asarray(ds.episodes.success) < 0).sum())
+    if unlabelled:
+        raise ValueError(
+            f"--demo-data {src}: {unlabelled} of its {ds.num_episodes} episodes have no success "
+            f"label (the value function learns from them); label them with `anyskill label {src}`"
+        )
+    log(f"copying {ds.num_episodes} demonstrations from {src} ...")
+    tmp = paths.data.with_name(paths.data.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".anyskill-writer.lock"))
+    tmp.rename(paths.data)
+
+
 def _record_demos(c: FlywheelConfig, paths: RunPaths) -> None:
+    if c.demo_data is not None:
+        _copy_demos(c, paths)
+        return
     have = Dataset.open(paths.data).num_episodes if (paths.data / "meta").exists() else 0
     if have >= c.demos:
         return
