@@ -84,6 +84,7 @@ def test_block_causal_mask():
     assert m[3:].tolist() == [[True, True, False, True, True]] * 2
 
 
+@pytest.mark.slow  # ~20 s of compilation; the KV-cache test covers the prefix
 def test_changing_action_tokens_never_changes_prefix_outputs():
     model = PolicyModel(TINY)
     params = model.init(jax.random.key(0))
@@ -200,6 +201,7 @@ ENTITY = ModelConfig(
 )
 
 
+@pytest.mark.slow  # ~12 s of compilation
 def test_entity_tokens_cached_and_uncached_agree():
     model = PolicyModel(ENTITY)
     params = model.init(jax.random.key(0))

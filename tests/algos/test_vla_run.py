@@ -239,6 +239,7 @@ def test_eval_policy_refuses_zero_episodes(tmp_path, capsys):
     assert "--episodes must be >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~20 s: two training runs
 def test_the_entity_layout_declared_by_the_data_or_by_its_env_trains_the_same_run(data, tmp_path):
     """A tabletop recording declares its entity tokens in meta/info.json; a recording made
     before that (no declaration) gets them from its env (source.json). Both give the same

@@ -81,6 +81,7 @@ def tiny(tmp_path, **kw) -> FlywheelConfig:
     return FlywheelConfig(**base)
 
 
+@pytest.mark.slow  # ~27 s: flywheel rounds; test_resume_phases covers the driver fast
 def test_resume_after_a_kill_mid_round(tmp_path, monkeypatch):
     cfg = tiny(tmp_path)
     real = phases.PHASES["policy"]
@@ -211,6 +212,7 @@ def test_one_round_on_reach_improves_success(tmp_path):
     assert rate[(1, "recap")] > rate[(0, "start")] + 0.1, rate
 
 
+@pytest.mark.slow  # ~18 s: a whole flywheel round
 def test_a_person_at_the_keyboard_corrects_through_the_loop(tmp_path, monkeypatch):
     """``--corrector.kind human`` with scripted keys: the person's segment is stored as a
     corrected episode with its intervention frames, each episode as soon as it ends, so a

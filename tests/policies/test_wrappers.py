@@ -43,7 +43,12 @@ def _sample(model, norm, params, key, cond, uncond=None, beta=1.0):
 
 @pytest.mark.parametrize(
     "arch, indicator",
-    [("mlp-flow", "prompt"), ("vla", "prompt"), ("vla", "embedding"), ("vla", "modulation")],
+    [
+        ("mlp-flow", "prompt"),
+        pytest.param("vla", "prompt", marks=pytest.mark.slow),  # ~12 s each
+        ("vla", "embedding"),
+        pytest.param("vla", "modulation", marks=pytest.mark.slow),
+    ],
 )
 def test_served_flywheel_policies_sample_what_recap_asks(tmp_path, arch, indicator):
     """``anyskill serve RUN`` (the registry's flywheel loader: VLA weights wrapped in
