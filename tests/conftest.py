@@ -32,33 +32,15 @@ def tiny_config() -> CRLConfig:
     return dataclasses.replace(get_preset("arena-smoke"), **TINY_OVERRIDES)
 
 
-def _rss_bytes() -> int:
-    """This process's resident memory now (Linux; 0 where /proc is absent)."""
-    import os
-
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-#: resident memory above which a finished test module's compiled programs are dropped
-RELEASE_ABOVE_BYTES = 5 * 2**30
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Drop JAX's in-memory compiled programs after a test module once the process holds more
-    than RELEASE_ABOVE_BYTES: one pytest process compiles thousands of programs and keeping
-    every one of them ended full runs in segfaults inside XLA. Every program goes to the
-    persistent compilation cache, so a later module's recompilation is a disk read."""
+    """Drop JAX's in-memory compiled programs after each test module: one pytest process
+    compiles thousands of programs and would otherwise keep every one of them (the persistent
+    compilation cache makes a later module's recompilation a disk read)."""
+    yield
+    import gc
+
     import jax
 
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    if _rss_bytes() > RELEASE_ABOVE_BYTES:
-        import gc
-
-        jax.clear_caches()
-        gc.collect()
+    jax.clear_caches()
+    gc.collect()
