@@ -24,7 +24,7 @@ from anyskill.envs.adapters.experts import (
 )
 from anyskill.flywheel.config import FlywheelConfig, flywheel_envs
 from anyskill.flywheel.deploy import CorrectorConfig
-from anyskill.policies.base import STATE
+from anyskill.policies.base import STATE, ChunkPolicy, InputSpec, PolicySpec
 
 pytest.importorskip("gym_pusht")
 
@@ -54,8 +54,7 @@ def test_the_flywheel_config_names_the_envs_it_runs_on(tmp_path, monkeypatch):
     FlywheelConfig(env="gym-hil-panda")  # registered with its expert
     with pytest.raises(ValueError, match="unknown env.*'tabletop-rech'.*tabletop-reach"):
         FlywheelConfig(env="tabletop-rech")
-    with pytest.raises(ValueError, match="corrector.kind human steers the tabletop"):
-        FlywheelConfig(env="gym-pusht", corrector=CorrectorConfig(kind="human"))
+    FlywheelConfig(env="gym-pusht", corrector=CorrectorConfig(kind="human"))  # a person drives
     with pytest.raises(ValueError, match="max_steps must be >= 1"):
         FlywheelConfig(env="gym-pusht", max_steps=0)
 
@@ -282,6 +281,70 @@ def test_the_pusht_expert_corrects_a_policy(pusht_run, tmp_path):
         reach = make_env("tabletop-reach")
         rollout(reach, expert_policy(reach), jax.random.key(0), num_envs=1,
                 corrector=make_corrector(corrector, reach, expert=expert))  # fmt: skip
+
+
+class HoldStill(ChunkPolicy):
+    """A policy of the state that never moves the robot: PushT's agent targets where it is,
+    the Panda steps nowhere and holds its gripper; every progress comes from the person."""
+
+    def __init__(self, state_dim: int, action_dim: int):
+        inputs = (InputSpec(STATE, (state_dim,), "float32"),)
+        self.spec = PolicySpec(inputs, action_dim=action_dim, action_horizon=4, control_hz=10)
+
+    def act(self, obs, key):
+        s = np.asarray(obs[STATE], np.float32)
+        if self.spec.action_dim == 2:  # PushT: the agent's own position
+            return np.repeat(s[:, None, :2], 4, axis=1)
+        a = np.zeros((len(s), 4, 4), np.float32)
+        a[..., 3] = 1.0  # the Panda's gripper: hold
+        return a
+
+
+@pytest.mark.parametrize("env_name", ["gym-pusht", "gym-hil-panda"])
+def test_a_person_drives_an_adapter_env_through_its_teleop(tmp_path, env_name):
+    """--corrector.kind human on adapter envs: SPACE takes control, the env's teleop turns
+    keys into its actions (PushT: a target 25 px right of the agent; Panda: end-effector up,
+    then the gripper closing), recorded as interventions; the view is PushT's own rendering,
+    the Panda (no renderer in state mode) gets the status only."""
+    import io
+
+    from anyskill.flywheel.deploy import deploy
+    from anyskill.flywheel.deployment import RunEnv
+    from anyskill.flywheel.human import HumanCorrector, ScriptedKeys
+
+    if env_name == "gym-hil-panda":
+        pytest.importorskip("gym_hil")
+        cfg, dims, keys = (
+            FlywheelConfig(env=env_name, run_dir=tmp_path, max_steps=12),
+            (21, 4),
+            ["r"],
+        )
+    else:
+        cfg, dims, keys = tiny_pusht(tmp_path, max_steps=12), (5, 2), ["d"]
+    env = RunEnv.open(cfg, 0)
+    out = io.StringIO()
+    script = {2: ["space", *keys], 5: ["g"], 8: ["space"]}  # polls = watched steps
+    person = HumanCorrector(ScriptedKeys(script), hz=0, out=out, teleop=env.teleop())
+    corrector = CorrectorConfig(kind="human", trigger="human", fraction=1.0)
+    ep = deploy(env.batch_env("person"), HoldStill(*dims), jax.random.key(0), num_envs=1,
+                replan_every=4, corrector=corrector, person=person)  # fmt: skip
+    assert ep.length[0] == 12
+    np.testing.assert_array_equal(np.nonzero(ep.intervention[0])[0], np.arange(2, 8))
+    acts, states = ep.action[0], ep.state[0]
+    if env_name == "gym-pusht":
+        for t in range(2, 8):  # 25 px right of where the agent was
+            np.testing.assert_allclose(acts[t], np.clip(states[t, :2] + [25, 0], 0, 512), atol=1e-3)
+        np.testing.assert_allclose(acts[1], states[1, :2], atol=1e-3)  # the still policy
+        assert states[8, 0] > states[2, 0] + 20  # the agent went right
+        assert "\u2580" in out.getvalue()  # PushT's own rendering shown
+    else:
+        np.testing.assert_allclose(acts[2:8, :3], [[0, 0, 0.5]] * 6)
+        np.testing.assert_allclose(acts[2:5, 3], 1.0)  # the gripper held as it was ...
+        np.testing.assert_allclose(acts[5:8, 3], 2.0)  # ... until G closed it
+        assert states[8, 17] > states[2, 17] + 0.01  # the pinch point rose
+        view = out.getvalue()
+        assert "\u2580" not in view and "to goal:" in view and "gripper closing" in view
+    assert "control: YOU" in out.getvalue()
 
 
 def test_eval_policy_on_an_adapter_env(pusht_run, capsys):

@@ -118,20 +118,49 @@ def test_end_round_command_ends_with_what_arrived(tmp_path):
     assert Dataset.open(data).num_episodes == 1
 
 
-@pytest.mark.slow  # ~50 s: a whole flywheel round (demos, training, value, evaluation)
-def test_a_flywheel_round_collected_by_two_simulated_robots(tmp_path):
+def test_a_run_without_a_simulator_names_what_it_needs(tmp_path):
+    from anyskill.flywheel.config import FlywheelConfig
+    from anyskill.flywheel.deploy import CorrectorConfig
+
+    with pytest.raises(ValueError, match="--env robot runs without a simulator") as e:
+        FlywheelConfig(env="robot")
+    assert "--deploy robots" in str(e.value) and "--demo-data" in str(e.value)
+    assert "--corrector.kind none" in str(e.value)
+    ok = FlywheelConfig(
+        env="robot",
+        deploy="robots",
+        demo_data=tmp_path,
+        corrector=CorrectorConfig(kind="none"),
+    )
+    assert not ok.simulated and FlywheelConfig().simulated
+
+
+@pytest.mark.slow  # ~50 s each: a whole flywheel round (demos, training, value, evaluation)
+@pytest.mark.parametrize("env", ["tabletop-reach", "robot"])
+def test_a_flywheel_round_collected_by_two_simulated_robots(tmp_path, env):
     """``--deploy robots``: the round's policy is served, two simulated robots (the real
     robot-side runtime over loopback) run episodes and upload them; robot b is switched off
     in the middle of an episode. The round ends on command once both stopped; every episode
     either robot finished is in the store with the round's policy version, the unfinished one
-    is not, and the rest of the loop (value, advantages, policy, evaluation, report) runs."""
+    is not, and the rest of the loop (value, advantages, policy, evaluation, report) runs.
+    ``--env robot``: the same with no simulator in the flywheel at all — demonstrations from
+    a dataset recorded on the robots, the horizon and rate from it, the round's robot
+    deployment the only measure."""
     import dataclasses as dc
 
     from test_loop import tiny
 
+    from anyskill.data.record import record_expert
     from anyskill.flywheel import loop
+    from anyskill.flywheel.deploy import CorrectorConfig
     from anyskill.serve.robot import SimRobot
 
+    sim_free = {}
+    if env == "robot":  # demonstrations recorded on the robot beforehand
+        record_expert(tmp_path / "demos", "tabletop-reach", episodes=24, seed=5)
+        sim_free = dict(
+            env="robot", demo_data=tmp_path / "demos", corrector=CorrectorConfig(kind="none")
+        )
     cfg = dc.replace(
         tiny(tmp_path),
         deploy="robots",
@@ -140,6 +169,7 @@ def test_a_flywheel_round_collected_by_two_simulated_robots(tmp_path):
         baselines=False,
         eval_interventions=False,
         eval_episodes=8,
+        **sim_free,
     )
     robots = {"a": SimRobot("tabletop-reach"), "b": SimRobot("tabletop-reach")}
     plans = {
@@ -174,5 +204,10 @@ def test_a_flywheel_round_collected_by_two_simulated_robots(tmp_path):
     assert int(round1.sum()) == a.episodes + b.episodes
     assert int(ep.length[round1].sum()) == a.steps + b.steps  # whole episodes only
     assert set(ep.source[round1]) <= {"autonomous", "corrected"}
-    assert (cfg.run_dir / "report.md").exists()
-    assert (1, "recap") in {(r["round"], r["method"]) for r in out.rows}
+    report = (cfg.run_dir / "report.md").read_text()
+    evaluated = {(r["round"], r["method"]) for r in out.rows}
+    if env == "robot":  # nothing evaluated in a simulator: the robots' round is the measure
+        assert evaluated == {(1, "deployment (start)")} and "No simulator" in report
+        assert ds.num_episodes == 24 + int(round1.sum())
+    else:
+        assert (1, "recap") in evaluated

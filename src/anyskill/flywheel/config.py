@@ -13,6 +13,10 @@ from anyskill.flywheel.robots import RobotsConfig
 from anyskill.names import unknown_name
 from anyskill.rundir import ADDED_LATER
 
+#: ``--env robot``: no simulator at all — real robots only (``--deploy robots``), starting
+#: from demonstrations recorded on them (``--demo-data``)
+ROBOT_ENV = "robot"
+
 #: how RECAP's policy is told the advantage (``--indicator``)
 INDICATORS = ("prompt", "embedding", "modulation")
 
@@ -35,7 +39,9 @@ class FlywheelConfig:
     env: str = "tabletop-reach"
     """Env to deploy on: a tabletop task mix (tabletop-reach, -push, -gather, -sort, or
     tabletop: all families; see `anyskill envs`) or an adapter env with a scripted expert
-    (gym-pusht, gym-hil-panda). The expert records the demonstrations and corrects."""
+    (gym-pusht, gym-hil-panda). The expert records the demonstrations and corrects. `robot`:
+    no simulator — real robots only (with --deploy robots and --demo-data recorded on them;
+    the policies are measured by their robot deployments)."""
     run_dir: Path = Path("runs/flywheel")
     """Everything of the run: data/ (episode store), checkpoints, report.md, plots, videos."""
     rounds: int = 3
@@ -143,7 +149,9 @@ class FlywheelConfig:
     """Show progress bars."""
 
     def __post_init__(self):
-        if self.env not in flywheel_envs():  # the expert records the demonstrations
+        if self.env == ROBOT_ENV:
+            self._check_robot_only()
+        elif self.env not in flywheel_envs():  # the expert records the demonstrations
             from anyskill.envs.adapters import ADAPTER_ENVS, env_names
 
             if self.env not in env_names():
@@ -164,15 +172,8 @@ class FlywheelConfig:
                     f"--env {self.env} has no scripted expert to correct the deployed policy: "
                     "run it with --corrector.kind none"
                 )
-        if self.corrector.kind == "human":
-            from anyskill.envs.adapters import ADAPTER_ENVS
-
-            if self.env in ADAPTER_ENVS:
-                raise ValueError(
-                    f"--corrector.kind human steers the tabletop's pusher from the keyboard; "
-                    f"--env {self.env} is corrected by its scripted expert (--corrector.kind "
-                    "expert) or not at all (none)"
-                )
+        if self.deploy not in ("sim", "robots"):
+            raise ValueError(f"deploy must be 'sim' or 'robots', got {self.deploy!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(
                 f"max_steps must be >= 1 or None (the env's episode length), got {self.max_steps}"
@@ -232,3 +233,23 @@ class FlywheelConfig:
                 "the flywheel needs a flow policy (--model.arch vla or mlp-flow): guidance "
                 "combines conditioned and unconditioned velocities"
             )
+
+    def _check_robot_only(self) -> None:
+        """``--env robot``: what a run without any simulator needs, named in one error."""
+        wrong = []
+        if self.deploy != "robots":
+            wrong.append("--deploy robots (episodes come from the robots)")
+        if self.demo_data is None:
+            wrong.append("--demo-data DATASET (demonstrations recorded on the robots)")
+        if self.corrector.kind != "none":
+            wrong.append(
+                "--corrector.kind none (a person takes over on the robot; the runtime flags "
+                "those frames as interventions)"
+            )
+        if wrong:
+            raise ValueError("--env robot runs without a simulator and needs " + "; ".join(wrong))
+
+    @property
+    def simulated(self) -> bool:
+        """The run has a simulator (every env but ``robot``): policies are evaluated in it."""
+        return self.env != ROBOT_ENV

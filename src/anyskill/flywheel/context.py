@@ -73,7 +73,7 @@ class RunContext:
         model, start_params = indicator_model(start.model, start.params, cfg.indicator)
         base = start.with_weights(start_params, model) if model is not start.model else start
         vf = ValueFunction(model.cfg, cfg.value)
-        env = RunEnv.open(cfg, model.cfg.image_size)
+        env = RunEnv.open(cfg, model.cfg.image_size, paths.data)
         deployment = Deployment(cfg, env, base, vf, human)
         return cls(cfg, paths, model, normalizer, start_params, vf, env, deployment)
 
@@ -122,11 +122,13 @@ def _copy_demos(c: FlywheelConfig, paths: RunPaths) -> None:
         return
     src = Path(c.demo_data)
     ds = Dataset.open(src)  # a clear error when it is not an episode store
-    env = RunEnv.open(c, c.model.image_size)
-    fields = env.batch_env("demos").offered()
-    want = {"observation.state": fields["observation.state"].shape, "action": None}
-    if "observation.goal" in fields:
-        want["observation.goal"] = fields["observation.goal"].shape
+    want = {"observation.state": None, "action": None}
+    if c.simulated:  # the env's rollouts record features of these shapes beside them
+        env = RunEnv.open(c, c.model.image_size)
+        fields = env.batch_env("demos").offered()
+        want["observation.state"] = fields["observation.state"].shape
+        if "observation.goal" in fields:
+            want["observation.goal"] = fields["observation.goal"].shape
     for name, shape in want.items():
         if name not in ds.info.features:
             raise ValueError(

@@ -147,13 +147,15 @@ def deploy(
     expert: Any = None,
     skip: int = 0,
     on_episode: Callable[[Episodes], None] | None = None,
+    teleop: Any = None,
 ) -> Episodes | None:
     """Deploy ``policy`` on ``num_envs`` episodes with the corrector ``corrector`` on call.
 
     ``value(obs) -> [B]`` enables the ``value`` trigger; ``record_images``: also keep
     ``record_images``-pixel frames of every step (for videos). With ``corrector.kind ==
     "human"`` the episodes run one at a time with a person correcting (``person``: a
-    :class:`~anyskill.flywheel.human.HumanCorrector`; None: the terminal's keyboard);
+    :class:`~anyskill.flywheel.human.HumanCorrector`; None: the terminal's keyboard, driving
+    the env through ``teleop``, default the tabletop's pusher);
     ``expert``: the corrector of ``kind="expert"`` (see :func:`make_corrector`); ``skip``
     episodes already stored are not run again and ``on_episode`` receives each
     episode as it ends."""
@@ -180,4 +182,7 @@ def deploy(
 
     with TerminalKeys() as keys:
         view = max(48, record_images)
-        return run(HumanCorrector(keys, out=sys.stdout, hz=corrector.human_hz, view_size=view))
+        person = HumanCorrector(
+            keys, out=sys.stdout, hz=corrector.human_hz, view_size=view, teleop=teleop
+        )
+        return run(person)

@@ -29,6 +29,7 @@ from anyskill.algos.recap.policy import ValueScorer
 from anyskill.algos.recap.value import ValueFunction
 from anyskill.algos.vla.policy import VLAPolicy
 from anyskill.envs.adapters import ADAPTER_ENVS, make_env
+from anyskill.envs.teleop import Teleop, box_teleop, pusher_teleop
 from anyskill.flywheel.config import FlywheelConfig
 from anyskill.flywheel.deploy import CorrectorConfig, deploy
 from anyskill.policies.base import Batch, Policy
@@ -50,29 +51,44 @@ class RunEnv:
 
     cfg: FlywheelConfig
     env: Any
-    """A pure-JAX env (the tabletop) or an adapter env (host, Gymnasium API)."""
+    """A pure-JAX env (the tabletop), an adapter env (host, Gymnasium API), or with
+    ``--env robot`` the run's demonstrations (a :class:`~anyskill.data.reader.Dataset`:
+    no simulator, only what the robots' data say)."""
 
     def __post_init__(self):
         self.adapter = ADAPTER_ENVS.get(self.cfg.env)
+        self.robot = not self.cfg.simulated
         # one batch env for the process: its compiled programs serve every rollout
-        self._jax_env = None if self.adapter else JaxBatchEnv(self.env, self.cfg.max_steps)
+        jax_env = self.adapter is None and not self.robot
+        self._jax_env = JaxBatchEnv(self.env, self.cfg.max_steps) if jax_env else None
 
     @classmethod
-    def open(cls, cfg: FlywheelConfig, image_size: int) -> RunEnv:
-        """The env ``cfg.env`` names (a tabletop task mix renders at ``image_size``)."""
+    def open(cls, cfg: FlywheelConfig, image_size: int, data: Path | None = None) -> RunEnv:
+        """The env ``cfg.env`` names (a tabletop task mix renders at ``image_size``); with
+        ``--env robot`` the dataset at ``data`` (the run's demonstrations) stands in."""
+        if not cfg.simulated:
+            from anyskill.data.reader import Dataset
+
+            return cls(cfg, Dataset.open(data if data is not None else cfg.demo_data))
         if cfg.env in ADAPTER_ENVS:
             return cls(cfg, make_env(cfg.env))
         return cls(cfg, make_env(cfg.env, image_size=image_size))
 
     @property
     def horizon(self) -> int:
-        """Steps per episode: the rollouts' time limit and the value targets' time scale."""
+        """Steps per episode: the rollouts' time limit and the value targets' time scale
+        (``--env robot``: ``--max-steps``, else the longest demonstration)."""
+        if self.robot:
+            return int(self.cfg.max_steps or np.max(self.env.episodes.length))
         if self.adapter is None:
             return self._jax_env.horizon
         return int(self.cfg.max_steps or self.adapter.max_steps)
 
     @property
     def control_hz(self) -> float:
+        """Control steps per second (``--env robot``: the demonstrations' fps)."""
+        if self.robot:
+            return float(self.env.info.fps)
         if self.adapter is None:
             return float(self.env.control_hz)
         return float(self.adapter.control_hz)
@@ -80,11 +96,18 @@ class RunEnv:
     @property
     def has_camera(self) -> bool:
         """The env draws frames for videos (the tabletop renders at any size)."""
-        return self.adapter is None and callable(getattr(self.env, "render_image", None))
+        if self.robot or self.adapter is not None:
+            return False
+        return callable(getattr(self.env, "render_image", None))
 
     def batch_env(self, purpose: str) -> JaxBatchEnv | HostBatchEnv:
         """The env as the rollout runs it; an adapter env's episodes start from seeds of
         ``purpose`` (e.g. ``"collect-r2"``), the same for every method asked with it."""
+        if self.robot:
+            raise ValueError(
+                f"--env robot has no simulator to run {purpose!r} in: its episodes come from "
+                "the robots (--deploy robots)"
+            )
         if self.adapter is None:
             return self._jax_env
         seed = purpose_seed(self.cfg.seed, purpose)
@@ -94,6 +117,8 @@ class RunEnv:
 
     def expert(self, noise: float) -> Policy:
         """The env's scripted expert as a policy (it records the demonstrations)."""
+        if self.robot:
+            raise ValueError("--env robot has no scripted expert")
         if self.adapter is None:
             from anyskill.rollout import expert_policy
 
@@ -101,6 +126,18 @@ class RunEnv:
         if self.adapter.expert is None:
             raise ValueError(f"--env {self.cfg.env} has no scripted expert")
         return self.adapter.expert(noise)
+
+    def teleop(self) -> Teleop:
+        """How a person's keys drive this env (``--corrector.kind human``): the tabletop's
+        pusher, the adapter env's declared teleop, or the generic one over its action box."""
+        if self.robot:
+            raise ValueError("--env robot: people take over on the robots, not here")
+        if self.adapter is None:
+            return pusher_teleop()
+        if self.adapter.teleop is not None:
+            return self.adapter.teleop()
+        space = self.env.action_space
+        return box_teleop(tuple(np.ravel(space.low)), tuple(np.ravel(space.high)))
 
     def corrector_actor(self, corrector: CorrectorConfig) -> Any:
         """Who takes over with ``--corrector.kind expert``: None for the tabletop (the
@@ -202,6 +239,7 @@ class Deployment:
             value=value,
             record_images=record_images,
             person=self.human,
+            teleop=self.env.teleop() if corrector.kind == "human" else None,
             expert=self.env.corrector_actor(corrector),
             skip=skip,
             on_episode=on_episode,

@@ -1,15 +1,20 @@
-"""A person as the corrector: keyboard control of the pusher, through the deployer's interface.
+"""A person as the corrector: keyboard control of any env, through the deployer's interface.
 
 With ``--corrector.kind human`` the flywheel's deployment (:func:`anyskill.rollout.rollout`
 with a :class:`HumanCorrector` as the corrector's actor, a
 :class:`~anyskill.rollout.Person`) runs episode by episode, stepped from Python, and shows
 every *watched* episode live in the terminal (24-bit colour, two pixels per character cell)
-at ``--corrector.human-hz``. The person:
+at ``--corrector.human-hz`` — the env's camera or its own rendering when it has one (the
+tabletop, gym-pusht), else a status line (the goal distance and what the person holds) while
+the person watches the robot itself (gym-hil's Panda in state mode has no renderer here). The
+person:
 
 * takes control at any time with SPACE (a human's decision) and hands back with SPACE;
 * is also handed control when the automatic trigger fires (``--corrector.trigger stall`` or
   ``value``), for ``correction_steps`` steps or until SPACE;
-* steers with W/A/S/D or the arrow keys (the pusher keeps the last direction; X stops);
+* drives the robot with the env's :class:`~anyskill.envs.teleop.Teleop` (its keys are shown
+  under the view): the tabletop's pusher and the Panda's end-effector with W/A/S/D or the
+  arrows (R/F up and down, G the gripper), gym-pusht's agent by moving its target; X stops;
 * presses Q to stop watching: the round's remaining episodes run without a corrector.
 
 Frames under the person's control are recorded with ``intervention=True``, exactly like the
@@ -31,22 +36,13 @@ from typing import Protocol, TextIO
 
 import numpy as np
 
+from anyskill.envs.teleop import Teleop, pusher_teleop
+from anyskill.policies.base import STATE, Batch
 from anyskill.rollout import StepStatus
 
-#: key name -> pusher direction (x right, y towards the far edge of the table)
-DIRECTIONS = {
-    "w": (0.0, 1.0),
-    "up": (0.0, 1.0),
-    "s": (0.0, -1.0),
-    "down": (0.0, -1.0),
-    "a": (-1.0, 0.0),
-    "left": (-1.0, 0.0),
-    "d": (1.0, 0.0),
-    "right": (1.0, 0.0),
-}
 TOGGLE, STOP, QUIT = "space", "x", "q"
 _ARROWS = {"A": "up", "B": "down", "C": "right", "D": "left"}
-HELP = "SPACE take/hand back  W/A/S/D or arrows steer  X stop  Q stop watching"
+HELP = "SPACE take/hand back  X stop  Q stop watching"
 
 
 class KeySource(Protocol):
@@ -152,8 +148,8 @@ def ansi_image(img: np.ndarray) -> str:
 
 
 class HumanCorrector:
-    """A person at a keyboard: who has control, which way to push, and the live view (a
-    :class:`~anyskill.rollout.Person`)."""
+    """A person at a keyboard: who has control, what they hold (their :attr:`teleop`), and the
+    live view (a :class:`~anyskill.rollout.Person`)."""
 
     def __init__(
         self,
@@ -162,7 +158,10 @@ class HumanCorrector:
         hz: float = 10.0,
         out: TextIO | None = None,
         view_size: int = 48,
+        teleop: Teleop | None = None,
     ):
+        """``teleop``: how keys become the env's actions (default: the tabletop's pusher at
+        ``speed``, see :func:`anyskill.envs.teleop.pusher_teleop`)."""
         if view_size < 2:
             raise ValueError(f"view_size must be >= 2 pixels, got {view_size}")
         self.view_size = int(view_size)
@@ -170,16 +169,16 @@ class HumanCorrector:
             raise ValueError(f"human speed must be in (0, 1] (action magnitude), got {speed}")
         if hz < 0:
             raise ValueError(f"human_hz must be >= 0 (0: as fast as possible), got {hz}")
-        self.keys, self.speed, self.hz, self.out = keys, speed, hz, out
+        self.teleop = pusher_teleop(speed) if teleop is None else teleop
+        self.keys, self.hz, self.out = keys, hz, out
         self.watching = True
         self.holding = False
-        self.direction = np.zeros(2, np.float32)
         self.handed_back = False
         self._last = 0.0
 
     def begin_episode(self) -> None:
         self.holding, self.handed_back = False, False
-        self.direction = np.zeros(2, np.float32)
+        self.teleop.reset()
 
     def read(self) -> None:
         """Apply the keys pressed since the last step."""
@@ -190,38 +189,42 @@ class HumanCorrector:
                 else:
                     self.holding = True
             elif k == STOP:
-                self.direction = np.zeros(2, np.float32)
+                self.teleop.stop()
             elif k == QUIT:
                 self.watching, self.holding = False, False
-            elif k in DIRECTIONS:
-                self.direction = np.asarray(DIRECTIONS[k], np.float32)
+            else:
+                self.teleop.press(k)
 
     def take_over(self) -> None:
         """Handed control by the automatic trigger: start still, let the person steer."""
-        self.direction = np.zeros(2, np.float32)
+        self.teleop.stop()
         if self.out is not None:
             self.out.write("\a")
 
-    def action(self) -> np.ndarray:
-        return self.speed * self.direction
+    def action(self, obs: Batch | None = None) -> np.ndarray:
+        state = None if obs is None or STATE not in obs else np.asarray(obs[STATE])[0]
+        return self.teleop.action(state)
 
-    def show(self, frame: np.ndarray, lines: list[str]) -> None:
+    def show(self, frame: np.ndarray | None, lines: list[str]) -> None:
         if self.out is None:
             return
-        self.out.write("\x1b[H\x1b[2J" + ansi_image(frame) + "\n" + "\n".join(lines) + "\n")
+        view = "" if frame is None else ansi_image(frame) + "\n"
+        self.out.write("\x1b[H\x1b[2J" + view + "\n".join(lines) + "\n")
         self.out.flush()
 
-    def present(self, frame: np.ndarray, status: StepStatus) -> None:
+    def present(self, frame: np.ndarray | None, status: StepStatus) -> None:
         """Show a step of a watched episode and hold it for the person (see :meth:`pace`)."""
         who = "YOU" if status.correcting else "policy"
         horizon = "?" if status.horizon is None else status.horizon
+        where = "" if status.goal_distance is None else f"  to goal: {status.goal_distance:.3f}"
         self.show(
             frame,
             [
                 f"episode {status.episode + 1}/{status.num_episodes}  step {status.step}/"
-                f"{horizon}  control: {who}",
+                f"{horizon}  control: {who}{where}",
                 f"instruction: {status.instruction}",
-                HELP,
+                f"you hold: {self.teleop.status()}",
+                f"{HELP}  |  {self.teleop.help}",
             ],
         )
         self.pace()

@@ -350,7 +350,8 @@ def evaluate(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     """Every policy without a corrector (success, failure rate, time to success,
     throughput), with the corrector on call (:func:`assisted`), the round's deployment, and
     the held-out detection; rollout videos of the starting and final policies after the
-    last round (``--videos``, on envs with a camera)."""
+    last round (``--videos``, on envs with a camera). ``--env robot`` (no simulator): the
+    round's deployment on the robots only."""
     c, rnd = ctx.cfg, st.round
     hz = ctx.env.control_hz
     rows = []
@@ -363,10 +364,11 @@ def evaluate(ctx: RunContext, st: FlywheelState) -> FlywheelState:
         row = {"round": rnd, "method": name, **outcome_metrics(ep.success, ep.length, hz)}
         return {**row, **assisted(ctx, params, recap, rnd, vp)}
 
-    if rnd == 1 and not any(r["method"] == "start" for r in st.rows):
-        rows.append({**run("start", ctx.start_params, False), "round": 0})
-    for name in methods(c):
-        rows.append(run(name, ctx.policy_params(name), name == "recap"))
+    if c.simulated:  # --env robot: no simulator; the robots' deployments are the measure
+        if rnd == 1 and not any(r["method"] == "start" for r in st.rows):
+            rows.append({**run("start", ctx.start_params, False), "round": 0})
+        for name in methods(c):
+            rows.append(run(name, ctx.policy_params(name), name == "recap"))
     ds = ctx.dataset()
     ep = ds.episodes
     tag = ep.policy_version == policy_version(rnd)
@@ -393,7 +395,8 @@ def evaluate(ctx: RunContext, st: FlywheelState) -> FlywheelState:
         if ctx.env.has_camera:
             record_videos(ctx, rnd)
         else:
-            log(f"no rollout videos: {c.env} has no camera to draw them")
+            why = "no simulator (--env robot)" if not c.simulated else f"{c.env} has no camera"
+            log(f"no rollout videos: {why} to draw them")
     return dataclasses.replace(st, rows=st.rows + tuple(rows), detection=st.detection + detection)
 
 

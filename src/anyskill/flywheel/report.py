@@ -74,7 +74,9 @@ def detection_table(detection: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_rounds(rows: list[dict], path: Path) -> None:
+def plot_rounds(rows: list[dict], path: Path, deployments: bool = False) -> None:
+    """Success and throughput per round of every evaluated method; ``deployments``: of each
+    round's deployment instead (a run without a simulator: what its robots achieved)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,13 +84,17 @@ def plot_rounds(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     start = [r for r in rows if r["method"] == "start"]
-    for m in METHOD_ORDER[1:]:
-        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["round"])
+    lines = {m: [r for r in rows if r["method"] == m] for m in METHOD_ORDER[1:]}
+    if deployments:
+        start = []
+        lines = {"deployment": [r for r in rows if r["method"].startswith("deployment")]}
+    for m, rs in lines.items():
         if not rs:
             continue
-        rs = start + rs
+        rs = start + sorted(rs, key=lambda r: r["round"])
+        label = "deployed policy, on the robots" if deployments else LABELS[m]
         for ax, key in zip(axes, ("success", "throughput_per_h"), strict=True):
-            ax.plot([r["round"] for r in rs], [r[key] for r in rs], marker="o", label=LABELS[m])
+            ax.plot([r["round"] for r in rs], [r[key] for r in rs], marker="o", label=label)
     axes[0].set(xlabel="round", ylabel="success rate", ylim=(-0.02, 1.02))
     axes[1].set(xlabel="round", ylabel="successes per hour of robot time")
     axes[0].legend(fontsize=8)
@@ -127,6 +133,40 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def _evaluation(c: FlywheelConfig, rows: list[dict]) -> list[str]:
+    """The report's evaluation section (a run without a simulator has none: its robots'
+    deployments, the next section, are its measure)."""
+    if not c.simulated:
+        return [
+            "## Evaluation",
+            "",
+            "No simulator (`--env robot`): the policies are measured by what the robots did with "
+            "them — the deployment table below (round r deployed the policy of round r − 1)."
+            + (
+                " The baselines are trained, not deployed: serve one to the robots with "
+                "`anyskill serve RUN --policy-name filtered` (or bc)."
+                if c.baselines
+                else ""
+            ),
+            "",
+            "![success and throughput of each round's deployment](rounds.png)",
+            "",
+        ]
+    return [
+        f"## Evaluation ({c.eval_episodes} episodes per policy per round)",
+        "",
+        "Success, failure, time to success and throughput without a corrector; intervention "
+        "rate and success with corrections from a second run with the corrector on call as in "
+        "deployment (its own episodes, the same for every method of a round; – where not "
+        "measured).",
+        "",
+        outcome_table(rows),
+        "",
+        "![success and throughput per round](rounds.png)",
+        "",
+    ]
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``RUN/report.md`` (and its plots) and ``RUN/results.json`` from the artifacts of
     the run in ``run_dir`` so far (its last evaluated round)."""
@@ -137,7 +177,7 @@ def write_report(run_dir: Path) -> Path:
     rows = list(st.rows)
     if not rows:
         raise ValueError(f"{paths.state}: no evaluation yet; nothing to report")
-    plot_rounds(rows, d / "rounds.png")
+    plot_rounds(rows, d / "rounds.png", deployments=not c.simulated)
     rnd = max(r["round"] for r in rows)
     values = Advantages.load(paths.advantage(rnd)).values
     from anyskill.data.reader import Dataset
@@ -171,17 +211,7 @@ def write_report(run_dir: Path) -> Path:
         )
         + f"Data: {ds.num_episodes} episodes, {ds.num_frames} frames in `{paths.data}`.",
         "",
-        f"## Evaluation ({c.eval_episodes} episodes per policy per round)",
-        "",
-        "Success, failure, time to success and throughput without a corrector; intervention "
-        "rate and success with corrections from a second run with the corrector on call as in "
-        "deployment (its own episodes, the same for every method of a round; – where not "
-        "measured).",
-        "",
-        outcome_table(rows),
-        "",
-        "![success and throughput per round](rounds.png)",
-        "",
+        *_evaluation(c, rows),
         "## Deployment (the data each round collected)",
         "",
         deployment_table(rows),

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anyskill.policies.base import Policy
+from anyskill.policies.base import STATE, Policy
 from anyskill.rollout.correctors import Boundary, Corrector, StepStatus
 from anyskill.rollout.envs import BatchEnv, JaxBatchEnv, as_batch_env, check_inputs
 from anyskill.rollout.episodes import Episodes, concat
@@ -339,6 +339,7 @@ class _Run:
         tasks, families = benv.tasks(carry), benv.families(carry)
         episode = int(idx[0])
         person.begin_episode()
+        state_inputs = tuple(v for k, v in benv.offered().items() if k == STATE)
         keys = self._keys(plans, base, 1, rows=False, actor=False)
         dists: list[np.ndarray] = []
         frames = []
@@ -368,12 +369,23 @@ class _Run:
                     if person.handed_back:
                         left, person.handed_back = 0, False
                 correcting = (person.holding or left > 0) and watching
-                a = np.asarray(person.action() if correcting else plan[0, j], np.float32)
+                if correcting:
+                    state = benv.observe(carry, state_inputs) if state_inputs else None
+                    a = np.asarray(person.action(state), np.float32)
+                else:
+                    a = np.asarray(plan[0, j], np.float32)
                 if watching:
+                    d = benv.goal_distance(carry)
                     status = StepStatus(
-                        episode, self.num_envs, t, benv.horizon, tasks[0], correcting
+                        episode,
+                        self.num_envs,
+                        t,
+                        benv.horizon,
+                        tasks[0],
+                        correcting,
+                        None if d is None else float(np.asarray(d)[0]),
                     )
-                    person.present(benv.frame(carry, person.view_size), status)
+                    person.present(_view(benv, carry, person.view_size), status)
                 carry = _with_left(carry, np.full(1, int(correcting)))
                 carry, out = benv.execute(
                     carry,
@@ -434,6 +446,15 @@ class _WaveKeys:
         if actor is not None:
             actor = actor.reshape(-1, *actor.shape[2:])
         return wrap(act[0]), wrap(rows), wrap(actor)
+
+
+def _view(benv: BatchEnv, carry: Any, size: int) -> np.ndarray | None:
+    """What the person sees of env 0: its view at ``size`` pixels, or None when the env has
+    none (the person then reads the status and watches the robot)."""
+    try:
+        return benv.frame(carry, size)
+    except ValueError:
+        return None
 
 
 def _with_left(carry: Any, left: np.ndarray) -> Any:

@@ -123,6 +123,8 @@ class StepStatus:
     instruction: str
     correcting: bool
     """The person has control on this step."""
+    goal_distance: float | None = None
+    """How far the episode is from its goal (the env's measure), when the env has one."""
 
 
 @runtime_checkable
@@ -148,13 +150,16 @@ class Person(Protocol):
         """Take in the person's input since the last step."""
         ...
 
-    def action(self) -> np.ndarray:
-        """The person's action for this step."""
+    def action(self, obs: Batch | None = None) -> np.ndarray:
+        """The person's action for this step; ``obs``: the env's current observation state
+        (``{"observation/state": [1, S]}``, or None when the env offers none), for actions
+        that are targets relative to where the robot is."""
         ...
 
-    def present(self, frame: np.ndarray, status: StepStatus) -> None:
-        """Show the current frame (at :attr:`view_size` pixels) and hold it as long as a
-        person needs to react."""
+    def present(self, frame: np.ndarray | None, status: StepStatus) -> None:
+        """Show the current frame (at :attr:`view_size` pixels; None when the env has no
+        view: the person watches the robot itself and reads the status) and hold it as long
+        as a person needs to react."""
         ...
 
     @property

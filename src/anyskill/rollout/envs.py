@@ -549,10 +549,24 @@ class HostBatchEnv(BatchEnv):
         return [str(carry.info.get(HOST_TASK, ""))]
 
     def frame(self, carry: HostCarry, size: int) -> np.ndarray:
+        """The observation's first camera, else the env's own ``render()`` when it renders
+        RGB arrays (gym-pusht does), resized to ``size`` pixels (nearest pixel)."""
         values = _host_values(carry.obs, carry.info)
-        if IMAGE not in values:
-            raise ValueError(f"{self.name} has no camera to show a person")
-        return np.asarray(values[IMAGE])
+        if IMAGE in values:
+            img = np.asarray(values[IMAGE])
+        elif getattr(self.env, "render_mode", None) == "rgb_array":
+            try:
+                img = self.env.render()
+            except RuntimeError as e:  # e.g. a MuJoCo env built without a renderer
+                raise ValueError(f"{self.name} cannot render a view for a person: {e}") from e
+            if img is None:
+                raise ValueError(f"{self.name}.render() returned nothing to show a person")
+            img = np.asarray(img)
+        else:
+            raise ValueError(f"{self.name} has no camera and does not render to show a person")
+        rows = np.arange(size) * img.shape[0] // size
+        cols = np.arange(size) * img.shape[1] // size
+        return np.ascontiguousarray(img[rows][:, cols, :3]).astype(np.uint8)
 
 
 _FRAME_KEYS = ("state", "goal", "action", "intervention", "done", "reward")

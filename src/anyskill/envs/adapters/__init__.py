@@ -55,6 +55,9 @@ class AdapterEnv:
     the env has one (it records demonstrations and corrects)."""
     control_hz: float = 10.0
     """Control steps per second (PushT and gym-hil step at 10 Hz)."""
+    teleop: Callable[[], Any] | None = None
+    """``teleop()`` -> how a person's keys drive the env (an
+    :class:`anyskill.envs.teleop.Teleop`); None: the generic teleop over the action box."""
 
 
 #: adapter env name -> :class:`AdapterEnv`; names are what ``--env`` accepts
@@ -187,6 +190,37 @@ def _panda_expert(noise: float) -> Any:
     return panda_expert(noise)
 
 
+def _pusht_teleop() -> Any:
+    """PushT's action is the agent's target in pixels (y down on the screen): the keys move
+    the target 25 pixels from where the agent is."""
+    from anyskill.envs.teleop import TargetTeleop
+
+    up, down, left, right = (0.0, -1.0), (0.0, 1.0), (-1.0, 0.0), (1.0, 0.0)
+    keys = {"w": up, "up": up, "s": down, "down": down}
+    keys.update({"a": left, "left": left, "d": right, "right": right})
+    return TargetTeleop((0, 1), (0.0, 0.0), (512.0, 512.0), 25.0, keys)
+
+
+def _panda_teleop() -> Any:
+    """gym-hil's Panda: end-effector steps ``[dx, dy, dz]`` in ``[-1, 1]`` at half speed
+    (W/S, A/D or the arrows in the plane, R/F up and down) and the gripper command (2 closes,
+    0 opens, 1 holds: it holds until G is pressed, which closes, and G again opens)."""
+    from anyskill.envs.teleop import Axis, AxisTeleop, Toggle
+
+    return AxisTeleop(
+        (-1.0, -1.0, -1.0, 0.0),
+        (1.0, 1.0, 1.0, 2.0),
+        (
+            Axis(0, ("d", "right"), ("a", "left"), "x"),
+            Axis(1, ("w", "up"), ("s", "down"), "y"),
+            Axis(2, ("r",), ("f",), "z"),
+        ),
+        (Toggle("g", 3, (0.0, 2.0), ("opening", "closing"), "gripper"),),
+        speed=0.5,
+        rest=(0.0, 0.0, 0.0, 1.0),
+    )
+
+
 register_adapter_env(
     AdapterEnv(
         "gym-pusht",
@@ -194,6 +228,7 @@ register_adapter_env(
         "gym-pusht's PushT (state: agent xy, T xy and angle; actions: agent target in pixels)",
         300,
         _pusht_expert,
+        teleop=_pusht_teleop,
     )
 )
 register_adapter_env(
@@ -204,6 +239,7 @@ register_adapter_env(
         "steps and gripper)",
         100,
         _panda_expert,  # gym-hil steps at 10 Hz (control_dt 0.1 s): the default control_hz
+        teleop=_panda_teleop,
     )
 )
 
