@@ -60,6 +60,37 @@ def test_centred_advantages_rank_actions_within_each_episode():
     np.testing.assert_allclose(centred.advantages[4:].sum(), 0, atol=1e-6)
 
 
+def test_before_takeovers_marks_the_autonomous_frames_leading_to_each_takeover():
+    """Episode [0, 10): takeovers at 4-5 and 8; episode [10, 14): a takeover at its first
+    frame (nothing before it in the episode) and none after."""
+    from anyskill.algos.recap.advantage import before_takeovers
+
+    iv = np.zeros(14, bool)
+    iv[[4, 5, 8, 10]] = True
+    start, stop = np.array([0, 10]), np.array([10, 14])
+    got = before_takeovers(start, stop, iv, 3)
+    # 1-3 lead to the first takeover; 6-7 to the second (not past the first one's end)
+    np.testing.assert_array_equal(np.flatnonzero(got), [1, 2, 3, 6, 7])
+    assert not before_takeovers(start, stop, iv, 0).any()
+    np.testing.assert_array_equal(np.flatnonzero(before_takeovers(start, stop, iv, 1)), [3, 7])
+    with pytest.raises(ValueError, match="takeover window must be >= 0"):
+        before_takeovers(start, stop, iv, -1)
+
+
+def test_the_takeover_split_labels_the_lead_up_negative_and_the_takeover_positive():
+    """Failed episode [4, 7) with a takeover at frame 6: its advantages would make frame 5
+    positive; split with a window of 1, frame 5 is the failure it was heading to."""
+    iv = np.array([0, 0, 0, 0, 0, 0, 1], bool)
+    plain = R.recap_advantages(VALUES, SPANS, 10, FAMILY, iv, 0.5, kind="nstep", n=2)
+    assert plain.indicator[5] and plain.indicator[6]
+    split = R.recap_advantages(
+        VALUES, SPANS, 10, FAMILY, iv, 0.5, kind="nstep", n=2, before_takeover=1
+    )
+    np.testing.assert_array_equal(split.indicator, [1, 0, 1, 0, 0, 0, 1])
+    assert split.advantages[5] == plain.advantages.min()
+    np.testing.assert_array_equal(np.delete(split.advantages, 5), np.delete(plain.advantages, 5))
+
+
 @pytest.mark.parametrize("with_q", [False, True])
 def test_advantages_file_round_trips(tmp_path, with_q):
     adv = R.recap_advantages(VALUES, SPANS, 10, FAMILY, np.zeros(7, bool), 0.3, n=2)

@@ -136,6 +136,11 @@ def test_awr_is_trained_only_when_asked(tmp_path):
         tiny(tmp_path, awr_beta=0.0)
     with pytest.raises(ValueError, match="awr_max_weight must be > 0"):
         tiny(tmp_path, awr_beta=1.0, awr_max_weight=-1.0)
+    with pytest.raises(ValueError, match="--deploy-with awr needs AWR trained: give --awr-beta"):
+        tiny(tmp_path, deploy_with="awr")
+    assert tiny(tmp_path, deploy_with="awr", awr_beta=0.05).deploy_with == "awr"
+    with pytest.raises(ValueError, match="split_takeovers must be >= 0"):
+        tiny(tmp_path, split_takeovers=-1)
 
 
 @pytest.mark.slow  # a tiny flywheel round, then AWR's fine-tuning and evaluation (~45 s)

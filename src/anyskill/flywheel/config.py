@@ -139,6 +139,16 @@ class FlywheelConfig:
     each batch's weights normalised to mean 1. None: not trained."""
     awr_max_weight: float = dataclasses.field(default=20.0, metadata={ADDED_LATER: "issue 24"})
     """Largest AWR weight (clips exp(A / awr_beta))."""
+    split_takeovers: int = dataclasses.field(default=0, metadata={ADDED_LATER: "issue 24"})
+    """Human-in-the-loop split: the up to N autonomous frames before each takeover are
+    labelled as the failure they were heading to (negative, lowest advantage); the takeover
+    frames stay positive. 0: off (they are labelled by their advantage like any frame)."""
+    deploy_with: Literal["recap", "awr"] = dataclasses.field(
+        default="recap", metadata={ADDED_LATER: "issue 24"}
+    )
+    """Which method's policy collects rounds 2 on (round 1 deploys the starting policy):
+    RECAP (conditioned on "advantage: positive", guidance --beta) or AWR (needs --awr-beta).
+    Every method still trains on the same data."""
     videos: bool = True
     """Write rollout videos of the starting and final policies into the report."""
     seed: int = 0
@@ -215,6 +225,14 @@ class FlywheelConfig:
                 f"awr_beta must be > 0 (the temperature of exp(A / beta)) or None (no AWR), "
                 f"got {self.awr_beta}"
             )
+        if self.split_takeovers < 0:
+            raise ValueError(
+                f"split_takeovers must be >= 0 frames (0: off), got {self.split_takeovers}"
+            )
+        if self.deploy_with not in ("recap", "awr"):
+            raise ValueError(f"deploy_with must be 'recap' or 'awr', got {self.deploy_with!r}")
+        if self.deploy_with == "awr" and self.awr_beta is None:
+            raise ValueError("--deploy-with awr needs AWR trained: give --awr-beta (e.g. 0.05)")
         if not self.awr_max_weight > 0:
             raise ValueError(f"awr_max_weight must be > 0, got {self.awr_max_weight}")
         if not 0 < self.positive_fraction < 1:

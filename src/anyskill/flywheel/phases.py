@@ -49,7 +49,7 @@ def _spans(ds: Dataset) -> R.EpisodeSpans:
 
 
 def collect(ctx: RunContext, st: FlywheelState) -> FlywheelState:
-    """Deploy the current RECAP policy (round 1: the starting policy) on
+    """Deploy the current RECAP policy (``--deploy-with``; round 1: the starting policy) on
     ``episodes_per_round`` envs with the corrector on call; store every episode with its
     source, ``policy_version``, per-frame interventions and success label (none with
     ``--labels human``). A resumed round continues after the episodes already stored."""
@@ -58,11 +58,11 @@ def collect(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     have = int(np.sum(ctx.dataset().episodes.policy_version == tag))
     if have >= c.episodes_per_round:
         return st
-    name = "recap" if rnd > 1 else "start"
+    name = c.deploy_with if rnd > 1 else "start"
     if c.deploy == "robots":
         return collect_from_robots(ctx, st, name, have)
-    params = ctx.policy_params("recap") if rnd > 1 else ctx.start_params
-    policy = ctx.deployment.policy(params, recap=rnd > 1)
+    params = ctx.policy_params(name) if rnd > 1 else ctx.start_params
+    policy = ctx.deployment.policy(params, recap=name == "recap")
     # --variety: a fraction of the chunks slowed / shifted (evaluation never is)
     policy = varied(policy, c.variety, c.variety_slow, c.variety_noise)
     vp = ctx.value()[0] if c.corrector.trigger == "value" else None
@@ -250,6 +250,7 @@ def advantage(ctx: RunContext, st: FlywheelState) -> FlywheelState:
         n=c.advantage_n,
         q=q,
         center=c.advantage_center,
+        before_takeover=c.split_takeovers,
     )
     adv.save(ctx.paths.advantage(st.round))
     return st
@@ -310,14 +311,18 @@ def policy(ctx: RunContext, st: FlywheelState) -> FlywheelState:
 
 
 def outcome_metrics(success: np.ndarray, steps: np.ndarray, control_hz: float) -> dict:
-    """Success and failure rate, mean time to success (s), throughput (successes per hour of
-    robot time: episodes end at success, failures run to the time limit)."""
+    """Success and failure rate, mean and median time to success (s; among successes),
+    throughput (successes per hour of robot time: episodes end at success, failures run to
+    the time limit)."""
     success = np.asarray(success, bool)
     robot_hours = float(np.sum(steps)) / control_hz / 3600.0
     return {
         "success": float(success.mean()),
         "failure": float(1.0 - success.mean()),
         "time_to_success_s": float(steps[success].mean() / control_hz) if success.any() else None,
+        "median_time_to_success_s": (
+            float(np.median(steps[success]) / control_hz) if success.any() else None
+        ),
         "throughput_per_h": float(success.sum() / max(robot_hours, 1e-9)),
         "episodes": int(len(success)),
     }

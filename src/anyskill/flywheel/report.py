@@ -44,7 +44,8 @@ def outcome_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def deployment_table(rows: list[dict]) -> str:
+def deployment_table(rows: list[dict], deployed: str = "recap") -> str:
+    """Each round's deployment; rounds 2 on deployed method ``deployed``."""
     lines = [
         "| round | deployed policy | success (with corrections) | intervention rate (frames) "
         "| episodes corrected |",
@@ -52,7 +53,11 @@ def deployment_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         if r["method"].startswith("deployment"):
-            who = "starting policy" if "start" in r["method"] else f"RECAP round {r['round'] - 1}"
+            who = (
+                "starting policy"
+                if "start" in r["method"]
+                else f"{LABELS[deployed]} round {r['round'] - 1}"
+            )
             lines.append(
                 f"| {r['round']} | {who} | {_fmt(r['success'])} | "
                 f"{_fmt(r['intervention_rate'], '.3f')} | {_fmt(r['corrected_episodes'])} |"
@@ -214,7 +219,7 @@ def write_report(run_dir: Path) -> Path:
         *_evaluation(c, rows),
         "## Deployment (the data each round collected)",
         "",
-        deployment_table(rows),
+        deployment_table(rows, c.deploy_with),
         "",
         "## Value function",
         "",

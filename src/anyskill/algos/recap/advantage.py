@@ -96,6 +96,27 @@ def center_per_episode(advantages, episode_start, episode_stop) -> np.ndarray:
     return out
 
 
+def before_takeovers(episode_start, episode_stop, intervention, window: int) -> np.ndarray:
+    """``[N]`` bool: the up to ``window`` autonomous frames before each takeover (the start of
+    a run of ``intervention`` frames), within the episode and after any earlier takeover —
+    the segment a person judged to be heading for failure (the human-in-the-loop split:
+    those frames are scored as that failure, the takeover frames themselves as positive)."""
+    if window < 0:
+        raise ValueError(f"takeover window must be >= 0 frames, got {window}")
+    iv = np.asarray(intervention, bool)
+    out = np.zeros(len(iv), bool)
+    if window == 0:
+        return out
+    for s, t in zip(episode_start, episode_stop, strict=True):
+        floor = s  # frames before this belong to an earlier takeover or another episode
+        for k in range(s, t):
+            if iv[k] and (k == s or not iv[k - 1]):  # a takeover starts at k
+                out[max(floor, k - window) : k] = True
+            if iv[k]:
+                floor = k + 1
+    return out
+
+
 def positive_threshold(advantages, task_ids, fraction: float = 0.3) -> dict[int, float]:
     """Per task id, the advantage at or above which ``fraction`` of its frames lie."""
     if not 0.0 < fraction < 1.0:

@@ -127,6 +127,7 @@ def recap_advantages(
     n: int = 10,
     q: np.ndarray | None = None,
     center: bool = False,
+    before_takeover: int = 0,
 ) -> Advantages:
     """Advantages of every frame and the indicator: ``kind="nstep"``, ``A_t = sum of n step
     costs + V(s_{t+n}) - V(s_t)`` (π*0.6, Sec. IV-B); ``"chunk"``, ``A_t = Q(s_t, chunk) -
@@ -134,7 +135,10 @@ def recap_advantages(
     are marked positive, and so is every corrected frame (``intervention``). ``center``:
     advantages are first centred within each episode
     (:func:`~anyskill.algos.recap.advantage.center_per_episode`; the stored ``advantages``
-    are the centred ones, the values thresholded)."""
+    are the centred ones, the values thresholded). ``before_takeover``: the human-in-the-loop
+    split — the up to that many autonomous frames before each takeover
+    (:func:`~anyskill.algos.recap.advantage.before_takeovers`) are scored as the failure they
+    were heading to: negative, with the lowest advantage of the store."""
     if kind == "chunk":
         if q is None:
             raise ValueError("chunk advantages need q = Q(s, chunk) of every frame")
@@ -148,6 +152,10 @@ def recap_advantages(
         adv = A.center_per_episode(adv, episodes.start, episodes.stop)
     thr = A.positive_threshold(adv, family, positive_fraction)
     ind = A.indicator(adv, family, thr, np.asarray(intervention, bool))
+    if before_takeover:
+        heading = A.before_takeovers(episodes.start, episodes.stop, intervention, before_takeover)
+        adv = np.where(heading, adv.min(), adv).astype(np.float32)
+        ind = ind & ~heading
     return Advantages(values, adv, ind, family, q if kind == "chunk" else None)
 
 
