@@ -243,7 +243,13 @@ def test_value_fit_and_policy_finetune_equal_the_loops_they_replaced(tiny_data):
     for i in range(6):
         b = data.batch()
         params, opt_state, loss = step(
-            params, opt_state, jax.random.fold_in(key, i), b.obs, b.actions, bins[data.last_index]
+            params,
+            opt_state,
+            jax.random.fold_in(key, i),
+            b.obs,
+            b.actions,
+            bins[data.last_index],
+            bins[data.last_index],  # Q's targets: the same Monte-Carlo returns
         )
         want_losses.append(float(loss))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params), strict=True):
@@ -265,3 +271,29 @@ def test_value_fit_and_policy_finetune_equal_the_loops_they_replaced(tiny_data):
         not np.array_equal(np.asarray(a), np.asarray(b))
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(start), strict=True)
     )  # it trained
+
+
+@pytest.mark.slow  # compiles the value network (~10 s of CPU)
+def test_q_targets_train_q_where_the_chunk_is_shown_and_v_where_it_is_hidden(tiny_data):
+    """With every chunk shown (chunk_dropout 0) training on (targets, q_targets) is training
+    on q_targets alone; with every chunk hidden (1) it is training on targets alone."""
+    from anyskill.algos.recap.value import ValueConfig, ValueFunction
+    from anyskill.algos.vla.data import TrainingData
+
+    ds, cfg = tiny_data
+    v_t = np.linspace(-1, 0, ds.num_frames).astype(np.float32)
+    q_t = np.linspace(0, -1, ds.num_frames).astype(np.float32)
+
+    def fit(dropout, targets, q_targets=None):
+        vf = ValueFunction(cfg, ValueConfig(batch_size=8, hidden=16, chunk_dropout=dropout))
+        data = TrainingData.build(ds, cfg, 8, 5)
+        got, _ = vf.train(vf.init(jax.random.key(3)), data, targets, 3, 2, q_targets=q_targets)
+        return jax.tree.leaves(got)
+
+    def same(a, b):
+        return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
+
+    assert same(fit(0.0, v_t, q_t), fit(0.0, q_t)) and not same(fit(0.0, v_t, q_t), fit(0.0, v_t))
+    assert same(fit(1.0, v_t, q_t), fit(1.0, v_t))
+    with pytest.raises(ValueError, match="q_targets has shape"):
+        fit(0.5, v_t, q_t[:3])

@@ -38,6 +38,18 @@ def test_nstep_advantages_hand_worked():
     np.testing.assert_allclose(adv, [0.05, 0.0, 0.05, 0.0, -0.35, -0.3, -0.15], atol=1e-6)
 
 
+def test_nstep_targets_hand_worked():
+    """Success [0, 4) and failure [4, 7), n = 2, horizon 10: the targets of Q(s, chunk) are
+    two step costs plus V two frames on, or the terminal value near the end."""
+    v = np.array([-0.5, -0.3, -0.25, -0.1, -0.8, -0.9, -0.95])
+    got = A.nstep_targets(v, [0, 4], [4, 7], [1, 0], 10, 2)
+    want = [-0.2 - 0.25, -0.2 - 0.1, -0.2 + 0.0, -0.1 + 0.0, -0.2 - 0.95, -0.2 - 1, -0.1 - 1]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    np.testing.assert_allclose(
+        A.nstep_advantages(v, [0, 4], [4, 7], [1, 0], 10, 2), got - v, atol=1e-6
+    )
+
+
 def test_perfect_values_give_zero_advantage_on_success():
     v = A.value_targets(START, STOP, SUCCESS, HORIZON)
     adv = A.nstep_advantages(v, START, STOP, SUCCESS, HORIZON, n=3)

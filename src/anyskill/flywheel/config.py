@@ -88,11 +88,13 @@ class FlywheelConfig:
     labels: str = "predicate"
     """predicate: success from the task's predicate; human: episodes are stored unlabelled and
     the loop waits for `anyskill label RUN_DIR/data`."""
-    advantage: Literal["nstep", "chunk"] = "nstep"
+    advantage: Literal["nstep", "chunk", "chunk-nstep"] = "nstep"
     """How advantages are computed from the value function. nstep: ``A = sum of n step costs
     + V(s_t+n) - V(s_t)`` (π*0.6); chunk: ``A = Q(s_t, a_t..t+H) - V(s_t)``, the value
     function's estimate with the chunk of H actions that followed (the chunk the policy
-    predicts) against its estimate without it."""
+    predicts) against its estimate without it, both fitted to Monte-Carlo returns;
+    chunk-nstep: the same with Q fitted to n-step backups (n = --advantage-n step costs +
+    V(s_t+n), V from the round's fit; a further --value.finetune-steps steps each round)."""
     advantage_n: int = 10
     """n of the n-step advantage (--advantage nstep)."""
     advantage_center: bool = dataclasses.field(default=False, metadata={ADDED_LATER: "issue 24"})
@@ -237,8 +239,10 @@ class FlywheelConfig:
             raise ValueError(f"awr_max_weight must be > 0, got {self.awr_max_weight}")
         if not 0 < self.positive_fraction < 1:
             raise ValueError(f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
-        if self.advantage not in ("nstep", "chunk"):
-            raise ValueError(f"advantage must be 'nstep' or 'chunk', got {self.advantage!r}")
+        if self.advantage not in ("nstep", "chunk", "chunk-nstep"):
+            raise ValueError(
+                f"advantage must be 'nstep', 'chunk' or 'chunk-nstep', got {self.advantage!r}"
+            )
         if self.indicator not in INDICATORS:
             raise ValueError(f"indicator must be one of {INDICATORS}, got {self.indicator!r}")
         if self.indicator != "prompt" and self.model.arch != "vla":

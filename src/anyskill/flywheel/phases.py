@@ -182,6 +182,17 @@ def value(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     bar = _bar(ctx, steps, "value")
     params, losses = ctx.vf.train(params, data, targets, steps, c.seed + rnd, bar.update)
     bar.close()
+    if c.advantage == "chunk-nstep":  # Q(s, chunk) from n-step backups of this round's V
+        ep = ds.episodes
+        v = R.predict_values(ctx.vf, params, data)
+        q_targets = A.nstep_targets(v, ep.start, ep.stop, ep.success, ctx.horizon, c.advantage_n)
+        steps = c.value.finetune_steps
+        log(f"round {rnd}: fitting Q(s, chunk) to {c.advantage_n}-step backups ({steps} steps)")
+        bar = _bar(ctx, steps, "q")
+        params, losses = ctx.vf.train(
+            params, data, targets, steps, c.seed + 50 + rnd, bar.update, q_targets=q_targets
+        )
+        bar.close()
     meta = {
         "round": rnd,
         "loss": float(losses[-50:].mean()),
@@ -238,7 +249,8 @@ def advantage(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     data = ctx.training_data(c.seed)
     vp = ctx.value()[0]
     values = R.predict_values(ctx.vf, vp, data)
-    q = R.predict_values(ctx.vf, vp, data, q=True) if c.advantage == "chunk" else None
+    chunk = c.advantage in ("chunk", "chunk-nstep")
+    q = R.predict_values(ctx.vf, vp, data, q=True) if chunk else None
     adv = R.recap_advantages(
         values,
         _spans(ds),
@@ -246,7 +258,7 @@ def advantage(ctx: RunContext, st: FlywheelState) -> FlywheelState:
         R.family_ids(ds.tasks, ds.columns["task_index"]),
         ds.columns["intervention"],
         c.positive_fraction,
-        kind=c.advantage,
+        kind="chunk" if chunk else "nstep",
         n=c.advantage_n,
         q=q,
         center=c.advantage_center,

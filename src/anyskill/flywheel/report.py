@@ -205,7 +205,11 @@ def write_report(run_dir: Path) -> Path:
         f"{c.episodes_per_round} deployed episodes per round (corrector: {c.corrector.kind}, "
         f"trigger {c.corrector.trigger}, watching {c.corrector.fraction:.0%} of envs); "
         f"{c.policy_steps} fine-tuning steps per round per method; advantages "
-        + (f"n-step (n = {c.advantage_n})" if c.advantage == "nstep" else "Q(s, chunk) − V(s)")
+        + {
+            "nstep": f"n-step (n = {c.advantage_n})",
+            "chunk": "Q(s, chunk) − V(s)",
+            "chunk-nstep": f"Q(s, chunk) − V(s), Q from {c.advantage_n}-step backups",
+        }[c.advantage]
         + f", {c.positive_fraction:.0%} positive per task family, indicator "
         f"as {c.indicator}, dropout {c.indicator_dropout:.0%}, guidance β = {c.beta}. "
         + (

@@ -61,25 +61,34 @@ def to_bins(values, num_bins: int = NUM_BINS) -> np.ndarray:
     return np.rint((v + 1.0) * (num_bins - 1)).astype(np.int32)
 
 
-def nstep_advantages(values, episode_start, episode_stop, success, horizon, n: int):
-    """``A_t = sum_{k<m} r_{t+k} + V_boot - V(s_t)``, ``r = -1/horizon``, ``m = min(n, T - t)``.
-
-    ``V_boot = V(s_{t+n})`` (the predictions ``values``) when ``t + n < T``; otherwise the
-    episode's terminal value, ``0`` for success and ``-1`` for failure. With ``values`` equal
-    to :func:`value_targets`, a successful episode's advantages are all ``0`` and a failed
-    episode's are ``-m/horizon <= 0`` (after the step costs, the bootstrap -1 equals V)."""
+def nstep_targets(values, episode_start, episode_stop, success, horizon, n: int) -> np.ndarray:
+    """n-step backed-up returns ``sum_{k<m} r_{t+k} + V_boot`` of every frame, ``r =
+    -1/horizon``, ``m = min(n, T - t)``: ``V_boot = V(s_{t+n})`` (the predictions ``values``)
+    when ``t + n < T``, else the episode's terminal value (``0`` success, ``-1`` failure). The
+    targets of a chunk critic ``Q(s_t, chunk_t)`` with n-step backups (float64)."""
     v = np.asarray(values, np.float64)
     ok = _check_labels(success)
     hor = np.broadcast_to(np.asarray(horizon, np.float64), np.asarray(episode_start).shape)
-    out = np.zeros(len(v), np.float32)
+    out = np.zeros(len(v), np.float64)
     for s, t, good, h in zip(episode_start, episode_stop, ok, hor, strict=True):
         idx = np.arange(s, t)
         m = np.minimum(n, t - idx)
         inside = idx + n < t
         terminal = 0.0 if good else -1.0
         boot = np.where(inside, v[np.minimum(idx + n, t - 1)], terminal)
-        out[s:t] = -m / h + boot - v[s:t]
+        out[s:t] = -m / h + boot
     return out
+
+
+def nstep_advantages(values, episode_start, episode_stop, success, horizon, n: int):
+    """``A_t = sum_{k<m} r_{t+k} + V_boot - V(s_t)`` (:func:`nstep_targets` minus the value).
+
+    With ``values`` equal to :func:`value_targets`, a successful episode's advantages are all
+    ``0`` and a failed episode's are ``-m/horizon <= 0`` (after the step costs, the bootstrap
+    -1 equals V)."""
+    v = np.asarray(values, np.float64)
+    targets = nstep_targets(v, episode_start, episode_stop, success, horizon, n)
+    return (targets - v).astype(np.float32)
 
 
 def center_per_episode(advantages, episode_start, episode_stop) -> np.ndarray:

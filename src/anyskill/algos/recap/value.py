@@ -150,12 +150,14 @@ class ValueFunction:
         p_hide = self.cfg.chunk_dropout
 
         @jax.jit
-        def step(params, opt_state, key, obs, chunk, target_bins):
+        def step(params, opt_state, key, obs, chunk, target_bins, q_bins):
             has = jax.random.uniform(key, target_bins.shape) >= p_hide
+            # V's target where the chunk is hidden, Q's where it is shown
+            bins = jnp.where(has, q_bins, target_bins)
 
             def loss_fn(p):
                 logits = self.net.apply(p, obs, chunk, has)
-                ce = optax.softmax_cross_entropy_with_integer_labels(logits, target_bins)
+                ce = optax.softmax_cross_entropy_with_integer_labels(logits, bins)
                 return ce.mean()
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -164,17 +166,33 @@ class ValueFunction:
 
         return opt, step
 
-    def train(self, params, data, targets: np.ndarray, steps: int, seed: int = 0, progress=None):
+    def train(
+        self,
+        params,
+        data,
+        targets: np.ndarray,
+        steps: int,
+        seed: int = 0,
+        progress=None,
+        q_targets: np.ndarray | None = None,
+    ):
         """Fit ``params`` to per-frame value ``targets`` ``[N]`` for ``steps`` steps on batches
         of ``data`` (a :class:`~anyskill.algos.vla.data.TrainingData`); step ``i`` hides chunks
-        with the key ``fold_in(key(seed), i)``. Returns ``(params, losses)``."""
+        with the key ``fold_in(key(seed), i)``. ``q_targets`` ``[N]``: the targets of
+        ``Q(s, chunk)`` where the chunk is shown (e.g. n-step backups,
+        :func:`~anyskill.algos.recap.advantage.nstep_targets`; default ``targets``, the
+        Monte-Carlo return of both). Returns ``(params, losses)``."""
         opt, step = _train_steps.setdefault(self, self.make_train_step())
         bins = to_bins(np.asarray(targets), NUM_BINS)
+        q_bins = bins if q_targets is None else to_bins(np.asarray(q_targets), NUM_BINS)
+        if q_bins.shape != bins.shape:
+            raise ValueError(f"q_targets has shape {q_bins.shape}, targets {bins.shape}")
         key = jax.random.key(seed)
 
         def next_batch():
             b = data.batch()
-            return b.obs, b.actions, bins[data.last_index]
+            i = data.last_index
+            return b.obs, b.actions, bins[i], q_bins[i]
 
         def step_fn(state, batch):
             params, opt_state, i = state
