@@ -147,6 +147,27 @@ def test_training_batches_carry_the_indicator_with_dropout(tmp_path):
     assert ((tok == want).all(1) | is_plain).all()
 
 
+def test_negatives_unconditioned_show_negative_frames_without_the_indicator(tmp_path):
+    """Classifier-free style: no sample says "advantage: negative"; negative frames carry the
+    plain instruction, positive ones "advantage: positive" except the ~30 % dropped."""
+    from anyskill.nets.transformer import tokenize
+
+    data = _four_episodes(tmp_path, "mlp-flow")
+    positive = np.arange(data.ds.num_frames) % 2 == 0
+    data.set_indicator(
+        positive,
+        A.prompt_with_indicator,
+        lambda r, n: A.drop_indicator(r, n, 0.3),
+        negatives_unconditioned=True,
+    )
+    tok = np.asarray(data.batch().obs.tokens)
+    plain = (tok == tokenize("go to the red zone", 12)[0]).all(1)
+    said_pos = (tok == tokenize("go to the red zone, advantage: positive", 12)[0]).all(1)
+    pos = positive[data.last_index]
+    assert (plain | said_pos).all() and not said_pos[~pos].any()
+    assert plain[~pos].all() and abs(plain[pos].mean() - 0.3) < 0.04
+
+
 def test_training_batches_carry_the_indicator_as_an_input_with_dropout(tmp_path):
     """``--indicator embedding``: the instruction stays plain; ``Obs.indicator`` is 1 on
     positive frames, 2 on negative ones and 0 (none) on ~30 % of samples."""

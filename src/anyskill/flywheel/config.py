@@ -141,6 +141,12 @@ class FlywheelConfig:
     each batch's weights normalised to mean 1. None: not trained."""
     awr_max_weight: float = dataclasses.field(default=20.0, metadata={ADDED_LATER: "issue 24"})
     """Largest AWR weight (clips exp(A / awr_beta))."""
+    negatives_unconditioned: bool = dataclasses.field(
+        default=False, metadata={ADDED_LATER: "issue 24"}
+    )
+    """Classifier-free style RECAP: negative frames are trained without the indicator (the
+    unconditioned policy), positive ones with it (and dropped --indicator-dropout of the
+    time), so guidance contrasts the positive branch with the unconditioned policy."""
     split_takeovers: int = dataclasses.field(default=0, metadata={ADDED_LATER: "issue 24"})
     """Human-in-the-loop split: the up to N autonomous frames before each takeover are
     labelled as the failure they were heading to (negative, lowest advantage); the takeover

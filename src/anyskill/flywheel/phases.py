@@ -298,6 +298,7 @@ def policy(ctx: RunContext, st: FlywheelState) -> FlywheelState:
                 labels.indicator,
                 A.prompt_with_indicator if c.indicator == "prompt" else None,
                 lambda rng, n: A.drop_indicator(rng, n, c.indicator_dropout),
+                negatives_unconditioned=c.negatives_unconditioned,
             )
         weights = None
         if name == "awr":

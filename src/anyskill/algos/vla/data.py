@@ -388,14 +388,18 @@ class TrainingData:
         self.sampler.rng.bit_generator.state = sampler
         self._rng.bit_generator.state = indicator
 
-    def set_indicator(self, indicator: np.ndarray, prompt, drop) -> None:
+    def set_indicator(
+        self, indicator: np.ndarray, prompt, drop, negatives_unconditioned: bool = False
+    ) -> None:
         """Condition on a per-frame advantage indicator (RECAP): ``indicator`` ``[N]`` bool
         (True: positive). Where ``drop(rng, batch_size)`` is True a sample is shown without it
         (the unconditioned policy). With a ``prompt`` function each sample's instruction
         becomes ``prompt(task, positive)`` (dropped: the plain instruction); with
         ``prompt=None`` the batch's ``Obs.indicator`` carries it instead (1 positive,
         2 negative, 0 dropped; for models built with ``indicator=True``). The flywheel passes
-        :func:`anyskill.algos.recap.advantage.prompt_with_indicator` and ``drop_indicator``."""
+        :func:`anyskill.algos.recap.advantage.prompt_with_indicator` and ``drop_indicator``.
+        ``negatives_unconditioned``: negative frames are always shown without it
+        (classifier-free style: the positive branch against the unconditioned policy)."""
         if len(indicator) != self.ds.num_frames:
             raise ValueError(
                 f"indicator has {len(indicator)} entries, the dataset {self.ds.num_frames} frames"
@@ -408,6 +412,7 @@ class TrainingData:
             self._tok_neg, _ = tokenize([prompt(t, False) for t in tasks], L)
         self.indicator = np.asarray(indicator, bool)
         self._drop = drop
+        self._negatives_unconditioned = bool(negatives_unconditioned)
 
     def batch(self) -> Batch:
         """The next training batch (its frame indices are kept in ``last_index``)."""
@@ -420,6 +425,8 @@ class TrainingData:
         if self.indicator is not None:
             pos = self.indicator[idx]
             keep = ~self._drop(self._rng, len(idx))
+            if self._negatives_unconditioned:
+                keep = keep & pos
             if self._prompted:
                 cond = np.where(pos[:, None], self._tok_pos[ti], self._tok_neg[ti])
                 tokens = np.where(keep[:, None], cond, tokens)
