@@ -181,3 +181,15 @@ def test_a_round_trains_evaluates_and_reports_awr_beside_the_others(tmp_path, mo
     row = [r for r in rows if r["method"] == "awr"]
     assert len(row) == 1 and row[0]["round"] == 1 and 0 <= row[0]["success"] <= 1
     assert "| 1 | AWR |" in outcome_table(list(rows))
+
+    # --diagnose: the advantage phase also measures what its labels carry; the report uses it
+    ctx = RunContext.open(dataclasses.replace(awr, resume=True, diagnose=True))
+    phases.advantage(ctx, st)
+    d = json.loads((root / "diagnosis-r1.json").read_text())
+    assert d["round"] == 1 and 0 <= d["auc_state_chunk"] <= 1 and 0 <= d["auc_state"] <= 1
+    assert d["frames"] == len(np.load(root / "advantage-r1.npz")["indicator"])
+    FlywheelState(round=2, rows=tuple(rows)).write(root / "state.json")
+    phases.report(ctx, st)  # the report reads the artifacts only
+    report = (root / "report.md").read_text()
+    assert "## What the labels carry" in report and f"| 1 | {d['auc_state_chunk']:.3f} |" in report
+    assert "RECAP (" in report and "AWR (" in report

@@ -10,6 +10,7 @@
     policies/NAME.msgpack  the latest weights of each method (meta: round)
     advantage-rK.npz       round K's values, advantages, indicator, family (q with chunk)
     detection-rK.json      held-out failure detection of round K (from round 2 on)
+    diagnosis-rK.json      how much action information round K's labels carry (--diagnose)
     rollouts-NAME.gif      rollout videos of the last round, captions in videos.json
     report.md, results.json, rounds.png, values.png
 
@@ -95,6 +96,10 @@ class RunPaths:
 
     def detection(self, rnd: int) -> Path:
         return self.root / f"detection-r{rnd}.json"
+
+    def diagnosis(self, rnd: int) -> Path:
+        """Round ``rnd``'s label diagnostic (``--diagnose``)."""
+        return self.root / f"diagnosis-r{rnd}.json"
 
     def video(self, name: str) -> Path:
         return self.root / f"rollouts-{name}.gif"

@@ -147,6 +147,10 @@ class FlywheelConfig:
     """Classifier-free style RECAP: negative frames are trained without the indicator (the
     unconditioned policy), positive ones with it (and dropped --indicator-dropout of the
     time), so guidance contrasts the positive branch with the unconditioned policy."""
+    diagnose: bool = dataclasses.field(default=False, metadata={ADDED_LATER: "issue 24"})
+    """After each round's advantages, measure how much action information its labels carry
+    (`anyskill diagnose labels`: held-out AUC of the label from (state, chunk) vs the state
+    alone; ~20 s per round) and explain the results with it in the report."""
     split_takeovers: int = dataclasses.field(default=0, metadata={ADDED_LATER: "issue 24"})
     """Human-in-the-loop split: the up to N autonomous frames before each takeover are
     labelled as the failure they were heading to (negative, lowest advantage); the takeover

@@ -265,7 +265,20 @@ def advantage(ctx: RunContext, st: FlywheelState) -> FlywheelState:
         before_takeover=c.split_takeovers,
     )
     adv.save(ctx.paths.advantage(st.round))
+    if c.diagnose:
+        diagnose_labels(ctx, st.round, data, adv.indicator)
     return st
+
+
+def diagnose_labels(ctx: RunContext, rnd: int, data, indicator: np.ndarray) -> None:
+    """How much action information round ``rnd``'s labels carry, into ``diagnosis-r{rnd}.json``
+    (:func:`anyskill.algos.recap.diagnostics.label_predictability` on every labelled frame)."""
+    from anyskill.algos.recap import diagnostics as D
+
+    log(f"round {rnd}: diagnosing the labels (held-out AUC from (state, chunk) vs state)")
+    d = D.store_frames(data, indicator, np.arange(len(indicator)))
+    p = D.label_predictability(d.state, d.chunk, d.label, d.episode, ctx.cfg.seed)
+    rundir.write_json(ctx.paths.diagnosis(rnd), {"round": rnd, **p.to_json()})
 
 
 # ---- 5. policy ---------------------------------------------------------------------------------
@@ -419,9 +432,10 @@ def evaluate(ctx: RunContext, st: FlywheelState) -> FlywheelState:
 
 
 def record_videos(ctx: RunContext, rnd: int) -> None:
-    """``rollouts-start.gif`` and ``rollouts-recap.gif``, their captions in ``videos.json``."""
+    """``rollouts-start.gif`` and ``rollouts-NAME.gif`` of the deployed method
+    (``--deploy-with``), their captions in ``videos.json``."""
     videos = []
-    for name in ("start", "recap"):
+    for name in ("start", ctx.cfg.deploy_with):
         params = ctx.start_params if name == "start" else ctx.policy_params(name)
         path = ctx.paths.video(name)
         policy = ctx.deployment.policy(params, name == "recap")

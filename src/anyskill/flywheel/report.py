@@ -7,6 +7,7 @@ videos the evaluation recorded — so it can be written again from a finished ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -172,6 +173,60 @@ def _evaluation(c: FlywheelConfig, rows: list[dict]) -> list[str]:
     ]
 
 
+def diagnosis_section(paths: RunPaths, rows: list[dict], rnd: int) -> list[str]:
+    """``--diagnose``: per round, how much action information the labels carry, and what that
+    says about the methods' results (empty without diagnoses)."""
+    from anyskill.algos.recap.diagnostics import LabelPredictability, reading
+
+    found = [rundir.read_json(paths.diagnosis(r)) for r in range(1, rnd + 1)
+             if paths.diagnosis(r).exists()]  # fmt: skip
+    if not found:
+        return []
+    lines = [
+        "## What the labels carry (the diagnostic behind these results)",
+        "",
+        "Held-out ROC AUC of each round's advantage label from (state, action chunk) and from "
+        "the state alone (4-fold by episode; `anyskill diagnose labels RUN --round N`); the gap "
+        "is the action information in the labels, the episode share how much of the label only "
+        "says which episode a frame came from.",
+        "",
+        "| round | AUC (state, chunk) | AUC (state) | gap | episode share | frames |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in found:
+        lines.append(
+            f"| {d['round']} | {d['auc_state_chunk']:.3f} | {d['auc_state']:.3f} | "
+            f"{d['auc_gap']:+.3f} | {_fmt(d['episode_variance_share'])} | {d['frames']} |"
+        )
+    last = found[-1]
+    fields = {f.name for f in dataclasses.fields(LabelPredictability)}
+
+    def value(v):  # JSON keeps NaN as null
+        if isinstance(v, list):
+            return tuple(float("nan") if x is None else x for x in v)
+        return float("nan") if v is None else v
+
+    p = LabelPredictability(**{k: value(v) for k, v in last.items() if k in fields})
+    lines += ["", "Round " + str(last["round"]) + ": " + reading(p)]
+    final = {r["method"]: r for r in rows if r["round"] == rnd and "throughput_per_h" in r}
+    if "recap" in final and "awr" in final:
+        recap, awr = final["recap"]["throughput_per_h"], final["awr"]["throughput_per_h"]
+        lines += [
+            "",
+            f"RECAP ({recap:.0f}/h in round {rnd}) is told only the *sign* of each frame's "
+            f"advantage, as the label above; AWR ({awr:.0f}/h) weights the same advantages by "
+            "their size. "
+            + (
+                "AWR is ahead: the advantages' size carries information that the binary label "
+                f"(predicted with AUC {p.auc_state_chunk:.2f} from state and chunk) passes on "
+                "to the policy only weakly."
+                if awr > recap
+                else "RECAP is ahead here: the label's sign is enough for this data."
+            ),
+        ]
+    return lines + [""]
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``RUN/report.md`` (and its plots) and ``RUN/results.json`` from the artifacts of
     the run in ``run_dir`` so far (its last evaluated round)."""
@@ -237,6 +292,7 @@ def write_report(run_dir: Path) -> Path:
         "",
         "![predicted value along episodes](values.png)",
         "",
+        *diagnosis_section(paths, rows, rnd),
     ]
     if videos:
         parts += ["## Rollouts", ""]
