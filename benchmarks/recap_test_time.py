@@ -19,12 +19,11 @@ import json
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from anyskill.flywheel.context import RunContext
 from anyskill.flywheel.loop import saved_config
-from anyskill.flywheel.phases import outcome_metrics
+from anyskill.flywheel.phases import evaluation_episodes, outcome_metrics
 
 
 def variants(ctx: RunContext, betas, best_of) -> list[tuple[str, object]]:
@@ -50,11 +49,11 @@ def evaluate_run(run: Path, betas, best_of, episodes: int | None) -> dict:
     ctx = RunContext.open(dataclasses.replace(saved_config(run), progress=False))
     c = ctx.cfg
     n = episodes or c.eval_episodes
-    key = jax.random.fold_in(jax.random.key(c.seed), 5000 + c.rounds)
+    key, purpose = evaluation_episodes(c, c.rounds)
     rows = {}
     for label, policy in variants(ctx, betas, best_of):
         t0 = time.perf_counter()
-        ep = ctx.deployment.evaluate(policy, key, n, f"evaluate-r{c.rounds}")
+        ep = ctx.deployment.evaluate(policy, key, n, purpose)
         m = outcome_metrics(ep.success, ep.length, ctx.env.control_hz)
         rows[label] = {**m, "wall_s": time.perf_counter() - t0}
         print(f"{run.name:<16} {label:<22} success {m['success']:.2f} "

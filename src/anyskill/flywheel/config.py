@@ -130,6 +130,10 @@ class FlywheelConfig:
     episode length (the tabletop's per task mix; gym-pusht 300)."""
     eval_episodes: int = 128
     """Evaluation episodes per policy per round (no corrector)."""
+    eval_same_episodes: bool = dataclasses.field(default=False, metadata={ADDED_LATER: "issue 24"})
+    """Evaluate every round (and the starting policy) on the same --eval-episodes episodes,
+    so round-over-round changes are paired comparisons (the demo does; off: each round
+    draws new ones, as runs before this setting did)."""
     eval_interventions: bool = True
     """Also deploy every evaluated policy with the expert corrector on call (as in data
     collection) and report its intervention rate and success with corrections."""

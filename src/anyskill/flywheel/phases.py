@@ -354,6 +354,14 @@ def outcome_metrics(success: np.ndarray, steps: np.ndarray, control_hz: float) -
     }
 
 
+def evaluation_episodes(c, rnd: int) -> tuple[jax.Array, str]:
+    """The key and purpose (an adapter env's reset seeds) of round ``rnd``'s evaluation: the
+    same for every round with ``--eval-same-episodes``, else new ones each round."""
+    k = 5000 if c.eval_same_episodes else 5000 + rnd
+    purpose = "evaluate" if c.eval_same_episodes else f"evaluate-r{rnd}"
+    return jax.random.fold_in(jax.random.key(c.seed), k), purpose
+
+
 def assisted(ctx: RunContext, params, recap: bool, rnd: int, value_params=None) -> dict:
     """How much help a policy needs: deployed as in data collection (the scripted corrector
     watching the same fraction of envs, same trigger), on episodes that are the same for
@@ -389,9 +397,9 @@ def evaluate(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     vp = ctx.value()[0] if c.corrector.trigger == "value" else None
 
     def run(name, params, recap):
-        key = jax.random.fold_in(jax.random.key(c.seed), 5000 + rnd)
+        key, purpose = evaluation_episodes(c, rnd)
         policy = ctx.deployment.policy(params, recap)
-        ep = ctx.deployment.evaluate(policy, key, c.eval_episodes, f"evaluate-r{rnd}")
+        ep = ctx.deployment.evaluate(policy, key, c.eval_episodes, purpose)
         row = {"round": rnd, "method": name, **outcome_metrics(ep.success, ep.length, hz)}
         return {**row, **assisted(ctx, params, recap, rnd, vp)}
 

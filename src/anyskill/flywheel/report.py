@@ -28,7 +28,8 @@ def _fmt(x, spec=".2f"):
 
 def outcome_table(rows: list[dict]) -> str:
     lines = [
-        "| round | method | success | failure | time to success (s) | throughput (successes/h) "
+        "| round | method | success | failure | time to success (s), mean / median "
+        "| throughput (successes/h) "
         "| intervention rate (frames) | success with corrections |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -38,7 +39,8 @@ def outcome_table(rows: list[dict]) -> str:
     ):
         lines.append(
             f"| {r['round']} | {LABELS[r['method']]} | {_fmt(r['success'])} | "
-            f"{_fmt(r['failure'])} | {_fmt(r['time_to_success_s'], '.1f')} | "
+            f"{_fmt(r['failure'])} | {_fmt(r['time_to_success_s'], '.1f')} / "
+            f"{_fmt(r.get('median_time_to_success_s'), '.1f')} | "
             f"{_fmt(r['throughput_per_h'], '.0f')} | {_fmt(r.get('intervention_rate'), '.3f')} | "
             f"{_fmt(r.get('assisted_success'))} |"
         )
