@@ -105,10 +105,11 @@ class RunPaths:
         return self.root / f"rollouts-{name}.gif"
 
 
-def policy_version(rnd: int) -> str:
-    """``policy_version`` of the episodes round ``rnd`` collects (with round ``rnd - 1``'s
-    RECAP policy; round 1: ``recap-r0``, the starting policy)."""
-    return f"recap-r{rnd - 1}"
+def policy_version(rnd: int, deployed: str = "recap") -> str:
+    """``policy_version`` of the episodes round ``rnd`` collects with round ``rnd - 1``'s
+    policy of method ``deployed`` (``--deploy-with``; round 1: ``recap-r0``, the starting
+    policy, whatever deploys later)."""
+    return f"{deployed if rnd > 1 else 'recap'}-r{rnd - 1}"
 
 
 @dataclasses.dataclass(frozen=True)

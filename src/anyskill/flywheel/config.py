@@ -241,6 +241,11 @@ class FlywheelConfig:
                 f"awr_beta must be > 0 (the temperature of exp(A / beta)) or None (no AWR), "
                 f"got {self.awr_beta}"
             )
+        if self.replan_every > self.model.horizon:
+            raise ValueError(
+                f"replan_every must be in 1..{self.model.horizon} (the policy's action horizon, "
+                f"--model.horizon), got {self.replan_every}"
+            )
         if self.split_takeovers < 0:
             raise ValueError(
                 f"split_takeovers must be >= 0 frames (0: off), got {self.split_takeovers}"

@@ -54,7 +54,7 @@ def collect(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     source, ``policy_version``, per-frame interventions and success label (none with
     ``--labels human``). A resumed round continues after the episodes already stored."""
     c, rnd = ctx.cfg, st.round
-    tag = policy_version(rnd)
+    tag = policy_version(rnd, c.deploy_with)
     have = int(np.sum(ctx.dataset().episodes.policy_version == tag))
     if have >= c.episodes_per_round:
         return st
@@ -108,7 +108,7 @@ def collect_from_robots(ctx: RunContext, st: FlywheelState, name: str, have: int
     from anyskill.flywheel import robots
 
     c, rnd = ctx.cfg, st.round
-    tag = policy_version(rnd)
+    tag = policy_version(rnd, c.deploy_with)
     policy = load_flywheel_policy(ctx.paths.root, policy_name=name, seed=c.seed + rnd)
     log(f"round {rnd}: serving the {LABELS[name]} to robots for {c.episodes_per_round} episodes")
     result = robots.collect_from_robots(
@@ -218,7 +218,7 @@ def held_out_detection(ctx: RunContext, rnd: int, value_params, data, value_meta
     found = R.held_out_failure_detection(
         lambda frames: R.predict_values(ctx.vf, value_params, data, frames=frames),
         _spans(ds),
-        np.flatnonzero(ep.policy_version == policy_version(rnd)),
+        np.flatnonzero(ep.policy_version == policy_version(rnd, ctx.cfg.deploy_with)),
         ds.columns["intervention"],
         seen=int(value_meta.get("trained_on_episodes", 0)),
     )
@@ -410,7 +410,7 @@ def evaluate(ctx: RunContext, st: FlywheelState) -> FlywheelState:
             rows.append(run(name, ctx.policy_params(name), name == "recap"))
     ds = ctx.dataset()
     ep = ds.episodes
-    tag = ep.policy_version == policy_version(rnd)
+    tag = ep.policy_version == policy_version(rnd, c.deploy_with)
     iv = np.asarray(ds.columns["intervention"], bool)
     spans = list(zip(ep.start[tag], ep.stop[tag], strict=True))
     rows.append(

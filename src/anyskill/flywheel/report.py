@@ -246,7 +246,7 @@ def write_report(run_dir: Path) -> Path:
 
     ds = Dataset.open(paths.data)
     ep = ds.episodes
-    tag = ep.policy_version == policy_version(rnd)
+    tag = ep.policy_version == policy_version(rnd, c.deploy_with)
     per_ep = [values[s:t] for s, t in zip(ep.start[tag], ep.stop[tag], strict=True)]
     plot_values(per_ep, ep.success[tag] > 0, d / "values.png")
     videos = []
