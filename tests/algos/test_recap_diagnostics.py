@@ -5,6 +5,8 @@ labels read back frame by frame, the paired held-out loss, and the oracle-label 
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import json
 
@@ -88,6 +90,9 @@ def test_a_label_of_the_action_only_is_seen_from_the_chunk_only():
     assert 0.4 < p.auc_state < 0.6
     assert p.auc_gap > 0.3
     assert p.episodes == 40 and p.frames == 1000 and len(p.fold_auc_state) == 4
+    assert "clear information" in D.reading(p)
+    weak = dataclasses.replace(p, auc_state_chunk=0.58, auc_state=0.47, auc_gap=0.11)
+    assert "adds a little" in D.reading(weak) and "below chance" in D.reading(weak)
 
 
 def test_a_label_of_the_state_only_leaves_no_gap():

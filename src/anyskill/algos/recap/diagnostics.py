@@ -358,12 +358,18 @@ def reading(p: LabelPredictability) -> str:
             "policy conditioned on it has little to read (and a correctly trained one should "
             "ignore it)"
         )
-    elif p.auc_gap < 0.1:
+    elif p.auc_gap < 0.1 or p.auc_state_chunk < 0.7:
         verdict = "the action chunk adds a little information about the label beyond the state"
     else:
         verdict = (
             "the action chunk carries clear information about the label beyond the state: "
             "the labels tell actions apart at the same states"
+        )
+    if p.auc_state < 0.5:
+        verdict += (
+            " (the state-alone classifier scores below chance on held-out episodes — it learns "
+            "patterns of the training episodes that do not carry over — so the gap overstates "
+            "the action information; the (state, chunk) AUC itself is the safer figure)"
         )
     return (
         f"On held-out episodes the label is predicted with ROC AUC {p.auc_state_chunk:.3f} "
