@@ -6,7 +6,6 @@ labels read back frame by frame, the paired held-out loss, and the oracle-label 
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 import json
 
