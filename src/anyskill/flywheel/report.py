@@ -103,6 +103,10 @@ def plot_rounds(rows: list[dict], path: Path, deployments: bool = False) -> None
         label = "deployed policy, on the robots" if deployments else LABELS[m]
         for ax, key in zip(axes, ("success", "throughput_per_h"), strict=True):
             ax.plot([r["round"] for r in rs], [r[key] for r in rs], marker="o", label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:  # rounds are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set(xlabel="round", ylabel="success rate", ylim=(-0.02, 1.02))
     axes[1].set(xlabel="round", ylabel="successes per hour of robot time")
     axes[0].legend(fontsize=8)
