@@ -272,3 +272,20 @@ def test_paired_episodes_are_folded_together():
     )
     assert split_pairs.auc_state < 0.3
     assert 0.35 < together.auc_state < 0.65
+
+
+def test_label_sources_split_labels_and_weights_by_where_frames_come_from():
+    sources = np.array(["demonstration"] * 2 + ["success"] * 4 + ["failure"] * 3 + ["corrected"])
+    ind = np.array([1, 0, 1, 1, 0, 0, 0, 0, 0, 1], bool)
+    w = np.array([2, 0, 4, 2, 0, 0, 1, 1, 0, 0], float)
+    out = D.label_sources(ind, sources, w)
+    assert out["frames"] == 10
+    assert out["demonstration"] == {"frames": 0.2, "positive": 0.5, "weight": 0.2}
+    assert out["success"] == {"frames": 0.4, "positive": 0.5, "weight": 0.6}
+    assert out["failure"]["positive"] == 0.0 and out["failure"]["weight"] == 0.2
+    assert out["corrected"] == {"frames": 0.1, "positive": 1.0, "weight": 0.0}
+    # (sum w)^2 / sum w^2 / N = 100 / 26 / 10
+    assert out["effective_sample_fraction"] == pytest.approx(100 / 26 / 10)
+    assert "effective_sample_fraction" not in D.label_sources(ind, sources)
+    with pytest.raises(ValueError, match="must cover the same frames"):
+        D.label_sources(ind[:3], sources)

@@ -188,8 +188,13 @@ def test_a_round_trains_evaluates_and_reports_awr_beside_the_others(tmp_path, mo
     d = json.loads((root / "diagnosis-r1.json").read_text())
     assert d["round"] == 1 and 0 <= d["auc_state_chunk"] <= 1 and 0 <= d["auc_state"] <= 1
     assert d["frames"] == len(np.load(root / "advantage-r1.npz")["indicator"])
+    src = d["sources"]  # where the labels and AWR's weights fall
+    assert sum(src[k]["frames"] for k in ("demonstration", "corrected", "success", "failure")) == (
+        pytest.approx(1.0)
+    )
+    assert src["demonstration"]["frames"] > 0 and 0 < src["effective_sample_fraction"] <= 1
     FlywheelState(round=2, rows=tuple(rows)).write(root / "state.json")
     phases.report(ctx, st)  # the report reads the artifacts only
     report = (root / "report.md").read_text()
     assert "## What the labels carry" in report and f"| 1 | {d['auc_state_chunk']:.3f} |" in report
-    assert "RECAP (" in report and "AWR (" in report
+    assert "RECAP (" in report and "AWR (" in report and "| demonstrations |" in report

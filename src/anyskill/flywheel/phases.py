@@ -266,19 +266,26 @@ def advantage(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     )
     adv.save(ctx.paths.advantage(st.round))
     if c.diagnose:
-        diagnose_labels(ctx, st.round, data, adv.indicator)
+        diagnose_labels(ctx, st.round, data, adv)
     return st
 
 
-def diagnose_labels(ctx: RunContext, rnd: int, data, indicator: np.ndarray) -> None:
-    """How much action information round ``rnd``'s labels carry, into ``diagnosis-r{rnd}.json``
-    (:func:`anyskill.algos.recap.diagnostics.label_predictability` on every labelled frame)."""
+def diagnose_labels(ctx: RunContext, rnd: int, data, adv: R.Advantages) -> None:
+    """What round ``rnd``'s labels carry, into ``diagnosis-r{rnd}.json``: how much action
+    information (:func:`anyskill.algos.recap.diagnostics.label_predictability` on every
+    labelled frame) and where the positive labels and AWR's weights fall (by frame source)."""
     from anyskill.algos.recap import diagnostics as D
 
+    c = ctx.cfg
     log(f"round {rnd}: diagnosing the labels (held-out AUC from (state, chunk) vs state)")
-    d = D.store_frames(data, indicator, np.arange(len(indicator)))
-    p = D.label_predictability(d.state, d.chunk, d.label, d.episode, ctx.cfg.seed)
-    rundir.write_json(ctx.paths.diagnosis(rnd), {"round": rnd, **p.to_json()})
+    n = len(adv.indicator)
+    d = D.store_frames(data, adv.indicator, np.arange(n))
+    p = D.label_predictability(d.state, d.chunk, d.label, d.episode, c.seed)
+    weights = None
+    if c.awr_beta is not None:
+        weights = R.awr_weights(adv.advantages, c.awr_beta, c.awr_max_weight)
+    sources = D.label_sources(adv.indicator, D.frame_sources(data.ds, n), weights)
+    rundir.write_json(ctx.paths.diagnosis(rnd), {"round": rnd, **p.to_json(), "sources": sources})
 
 
 # ---- 5. policy ---------------------------------------------------------------------------------

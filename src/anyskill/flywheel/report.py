@@ -214,6 +214,38 @@ def diagnosis_section(paths: RunPaths, rows: list[dict], rnd: int) -> list[str]:
 
     p = LabelPredictability(**{k: value(v) for k, v in last.items() if k in fields})
     lines += ["", "Round " + str(last["round"]) + ": " + reading(p)]
+    src = last.get("sources")
+    if src:
+        has_w = "effective_sample_fraction" in src
+        lines += [
+            "",
+            f"Where round {last['round']}'s positive labels"
+            + (" and AWR's weights" if has_w else "")
+            + " fall, by frame source:",
+            "",
+            "| source | share of frames | labelled positive |"
+            + (" share of AWR weight |" if has_w else ""),
+            "|---|---|---|" + ("---|" if has_w else ""),
+        ]
+        names = {
+            "demonstration": "demonstrations",
+            "corrected": "corrected frames",
+            "success": "successful episodes (own frames)",
+            "failure": "failed episodes (own frames)",
+        }
+        for k, name in names.items():
+            r = src[k]
+            weight = f" {r['weight']:.2f} |" if has_w else ""
+            lines.append(f"| {name} | {r['frames']:.2f} | {_fmt(r['positive'])} |{weight}")
+        if has_w:
+            lines += [
+                "",
+                f"AWR's weights have an effective sample size of "
+                f"{src['effective_sample_fraction']:.0%} of the frames, "
+                f"{src['demonstration']['weight'] + src['success']['weight']:.0%} of the weight "
+                "on demonstrations and successful episodes: its loss rests on their frames with "
+                "the largest advantages (a sharper filter than filtered BC's).",
+            ]
     final = {r["method"]: r for r in rows if r["round"] == rnd and "throughput_per_h" in r}
     if "recap" in final and "awr" in final:
         recap, awr = final["recap"]["throughput_per_h"], final["awr"]["throughput_per_h"]

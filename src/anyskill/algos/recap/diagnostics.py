@@ -380,6 +380,57 @@ def reading(p: LabelPredictability) -> str:
     )
 
 
+# ---- where the labels and the AWR weights fall ------------------------------------------------
+
+#: frame sources of :func:`label_sources`, in report order
+SOURCES = ("demonstration", "corrected", "success", "failure")
+
+
+def frame_sources(ds: Dataset, n: int) -> np.ndarray:
+    """``[n]`` source of each of the store's first ``n`` frames: ``demonstration``,
+    ``corrected`` (a corrector's frame), or a deployed episode's own frame by its outcome
+    (``success`` / ``failure``)."""
+    ep = ds.episodes
+    out = np.empty(n, object)
+    for s, t, source, ok in zip(ep.start, ep.stop, ep.source, ep.success, strict=True):
+        if s >= n:
+            continue
+        kind = (
+            "demonstration" if source == "demonstration" else ("success" if ok > 0 else "failure")
+        )
+        out[s : min(t, n)] = kind
+    out[np.asarray(ds.columns["intervention"], bool)[:n]] = "corrected"
+    return out
+
+
+def label_sources(
+    indicator: np.ndarray,
+    sources: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> dict:
+    """Per source (:data:`SOURCES`): its share of the frames, the share of its frames
+    labelled positive, and — given AWR ``weights`` — its share of the total weight; plus the
+    weights' effective sample size as a fraction of the frames (``(Σw)² / Σw² / N``: 1 for
+    equal weights, small when a few frames carry the loss)."""
+    ind, src = np.asarray(indicator, bool), np.asarray(sources)
+    if len(ind) != len(src) or (weights is not None and len(weights) != len(ind)):
+        raise ValueError(
+            f"indicator ({len(ind)}), sources ({len(src)}) and weights "
+            f"({None if weights is None else len(weights)}) must cover the same frames"
+        )
+    out: dict = {"frames": int(len(ind))}
+    w = None if weights is None else np.asarray(weights, np.float64)
+    if w is not None:
+        out["effective_sample_fraction"] = float(w.sum() ** 2 / (w**2).sum() / len(w))
+    for k in SOURCES:
+        m = src == k
+        row = {"frames": float(m.mean()), "positive": float(ind[m].mean()) if m.any() else None}
+        if w is not None:
+            row["weight"] = float(w[m].sum() / w.sum())
+        out[k] = row
+    return out
+
+
 # ---- the oracle-label test -------------------------------------------------------------------
 
 
