@@ -93,8 +93,9 @@ class FlywheelConfig:
     + V(s_t+n) - V(s_t)`` (π*0.6); chunk: ``A = Q(s_t, a_t..t+H) - V(s_t)``, the value
     function's estimate with the chunk of H actions that followed (the chunk the policy
     predicts) against its estimate without it, both fitted to Monte-Carlo returns;
-    chunk-nstep: the same with Q fitted to n-step backups (n = --advantage-n step costs +
-    V(s_t+n), V from the round's fit; a further --value.finetune-steps steps each round)."""
+    chunk-nstep: the same with Q and V then fitted to n-step backups (n = --advantage-n step
+    costs + V(s_t+n), V from the round's Monte-Carlo fit; a further --value.finetune-steps
+    steps each round)."""
     advantage_n: int = 10
     """n of the n-step advantage (--advantage nstep)."""
     advantage_center: bool = dataclasses.field(default=False, metadata={ADDED_LATER: "issue 24"})

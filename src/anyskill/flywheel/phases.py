@@ -182,15 +182,18 @@ def value(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     bar = _bar(ctx, steps, "value")
     params, losses = ctx.vf.train(params, data, targets, steps, c.seed + rnd, bar.update)
     bar.close()
-    if c.advantage == "chunk-nstep":  # Q(s, chunk) from n-step backups of this round's V
+    if c.advantage == "chunk-nstep":  # Q(s, chunk) and V(s) from n-step backups of the V fit
         ep = ds.episodes
         v = R.predict_values(ctx.vf, params, data)
         q_targets = A.nstep_targets(v, ep.start, ep.stop, ep.success, ctx.horizon, c.advantage_n)
         steps = c.value.finetune_steps
         log(f"round {rnd}: fitting Q(s, chunk) to {c.advantage_n}-step backups ({steps} steps)")
         bar = _bar(ctx, steps, "q")
+        # V is fitted to the same backups: A = Q - V then differs by the chunk alone (with
+        # V on Monte-Carlo returns, A came out high on failed episodes, whose MC value is -1
+        # while a backup still sees a way out: benchmarks, "chunk critic")
         params, losses = ctx.vf.train(
-            params, data, targets, steps, c.seed + 50 + rnd, bar.update, q_targets=q_targets
+            params, data, q_targets, steps, c.seed + 50 + rnd, bar.update, q_targets=q_targets
         )
         bar.close()
     meta = {
