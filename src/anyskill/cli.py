@@ -1114,9 +1114,11 @@ def cmd_demo(args: list[str]) -> int:
         args,
         default=default,
         prog="anyskill demo",
-        description="Record scripted demonstrations, train a starting policy, run the RECAP "
-        "flywheel for a few rounds and write a report (runs/demo/report.md); about 15 minutes "
-        "on 2 CPU cores. Re-running continues an interrupted demo.",
+        description="Record scripted demonstrations, train a starting policy, run the "
+        "flywheel for three rounds (RECAP, AWR — which collects rounds 2 and 3 —, BC and "
+        "filtered BC on the same data) and write a report with the label diagnostic "
+        "(runs/demo/report.md); about 7 minutes on 2 CPU cores. Re-running continues an "
+        "interrupted demo.",
     )
     if (cfg.run_dir / "state.json").exists() and not cfg.resume:
         print(f"continuing the demo in {cfg.run_dir}", file=sys.stderr)
