@@ -127,7 +127,8 @@ def fake_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     model = ModelConfig(arch="mlp-flow", mlp_width=32, depth=1, width=16, horizon=3)
     rundir.write_json(
-        root / "config.json", rundir.config_to_json(FlywheelConfig(run_dir=root, model=model))
+        root / "config.json",
+        rundir.config_to_json(FlywheelConfig(run_dir=root, model=model, replan_every=3)),
     )
     features = {"observation.state": vector_feature(2), "action": vector_feature(2)}
     rng = np.random.default_rng(0)

@@ -113,6 +113,7 @@ def write_flywheel_run(
         indicator=indicator,
         beta=beta,
         value=ValueConfig(steps=1, finetune_steps=1, batch_size=4, hidden=16),
+        replan_every=cfg.horizon,
         progress=False,
     )
     run.mkdir(parents=True)
