@@ -61,6 +61,13 @@ class RunEnv:
         # one batch env for the process: its compiled programs serve every rollout
         jax_env = self.adapter is None and not self.robot
         self._jax_env = JaxBatchEnv(self.env, self.cfg.max_steps) if jax_env else None
+        self._robot_horizon = None
+        if self.robot:  # the demonstrations' alone: the same whether or not the run resumed
+            ep = self.env.episodes
+            demos = ep.length[ep.source == "demonstration"]
+            self._robot_horizon = int(
+                self.cfg.max_steps or np.max(demos if len(demos) else ep.length)
+            )
 
     @classmethod
     def open(cls, cfg: FlywheelConfig, image_size: int, data: Path | None = None) -> RunEnv:
@@ -79,7 +86,7 @@ class RunEnv:
         """Steps per episode: the rollouts' time limit and the value targets' time scale
         (``--env robot``: ``--max-steps``, else the longest demonstration)."""
         if self.robot:
-            return int(self.cfg.max_steps or np.max(self.env.episodes.length))
+            return self._robot_horizon
         if self.adapter is None:
             return self._jax_env.horizon
         return int(self.cfg.max_steps or self.adapter.max_steps)

@@ -340,6 +340,7 @@ class _Run:
         episode = int(idx[0])
         person.begin_episode()
         state_inputs = tuple(v for k, v in benv.offered().items() if k == STATE)
+        has_view = True
         keys = self._keys(plans, base, 1, rows=False, actor=False)
         dists: list[np.ndarray] = []
         frames = []
@@ -385,7 +386,11 @@ class _Run:
                         correcting,
                         None if d is None else float(np.asarray(d)[0]),
                     )
-                    person.present(_view(benv, carry, person.view_size), status)
+                    frame = None
+                    if has_view:
+                        frame = _view(benv, carry, person.view_size)
+                        has_view = frame is not None  # an env without a view: not asked again
+                    person.present(frame, status)
                 carry = _with_left(carry, np.full(1, int(correcting)))
                 carry, out = benv.execute(
                     carry,
