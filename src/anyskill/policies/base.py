@@ -30,6 +30,18 @@ INDICATOR = "advantage_indicator"
 """int32 scalar: RECAP's advantage indicator as a model input (see ``policies.wrappers``);
 set by :class:`~anyskill.policies.wrappers.IndicatorConditioned`, never sent by a client."""
 
+#: Real-time chunking (optional request fields, read by policies whose spec announces
+#: ``realtime``): the actions the robot will still execute from the observation's step on
+#: (the rest of its current plan, env units, float32 ``[L, action_dim]``, L <= the chunk's
+#: horizon) ...
+ACTION_PREFIX = "realtime/action_prefix"
+#: ... and how many control steps pass before the new chunk can arrive (int): that many
+#: actions of the prefix are executed whatever the new chunk says, so it must start with
+#: them. A :data:`Batch` carries the prefixes padded to the horizon, their lengths under
+#: :data:`PREFIX_LENGTH` and the delays under :data:`ACTION_DELAY` (``[B]`` ints).
+ACTION_DELAY = "realtime/delay"
+PREFIX_LENGTH = "realtime/prefix_length"
+
 #: values of the :data:`INDICATOR` field (and of a VLA's ``Obs.indicator``): no indicator
 #: (the unconditioned policy), "advantage: positive", "advantage: negative"
 INDICATOR_NONE, INDICATOR_POSITIVE, INDICATOR_NEGATIVE = 0, 1, 2
@@ -86,6 +98,14 @@ class PolicySpec:
     ``replan_every``); None: the whole chunk. Announced to clients, whose runtime executes
     this many by default."""
 
+    realtime: str | None = None
+    """How the policy continues a committed prefix (:data:`ACTION_PREFIX`), announced to
+    clients: ``"guided"`` (inpainting by guidance, any flow policy), ``"trained"`` (a
+    delay-aware model takes it as input); None: it ignores those fields."""
+    max_delay: int | None = None
+    """With ``realtime="trained"``: the largest delay it was trained on (longer ones are
+    clamped: only that many actions are frozen)."""
+
     def __post_init__(self):
         if self.execute_horizon is not None and not 1 <= self.execute_horizon <= (
             self.action_horizon
@@ -103,6 +123,18 @@ class PolicySpec:
             "action_horizon": self.action_horizon,
             "execute_horizon": self.execute_horizon or self.action_horizon,
             "control_hz": self.control_hz,
+            **(
+                {
+                    "realtime": {
+                        "method": self.realtime,
+                        "prefix_field": ACTION_PREFIX,
+                        "delay_field": ACTION_DELAY,
+                        "max_delay": self.max_delay,
+                    }
+                }
+                if self.realtime
+                else {}
+            ),
             "inputs": {
                 s.name: {
                     "shape": list(s.shape),
@@ -141,7 +173,40 @@ class PolicySpec:
                 out[s.name] = value
                 continue
             out[s.name] = _as_array(s, value)
+        if self.realtime and (ACTION_PREFIX in obs or ACTION_DELAY in obs):
+            out.update(self._validate_prefix(obs))
         return out
+
+    def _validate_prefix(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """The real-time chunking fields of one observation, checked (both or neither)."""
+        for name in (ACTION_PREFIX, ACTION_DELAY):
+            if name not in obs:
+                other = ACTION_DELAY if name == ACTION_PREFIX else ACTION_PREFIX
+                raise ObservationError(name, f"missing: {other} is sent, and needs it")
+        raw = obs[ACTION_PREFIX]
+        try:
+            n = len(raw)
+        except TypeError:
+            raise ObservationError(
+                ACTION_PREFIX, f"expected [L, {self.action_dim}] actions, got {type(raw).__name__}"
+            ) from None
+        if n > self.action_horizon:
+            raise ObservationError(
+                ACTION_PREFIX,
+                f"{n} actions, more than the policy's chunk of {self.action_horizon}",
+            )
+        spec = InputSpec(ACTION_PREFIX, (n, self.action_dim), "float32", "committed actions")
+        prefix = _as_array(spec, np.zeros((0, self.action_dim)) if n == 0 else raw)
+        delay = obs[ACTION_DELAY]
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, (int, np.integer))
+            or not 0 <= delay <= self.action_horizon
+        ):
+            raise ObservationError(
+                ACTION_DELAY, f"expected an integer in 0..{self.action_horizon}, got {delay!r}"
+            )
+        return {ACTION_PREFIX: prefix, ACTION_DELAY: int(delay)}
 
 
 def _as_array(s: InputSpec, value: Any) -> np.ndarray:
@@ -194,6 +259,17 @@ def stack_batch(spec: PolicySpec, rows: list[dict[str, Any]]) -> Batch:
     for s in spec.inputs:
         col = [r[s.name] for r in rows]
         out[s.name] = [str(v) for v in col] if s.dtype == "str" else np.stack(col)
+    if spec.realtime and any(ACTION_PREFIX in r for r in rows):
+        # committed prefixes padded to the horizon; rows without one have length 0
+        h, a = spec.action_horizon, spec.action_dim
+        prefix = np.zeros((len(rows), h, a), np.float32)
+        length = np.zeros(len(rows), np.int32)
+        delay = np.zeros(len(rows), np.int32)
+        for i, r in enumerate(rows):
+            if ACTION_PREFIX in r:
+                p = np.asarray(r[ACTION_PREFIX], np.float32).reshape(-1, a)
+                prefix[i, : len(p)], length[i], delay[i] = p, len(p), r[ACTION_DELAY]
+        out[ACTION_PREFIX], out[PREFIX_LENGTH], out[ACTION_DELAY] = prefix, length, delay
     return out
 
 
@@ -279,9 +355,14 @@ class ChunkPolicy(abc.ABC):
     def warmup(self, max_batch: int) -> None:
         """Compile every padded batch size up to ``max_batch`` (called by the server)."""
         dummy = self.dummy_observation()
-        n = 1
-        while True:
-            self.infer([dummy] * n)
-            if n >= max_batch or not self.pad_batches:
-                break
-            n *= 2
+        rows = [dummy]
+        if self.spec.realtime:  # robots with real-time chunking send a committed prefix
+            h, a = self.spec.action_horizon, self.spec.action_dim
+            rows.append({**dummy, ACTION_PREFIX: np.zeros((h // 2, a), np.float32), ACTION_DELAY: 1})
+        for row in rows:
+            n = 1
+            while True:
+                self.infer([row] * n)
+                if n >= max_batch or not self.pad_batches:
+                    break
+                n *= 2

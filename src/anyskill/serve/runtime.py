@@ -5,19 +5,34 @@ anyskill module that pulls them in), so it runs on a robot's own computer; a tes
 ``sys.modules`` after importing it.
 
 Timing (one control step every ``1 / control_hz`` seconds; ``H`` actions per chunk, of which
-the first ``execute_horizon`` are executed)::
+``execute_horizon`` are meant to be executed before the next one takes over)::
 
     step t0: send obs(t0) ----------- network + inference -----------> chunk C arrives
     steps t0, t0+1, ...: keep executing the previous chunk (or the fallback)
     step t1 (first step after C arrives): execute C[t1 - t0]  -- aligned by the steps that
         passed since obs(t0) was taken, because C[0] was planned for step t0 --
-        blending the old plan into C over ``blend_steps`` steps
-    when ``lead`` executable actions of C remain: send obs(now) for the next chunk
+    when ``lead`` of C's first ``execute_horizon`` actions remain: send obs(now) for the next
 
-If a chunk runs out before the next one arrives (the reply missed its deadline: the end of
-the current chunk), or the link is down, the local ``fallback(obs) -> action`` acts and the
-frame is marked as an intervention; the first fresh chunk hands control back (blended).
-A reply older than ``execute_horizon`` steps is stale and dropped.
+The delay d (control steps from a request to its chunk being usable) is estimated online
+from the last round trips (a high quantile, ``delay_quantile``); by default ``lead = d - 1``,
+so the next chunk arrives as the current one's execute horizon ends, and when d exceeds the
+execute horizon requests simply follow each other (the effective horizon is d).
+
+How a new chunk joins the old plan:
+
+* **real-time chunking** (``realtime``; used when the server announces it): each request
+  carries the rest of the current plan from the observation's step on and the expected
+  delay d; the policy returns a chunk whose first d actions are those (they execute while it
+  is computed) and whose next ones continue them (Black et al., 2025), so it takes over
+  without a jump;
+* otherwise **blending**: the old plan cross-fades into the new chunk over ``blend_steps``;
+  ``blend_steps=0`` switches at once (naive chunking).
+
+A late chunk leaves the robot on the rest of its current one (open loop, to the end of its
+``H`` actions). Only when no chunk covers the step (all spent, or the link is down) does
+the local ``fallback(obs) -> action`` act; the frame is marked as an intervention and the
+first fresh chunk hands control back. A reply that arrives ``H`` or more steps after its
+observation is stale and dropped.
 
 The link (:class:`PolicyLink`) owns a synchronous websocket on a background thread, keeps at
 most one request in flight, reconnects with exponential backoff, and can inject latency,
@@ -26,9 +41,11 @@ jitter and disconnects to test all of the above.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import logging
+import math
 import random
 import threading
 import time
@@ -382,11 +399,23 @@ class RuntimeConfig:
     """Actions of each chunk to execute before the next one is due (default: the
     ``execute_horizon`` the server announces, what the policy was trained to execute; else
     its whole chunk)."""
-    lead: int = 3
-    """Request the next chunk when this many executable actions remain (covers latency of
-    up to ``lead / control_hz`` seconds without a gap)."""
+    lead: int | None = None
+    """Request the next chunk when this many of the execute horizon's actions remain after
+    the current step (covers ``lead + 1`` control steps of round trip without a late chunk).
+    None: the estimated delay minus one, re-estimated from every round trip."""
     blend_steps: int = 3
-    """Steps over which the old plan hands over to a new chunk (linear cross-fade)."""
+    """Steps over which the old plan hands over to a new chunk (linear cross-fade; not with
+    real-time chunking, whose chunks continue the plan themselves). 0: naive switching."""
+    realtime: bool | None = None
+    """Real-time chunking: send the committed plan with each request and execute chunks
+    that continue it. None: when the server announces it (metadata ``realtime``); True:
+    required (an error if the server cannot); False: never."""
+    control_hz: float | None = None
+    """The control rate (for the delay in steps); None: the rate the server announces."""
+    delay_window: int = 20
+    """Round trips the delay estimate looks back over."""
+    delay_quantile: float = 0.9
+    """Quantile of those round trips taken as the delay (high: jitter rarely exceeds it)."""
     state_key: str = "observation/state"
     """Observation field recorded as the robot state."""
     image_key: str | None = None
@@ -398,9 +427,16 @@ class RuntimeConfig:
     def __post_init__(self):
         if self.execute_horizon is not None and self.execute_horizon < 1:
             raise ValueError(f"execute_horizon must be >= 1, got {self.execute_horizon}")
-        if self.lead < 0 or self.blend_steps < 0:
+        if (self.lead is not None and self.lead < 0) or self.blend_steps < 0:
             raise ValueError(
                 f"lead and blend_steps must be >= 0, got {self.lead} and {self.blend_steps}"
+            )
+        if self.control_hz is not None and not self.control_hz > 0:
+            raise ValueError(f"control_hz must be > 0, got {self.control_hz}")
+        if self.delay_window < 1 or not 0 < self.delay_quantile <= 1:
+            raise ValueError(
+                f"need delay_window >= 1 and 0 < delay_quantile <= 1, got {self.delay_window} "
+                f"and {self.delay_quantile}"
             )
 
 
@@ -423,12 +459,25 @@ class ChunkRuntime:
         self._horizon = horizon
         self.log = ExecutionLog()
         self.latencies_ms: list[float] = []
-        self.counts = {"chunks": 0, "stale": 0, "errors": 0, "deadline_misses": 0}
+        self.server_ms: list[float] = []
+        """Server-side time (queue + inference, ``server_timing``) of every usable chunk."""
+        self._round_trips: collections.deque[float] = collections.deque(
+            maxlen=config.delay_window
+        )
+        self.counts = {
+            "chunks": 0,
+            "stale": 0,
+            "errors": 0,
+            "deadline_misses": 0,
+            "late_steps": 0,
+            "realtime_requests": 0,
+        }
         self.errors: list[dict[str, str]] = []
         self.new_episode("")
 
     def new_episode(self, task: str) -> ExecutionLog:
-        """Start a new episode (clears the plan; a reply in flight is dropped as stale)."""
+        """Start a new episode (clears the plan; a reply in flight is dropped as stale). The
+        delay estimate carries over: it is the link's, not the episode's."""
         self.log = ExecutionLog(task=task)
         self._t = 0
         self._epoch = getattr(self, "_epoch", 0) + 1
@@ -452,6 +501,40 @@ class ChunkRuntime:
         meta = self.link.metadata or {}
         return int(meta.get("execute_horizon") or meta.get("action_horizon", 1))
 
+    @property
+    def realtime(self) -> dict[str, Any] | None:
+        """The server's real-time chunking announcement when this runtime uses it."""
+        rt = (self.link.metadata or {}).get("realtime")
+        if self.config.realtime is False:
+            return None
+        if self.config.realtime and not rt:
+            raise RuntimeError(
+                "RuntimeConfig.realtime=True but the policy server does not announce real-time "
+                "chunking (its metadata has no 'realtime'); serve a flow policy (vla or "
+                "mlp-flow) or set realtime=None"
+            )
+        return rt or None
+
+    @property
+    def control_hz(self) -> float:
+        if self.config.control_hz is not None:
+            return self.config.control_hz
+        return float((self.link.metadata or {}).get("control_hz") or 10.0)
+
+    @property
+    def delay_steps(self) -> int:
+        """Estimated control steps from sending a request to using its chunk: the
+        ``delay_quantile`` of the last round trips, rounded up, at least 1 (a chunk is used
+        from the step after its request)."""
+        if not self._round_trips:
+            return 1
+        q = float(np.quantile(np.asarray(self._round_trips), self.config.delay_quantile))
+        return max(1, math.ceil(q * self.control_hz - 1e-9))
+
+    @property
+    def lead(self) -> int:
+        return self.config.lead if self.config.lead is not None else self.delay_steps - 1
+
     def _tag(self, t: int) -> int:
         # tags carry the episode so a reply to the previous episode is recognised as stale
         return self._epoch * 1_000_000 + t
@@ -465,12 +548,16 @@ class ChunkRuntime:
             self.counts["errors"] += 1
             self.errors.append(reply.error or {})
             return False
+        self._round_trips.append(reply.latency_s)
         epoch, t0 = divmod(reply.tag, 1_000_000)
         offset = self._t - t0
-        if epoch != self._epoch or offset >= min(self.execute_horizon, len(reply.actions)):
+        if epoch != self._epoch or offset >= len(reply.actions):
             self.counts["stale"] += 1
             return False
         self.latencies_ms.append(reply.latency_s * 1e3)
+        srv = reply.server_timing
+        if srv:
+            self.server_ms.append(float(srv.get("infer_ms", 0.0)) + float(srv.get("queue_ms", 0.0)))
         if self._chunk is not None:
             self._prev = (self._chunk, self._chunk_t0)
         else:
@@ -482,11 +569,14 @@ class ChunkRuntime:
         return True
 
     def _planned(self) -> np.ndarray | None:
-        """The current chunk's action for this step, if it is still executable."""
+        """The current chunk's action for this step, while it has one (a late next chunk
+        leaves the robot on the rest of this one)."""
         if self._chunk is None:
             return None
         i = self._t - self._chunk_t0
-        if 0 <= i < min(self.execute_horizon, len(self._chunk)):
+        if 0 <= i < len(self._chunk):
+            if i >= self.execute_horizon:
+                self.counts["late_steps"] += 1
             return self._chunk[i]
         return None
 
@@ -506,6 +596,7 @@ class ChunkRuntime:
             self._wait_first_chunk(obs)
         new_chunk = self._take_reply()
         planned = self._planned()
+        realtime = self.realtime
         # a switch of who acts: a new chunk took over, or the fallback did
         boundary = new_chunk or (planned is None and self._on_policy)
         if override is not None:
@@ -514,7 +605,7 @@ class ChunkRuntime:
             action, intervention = np.asarray(planned, np.float32), False
             k = self._t - self._switch_t
             old = self._old_plan()
-            if k < cfg.blend_steps and old is not None:
+            if realtime is None and k < cfg.blend_steps and old is not None:
                 w = (k + 1) / (cfg.blend_steps + 1)
                 action = ((1 - w) * old + w * action).astype(np.float32)
         else:
@@ -522,19 +613,39 @@ class ChunkRuntime:
                 self.counts["deadline_misses"] += 1
             action, intervention = np.asarray(self.fallback(obs), np.float32), True
         self._on_policy = planned is not None
-        # ask early: while `lead` actions of this chunk remain, the next one is computed
+        # ask early: while `lead` actions of this chunk's execute horizon remain, the next
+        # one is computed
         remaining = (
             min(self.execute_horizon, len(self._chunk)) - (self._t - self._chunk_t0) - 1
             if planned is not None
             else 0
         )
-        if self._inflight is None and remaining <= cfg.lead:
-            if self.link.request(obs, self._tag(self._t)):
+        if self._inflight is None and remaining <= self.lead:
+            request = obs
+            if realtime is not None:
+                request = self._with_plan(obs, realtime, planned is not None and override is None)
+            if self.link.request(request, self._tag(self._t)):
                 self._inflight = self._t
+                self.counts["realtime_requests"] += realtime is not None
         self._record(obs, action, intervention, boundary)
         self._last_action = action
         self._t += 1
         return action
+
+    def _with_plan(self, obs: dict[str, Any], realtime: dict[str, Any], on_plan: bool):
+        """``obs`` plus the committed plan: the current chunk's actions from this step on
+        (what the robot executes while the next chunk is computed; none when the fallback or
+        a person acts) and the expected delay in steps."""
+        rest = (
+            self._chunk[self._t - self._chunk_t0 :]
+            if on_plan
+            else np.zeros((0, len(self._chunk[0]) if self._chunk is not None else 0))
+        )
+        return {
+            **obs,
+            realtime["prefix_field"]: np.asarray(rest, np.float32),
+            realtime["delay_field"]: int(self.delay_steps),
+        }
 
     def _wait_first_chunk(self, obs: dict[str, Any]) -> None:
         """Before the first step of an episode: ask for a chunk and wait (bounded) for it, so

@@ -57,6 +57,12 @@ class ModelConfig:
     """VLA with ``indicator``: the indicator also scales and shifts every action-expert
     block's norms and gates its residual branches (adaLN, as DiT conditions on a class),
     zero-initialised; a stronger input than one added vector (``--indicator modulation``)."""
+    max_delay: int = dataclasses.field(default=0, metadata={ADDED_LATER: "issue 25"})
+    """VLA: delay-aware training (real-time chunking learned, not only guided): each
+    training chunk's first d ~ U{0..max_delay} actions are given clean (flow time 0 on those
+    tokens) and left out of the loss, so at inference the actions a robot has already
+    committed to are an input and the model continues them. 0: off (inference-time
+    guided inpainting still works on any flow model)."""
     # Filled from the data (the LeRobot features it declares), not by hand:
     state_dim: int = 0
     """Features of ``observation.state`` (any robot's proprioception, any size)."""
@@ -89,6 +95,15 @@ class ModelConfig:
             raise ValueError(
                 f"indicator=True needs arch 'vla' (got {self.arch!r}); the MLP baselines take "
                 "the indicator in the prompt instead"
+            )
+        if self.max_delay and self.arch != "vla":
+            raise ValueError(
+                f"max_delay={self.max_delay} (delay-aware training) needs arch 'vla', got "
+                f"{self.arch!r}: only the VLA's action expert takes a flow time per action"
+            )
+        if not 0 <= self.max_delay < self.horizon:
+            raise ValueError(
+                f"max_delay must be in 0..horizon-1 ({self.horizon - 1}), got {self.max_delay}"
             )
         if self.indicator_modulation and not self.indicator:
             raise ValueError("indicator_modulation=True needs indicator=True")

@@ -119,6 +119,62 @@ def euler(velocity, x1: jax.Array, num_steps: int) -> jax.Array:
     return x0
 
 
+#: Largest guidance weight of real-time chunking's inpainting (Black et al., 2025, use 5).
+MAX_GUIDANCE = 5.0
+
+
+def realtime_weights(horizon: int, length: jax.Array, delay: jax.Array) -> jax.Array:
+    """Real-time chunking's soft mask ``[B, H]`` over a new chunk's actions: 1 on the first
+    ``delay`` (executed before the chunk can arrive), then decaying exponentially,
+    ``c (e^c - 1) / (e - 1)`` with ``c = (length - i) / (length - delay + 1)``, over the rest
+    of the overlap with the previous plan (``length`` actions), 0 beyond it."""
+    i = jnp.arange(horizon)[None]
+    n = jnp.asarray(length)[:, None]
+    d = jnp.minimum(jnp.asarray(delay), jnp.asarray(length))[:, None]
+    c = (n - i) / jnp.maximum(n - d + 1, 1)
+    soft = c * jnp.expm1(c) / (jnp.e - 1)
+    return jnp.where(i < d, 1.0, jnp.where(i < n, soft, 0.0)).astype(jnp.float32)
+
+
+def guided_inpaint(velocity, x1, prefix, weights, num_steps: int, max_guidance: float):
+    """Euler integration of ``velocity`` from noise ``x1`` (t = 1) to actions (t = 0), each
+    step pulled toward ``prefix`` where ``weights`` ``[B, H]`` are non-zero by pseudo-inverse
+    guidance (ΠGDM, as real-time chunking uses it): with the predicted clean chunk
+    ``â = x - t v(x, t)`` and ``e = W (prefix - â)``, the velocity becomes
+    ``v - w(t) (∂â/∂x)ᵀ e``, ``w(t) = min(max_guidance, ((1-t)² + t²) / (t (1-t)))``.
+    All-zero weights give plain sampling."""
+    dt = 1.0 / num_steps
+    w = weights[..., None].astype(x1.dtype)
+
+    def step(x, i):
+        t = 1.0 - i * dt
+        v, pull = jax.vjp(lambda y: velocity(y, jnp.full(y.shape[:1], t, y.dtype)), x)
+        err = w * (prefix - (x - t * v))
+        grad = err - t * pull(err)[0]  # (∂â/∂x)ᵀ err, â = x - t v(x)
+        gw = jnp.minimum(max_guidance, ((1 - t) ** 2 + t**2) / jnp.maximum(t * (1 - t), 1e-9))
+        return x - dt * (v - gw * grad), None
+
+    x0, _ = jax.lax.scan(step, x1, jnp.arange(num_steps))
+    return x0
+
+
+def prefix_euler(velocity, x1, prefix, delay, num_steps: int):
+    """Euler integration for a delay-aware model (``ModelConfig.max_delay``): the first
+    ``delay[b]`` actions are held at ``prefix`` with flow time 0 (how training showed them)
+    and only the rest is denoised."""
+    dt = 1.0 / num_steps
+    held = jnp.arange(x1.shape[1])[None] < jnp.asarray(delay)[:, None]  # [B, H]
+    x1 = jnp.where(held[..., None], prefix, x1)
+
+    def step(x, i):
+        t = jnp.where(held, 0.0, 1.0 - i * dt).astype(x.dtype)
+        v = velocity(x, t)
+        return x - dt * jnp.where(held[..., None], 0.0, v), None
+
+    x0, _ = jax.lax.scan(step, x1, jnp.arange(num_steps))
+    return x0
+
+
 # ---- the π0-style transformer ---------------------------------------------------------------
 
 
@@ -220,7 +276,10 @@ class VLA(nn.Module):
 
     def embed_actions(self, x_t, t, indicator=None):
         a = self.action_in(x_t)
-        tt = jnp.broadcast_to(sincos_embedding(t, self.cfg.action_width)[:, None], a.shape)
+        # one flow time per chunk ([B]) or per action ([B, H]: delay-aware training and
+        # sampling, where the committed actions are clean, time 0)
+        te = sincos_embedding(t, self.cfg.action_width)
+        tt = jnp.broadcast_to(te if t.ndim == 2 else te[:, None], a.shape)
         h = self.time_mlp2(nn.swish(self.time_mlp1(jnp.concatenate([a, tt], axis=-1))))
         h = h + self.action_pos[None]
         if indicator is not None:
@@ -358,12 +417,24 @@ class PolicyModel:
             pred = self.net.apply(params, batch.obs)
             loss = _masked_mse(pred, batch.actions, batch.action_mask, batch.weight)
             return loss, {"loss": loss}
-        k_noise, k_t = jax.random.split(key)
+        k_noise, k_t, k_d = jax.random.split(key, 3)
         noise = jax.random.normal(k_noise, batch.actions.shape)
         t = sample_time(k_t, batch.actions.shape[:1])
-        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * batch.actions
+        mask = batch.action_mask
+        if self.cfg.max_delay:
+            # delay-aware: the first d actions are the committed prefix, given clean (time 0)
+            # and not predicted; the rest is denoised as usual
+            b, h = batch.actions.shape[:2]
+            d = jax.random.randint(k_d, (b,), 0, self.cfg.max_delay + 1)
+            committed = jnp.arange(h)[None] < d[:, None]  # [B, H]
+            t = jnp.where(committed, 0.0, t[:, None])
+            mask = mask & ~committed
+            tx = t[..., None]
+        else:
+            tx = t[:, None, None]
+        x_t = tx * noise + (1 - tx) * batch.actions
         v = self.net.apply(params, batch.obs, x_t, t)
-        loss = _masked_mse(v, noise - batch.actions, batch.action_mask, batch.weight)
+        loss = _masked_mse(v, noise - batch.actions, mask, batch.weight)
         return loss, {"loss": loss}
 
     def sample(self, params, key, obs: Obs, num_steps: int | None = None, cached: bool = True):
@@ -389,6 +460,47 @@ class PolicyModel:
                 return self.net.apply(params, obs, x, t)
 
         return euler(vel, x1, n)
+
+    def velocity_fn(self, params, obs: Obs):
+        """``vel(x, t)``: the flow's velocity for ``obs`` (the VLA's prefix encoded once)."""
+        if self.cfg.arch == "mlp-bc":
+            raise ValueError("mlp-bc has no flow: it regresses whole chunks")
+        if self.cfg.arch == "vla":
+            cache, mask, _ = self.net.apply(params, obs, method=VLA.encode)
+            return lambda x, t: self.net.apply(
+                params, cache, mask, x, t, obs.indicator, method=VLA.velocity_cached
+            )
+        return lambda x, t: self.net.apply(params, obs, x, t)
+
+    def sample_realtime(
+        self,
+        params,
+        key,
+        obs: Obs,
+        prefix: jax.Array,
+        length: jax.Array,
+        delay: jax.Array,
+        num_steps: int | None = None,
+        max_guidance: float = MAX_GUIDANCE,
+    ):
+        """Real-time chunking: chunks ``[B, H, A]`` (normalized) that continue ``prefix``
+        ``[B, H, A]`` (normalized; row b's first ``length[b]`` entries are the actions the
+        robot will still execute from the observation's step on, the rest padding). The
+        first ``delay[b]`` of them happen before the chunk can arrive: frozen. Models
+        trained with ``max_delay`` take them as clean input tokens
+        (:func:`prefix_euler`); any other flow model inpaints them by guidance
+        (:func:`guided_inpaint`, soft mask :func:`realtime_weights`). Rows with
+        ``length == 0`` are sampled as by :meth:`sample`."""
+        c = self.cfg
+        n = num_steps or c.num_steps
+        b = obs.state.shape[0]
+        x1 = jax.random.normal(key, (b, c.horizon, c.action_dim))
+        vel = self.velocity_fn(params, obs)
+        delay = jnp.minimum(delay, length)
+        if c.max_delay:
+            return prefix_euler(vel, x1, prefix, jnp.minimum(delay, c.max_delay), n)
+        w = realtime_weights(c.horizon, length, delay)
+        return guided_inpaint(vel, x1, prefix, w, n, max_guidance)
 
     def sample_guided(
         self, params, key, obs: Obs, obs_uncond: Obs, beta: float, num_steps: int | None = None

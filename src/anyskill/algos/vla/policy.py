@@ -15,12 +15,15 @@ from anyskill.algos.vla.data import model_inputs, policy_inputs
 from anyskill.algos.vla.model import Obs, PolicyModel
 from anyskill.algos.vla.train import chunk_fn_for, load_run
 from anyskill.policies.base import (
+    ACTION_DELAY,
+    ACTION_PREFIX,
     INDICATOR,
     INDICATOR_NEGATIVE,
     INDICATOR_NONE,
     INDICATOR_POSITIVE,
     Batch,
     ChunkPolicy,
+    PREFIX_LENGTH,
     ObservationError,
     PolicySpec,
 )
@@ -50,6 +53,9 @@ class VLAPolicy(ChunkPolicy):
             # trained (and evaluated) replanning every `replan_every` actions; executing the
             # whole chunk open loop succeeds far less often (issue 22)
             execute_horizon=min(cfg.replan_every, m.horizon),
+            # real-time chunking: continue the robot's committed actions (issue 25)
+            realtime=None if m.arch == "mlp-bc" else ("trained" if m.max_delay else "guided"),
+            max_delay=m.max_delay or None,
         )
         self._fn = jax.jit(chunk_fn_for(model, normalizer, num_steps))
         self.infer_seed = seed
@@ -62,8 +68,33 @@ class VLAPolicy(ChunkPolicy):
 
     def act(self, obs: Batch, key) -> np.ndarray:
         """``[B, H, A]`` chunks in env units (no padding: a rollout's fixed batch compiles
-        once; the server's ``infer`` pads to powers of two)."""
+        once; the server's ``infer`` pads to powers of two). With real-time chunking fields
+        (:data:`~anyskill.policies.base.ACTION_PREFIX`, from a robot runtime), the chunks
+        continue each row's committed actions (:meth:`PolicyModel.sample_realtime`)."""
+        if ACTION_PREFIX in obs and self.spec.realtime:
+            out = self._realtime(
+                self.params,
+                key,
+                self.model_obs(obs),
+                jnp.asarray(obs[ACTION_PREFIX], jnp.float32),
+                jnp.asarray(obs[PREFIX_LENGTH], jnp.int32),
+                jnp.asarray(obs[ACTION_DELAY], jnp.int32),
+            )
+            return np.asarray(out, np.float32)
         return np.asarray(self._fn(self.params, key, self.model_obs(obs)), np.float32)
+
+    @functools.cached_property
+    def _realtime(self):
+        model, normalizer, num_steps = self.model, self.normalizer, self.num_steps
+
+        def realtime(params, key, obs: Obs, prefix, length, delay):
+            obs = obs.replace(state=normalizer.state(obs.state))
+            chunk = model.sample_realtime(
+                params, key, obs, normalizer.action(prefix), length, delay, num_steps
+            )
+            return normalizer.unaction(chunk)
+
+        return jax.jit(realtime)
 
     # ---- RECAP: the advantage indicator and classifier-free guidance ----------------------
 
@@ -132,7 +163,7 @@ class VLAPolicy(ChunkPolicy):
         return the same chunks, e.g. the same VLA with an indicator input). ``name``: the
         new spec's name."""
         new = copy.copy(self)
-        for k in ("_infer_calls", "_guided"):  # per-policy key counter and compiled functions
+        for k in ("_infer_calls", "_guided", "_realtime"):  # per-policy key counter and compiled functions
             new.__dict__.pop(k, None)
         new.params = params
         if model is not None:
