@@ -38,11 +38,12 @@ def test_runtime_imports_without_jax():
 class FakeLink:
     """A link whose replies the test delivers by hand."""
 
-    def __init__(self, horizon: int = 5):
-        self.metadata = {"action_horizon": horizon}
+    def __init__(self, horizon: int = 5, **metadata):
+        self.metadata = {"action_horizon": horizon, **metadata}
         self.connected = True
         self.busy = False
         self.sent: list[int] = []
+        self.requests: list[dict] = []
         self._reply = None
 
     def request(self, obs, tag):
@@ -50,10 +51,11 @@ class FakeLink:
             return False
         self.busy = True
         self.sent.append(tag)
+        self.requests.append(obs)
         return True
 
-    def reply(self, actions, error=None):
-        self._reply = Reply(self.sent[-1], actions, 0.01, error)
+    def reply(self, actions, error=None, latency_s=0.01):
+        self._reply = Reply(self.sent[-1], actions, latency_s, error)
         self.busy = False
 
     def poll(self):
@@ -120,6 +122,67 @@ def test_deadline_miss_engages_fallback_and_next_chunk_hands_back():
     assert rt.step(OBS)[0] == 10.0
     assert rt.log.intervention == [True, False, False, False, True, False]
     assert rt.log.boundary == [False, True, False, False, True, True]
+
+
+REALTIME = {
+    "method": "guided",
+    "prefix_field": "realtime/action_prefix",
+    "delay_field": "realtime/delay",
+    "max_delay": None,
+}
+
+
+def test_delay_is_estimated_from_round_trips_and_sets_the_lead():
+    """A scripted link at 10 Hz: round trips of 30 ms, then 250 ms, then 120 ms: the delay
+    (steps from request to use) follows the 0.9 quantile of the last round trips."""
+    link = FakeLink(horizon=10, control_hz=10.0, execute_horizon=4)
+    rt = make(link, blend_steps=0, delay_window=4)
+    assert (rt.delay_steps, rt.lead) == (1, 0)  # nothing measured: the next step
+    got = []
+    for latency in [0.03] * 4 + [0.25] * 4 + [0.12] * 4:
+        while not link.busy:
+            rt.step(OBS)
+        link.reply(chunk(np.zeros(10)), latency_s=latency)
+        rt.step(OBS)
+        got.append(rt.delay_steps)
+    assert got[:4] == [1] * 4
+    assert got[7] == 3  # four 250 ms round trips: 2.5 steps, rounded up
+    assert got[-1] == 2 and rt.lead == 1  # 120 ms: 1.2 steps -> 2
+
+
+def test_real_time_requests_carry_the_rest_of_the_plan_and_the_delay():
+    link = FakeLink(horizon=6, control_hz=10.0, execute_horizon=2, realtime=REALTIME)
+    rt = make(link, blend_steps=3)
+    rt.step(OBS)
+    assert "realtime/action_prefix" in link.requests[0]  # nothing planned yet: empty
+    assert len(link.requests[0]["realtime/action_prefix"]) == 0
+    link.reply(chunk(np.arange(6)), latency_s=0.15)  # 150 ms: a delay of 2 steps
+    a1 = rt.step(OBS)  # step 1 executes C[1]; 0 of the 2-step horizon remains: ask now
+    req = link.requests[-1]
+    np.testing.assert_array_equal(req["realtime/action_prefix"][:, 0], [1, 2, 3, 4, 5])
+    assert req["realtime/delay"] == 2 and link.sent[-1] % 1_000_000 == 1
+    # no blending: the chunk continues the plan itself
+    a2 = rt.step(OBS)
+    link.reply(chunk(np.arange(6) + 10.0), latency_s=0.15)
+    a3 = rt.step(OBS)  # the new chunk, planned for step 1, at step 3: C'[2] = 12
+    assert (a1[0], a2[0], a3[0]) == (1.0, 2.0, 12.0)
+    # C' arrived 2 steps late for its 2-step horizon: the next request goes out at once
+    assert rt.counts["realtime_requests"] == 3 and link.sent[-1] % 1_000_000 == 3
+
+
+def test_a_late_chunk_leaves_the_robot_on_the_rest_of_its_plan():
+    link = FakeLink(horizon=6, execute_horizon=2)
+    rt = make(link, blend_steps=0, lead=0, realtime=False)
+    rt.step(OBS)
+    link.reply(chunk(np.arange(6)))
+    acts = [rt.step(OBS)[0] for _ in range(6)]  # the next chunk never comes
+    assert acts == [1, 2, 3, 4, 5, -1]  # past its execute horizon, then the fallback
+    assert rt.counts["late_steps"] == 4 and rt.counts["deadline_misses"] == 1
+
+
+def test_realtime_required_but_not_served_is_an_error():
+    with pytest.raises(RuntimeError, match="does not announce real-time"):
+        make(FakeLink(), realtime=True).step(OBS)
 
 
 def test_error_reply_counts_and_keeps_fallback():

@@ -340,6 +340,9 @@ class ExecutionLog:
     """True on the step a new chunk (or the fallback) took over."""
     images: list[np.ndarray] = dataclasses.field(default_factory=list)
     """Camera frames, when the runtime records images."""
+    switch_gap: list[float] = dataclasses.field(default_factory=list)
+    """Where a new chunk took over from an old plan that still had an action for the step:
+    the distance between the two actions (the jump a naive switch makes); NaN elsewhere."""
 
     def __len__(self) -> int:
         return len(self.action)
@@ -352,6 +355,7 @@ class ExecutionLog:
             "intervention": np.asarray(self.intervention, bool),
             "latency_ms": np.asarray(self.latency_ms, np.float32),
             "boundary": np.asarray(self.boundary, bool),
+            "switch_gap": np.asarray(self.switch_gap, np.float32),
         }
         if self.images:
             out["images"] = np.asarray(self.images, np.uint8)
@@ -596,6 +600,11 @@ class ChunkRuntime:
             self._wait_first_chunk(obs)
         new_chunk = self._take_reply()
         planned = self._planned()
+        gap = float("nan")
+        if new_chunk and planned is not None and self._prev is not None:
+            chunk, t0 = self._prev
+            if 0 <= self._t - t0 < len(chunk):
+                gap = float(np.linalg.norm(np.asarray(planned) - chunk[self._t - t0]))
         realtime = self.realtime
         # a switch of who acts: a new chunk took over, or the fallback did
         boundary = new_chunk or (planned is None and self._on_policy)
@@ -628,6 +637,7 @@ class ChunkRuntime:
                 self._inflight = self._t
                 self.counts["realtime_requests"] += realtime is not None
         self._record(obs, action, intervention, boundary)
+        self.log.switch_gap.append(gap)
         self._last_action = action
         self._t += 1
         return action
