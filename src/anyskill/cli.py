@@ -890,10 +890,14 @@ class RunRobot:
     """Seconds the link stays down after each injected drop."""
     fallback: str = "hold"
     """Local policy when no chunk is ready: 'hold' (stand still) or 'expert' (scripted)."""
-    lead: int = 3
-    """Request the next chunk when this many actions of the current one remain."""
+    lead: int | None = None
+    """Request the next chunk when this many actions of the current one's execute horizon
+    remain (default: the delay estimated from the round trips, minus one)."""
     blend_steps: int = 3
-    """Steps over which a new chunk is cross-faded in."""
+    """Steps over which a new chunk is cross-faded in (without real-time chunking)."""
+    realtime: bool | None = None
+    """Real-time chunking: send the committed plan with each request and execute chunks that
+    continue it (default: when the server announces it; --no-realtime: blend instead)."""
     execute_horizon: int | None = None
     """Actions of each chunk to execute (default: the execute horizon the server announces,
     what the policy was trained to execute; else the whole chunk)."""
@@ -1009,7 +1013,10 @@ def cmd_run_robot(args: list[str]) -> int:
         seed=parsed.seed,
     )
     runtime = RuntimeConfig(
-        execute_horizon=parsed.execute_horizon, lead=parsed.lead, blend_steps=parsed.blend_steps
+        execute_horizon=parsed.execute_horizon,
+        lead=parsed.lead,
+        blend_steps=parsed.blend_steps,
+        realtime=parsed.realtime,
     )
     try:
         result = run_robot(

@@ -128,6 +128,8 @@ class IndicatorConditioned(ChunkPolicy):
                     f"'{PROMPT}'; {spec.name} reads {[s.name for s in spec.inputs]}"
                 )
             spec = dataclasses.replace(spec, inputs=tuple(inputs))
+        if self.beta != 1.0:  # guided sampling does not continue a committed plan (yet)
+            spec = dataclasses.replace(spec, realtime=None, max_delay=None)
         object.__setattr__(self, "spec", dataclasses.replace(spec, name=f"{spec.name}+recap"))
         object.__setattr__(self, "pad_batches", getattr(self.inner, "pad_batches", True))
         object.__setattr__(self, "infer_seed", getattr(self.inner, "infer_seed", 0))

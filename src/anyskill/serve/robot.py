@@ -47,6 +47,15 @@ class RobotResult:
     jerk_boundary_p95: float
     jerk_interior_mean: float
     """Mean jerk on every other step (within chunks)."""
+    switch_gap_mean: float
+    """Mean distance between the old plan's and the new chunk's action where a new chunk
+    took over (the jump a naive switch makes; real-time chunking keeps it small)."""
+    realtime: bool
+    """Real-time chunking was used (the plan sent with each request)."""
+    delay_steps: int
+    """The runtime's final estimate of the delay, in control steps."""
+    late_steps: int
+    """Steps executed past a chunk's execute horizon because the next chunk was late."""
     latency_ms: dict[str, float]
     """Percentiles of request -> usable reply round trips (including injected delay)."""
     chunks: int
@@ -227,7 +236,11 @@ class SimRobot:
                     f"robot {'cannot provide' if missing else 'only sends with --images'}"
                 )
         keep_images = bool((record or uploader is not None) and images)
-        rt_cfg = dataclasses.replace(runtime, image_key=IMAGE if keep_images else None)
+        rt_cfg = dataclasses.replace(
+            runtime,
+            image_key=IMAGE if keep_images else None,
+            control_hz=runtime.control_hz or env.control_hz,  # the robot's own rate
+        )
         policy: RuntimePolicy | None = None
         if fallback == "expert":
             # the sim knows its state; a real robot would estimate it from its sensors
@@ -247,6 +260,7 @@ class SimRobot:
         if record is not None:
             writer = _open_store(record, env, self.task, env.image_size if images else None)
         successes, steps, fb_steps = 0, 0, 0
+        gaps: list[float] = []
         j_boundary: list[float] = []
         j_interior: list[float] = []
 
@@ -259,6 +273,8 @@ class SimRobot:
             successes += success
             steps += int(ep.length[0])
             fb_steps += int(np.sum(log.intervention))
+            g = np.asarray(log.switch_gap, np.float64)
+            gaps.extend(g[np.isfinite(g)].tolist())
             jb, ji = boundary_jerk(log, env.control_hz)
             j_boundary.extend(jb)
             j_interior.extend(ji)
@@ -330,6 +346,10 @@ class SimRobot:
             jerk_boundary_mean=float(np.mean(j_boundary)) if j_boundary else float("nan"),
             jerk_boundary_p95=float(np.percentile(j_boundary, 95)) if j_boundary else float("nan"),
             jerk_interior_mean=float(np.mean(j_interior)) if j_interior else float("nan"),
+            switch_gap_mean=float(np.mean(gaps)) if gaps else float("nan"),
+            realtime=rt.counts["realtime_requests"] > 0,
+            delay_steps=rt.delay_steps,
+            late_steps=rt.counts["late_steps"],
             latency_ms=percentiles(rt.latencies_ms),
             chunks=rt.counts["chunks"],
             stale_chunks=rt.counts["stale"],
