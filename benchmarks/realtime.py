@@ -100,10 +100,19 @@ def in_process(run: str, task: str, robots: int, per: int) -> float:
     import jax
 
     from anyskill import envs
+    from anyskill.policies.base import ChunkPolicy
     from anyskill.policies.registry import load_policy
     from anyskill.rollout import EpisodeKeys, JaxBatchEnv, rollout
 
-    policy = load_policy(run)
+    inner = load_policy(run)
+
+    class OneKey(ChunkPolicy):  # per-episode run keys -> one key per batched call
+        spec = inner.spec
+
+        def act(self, obs, key):
+            return inner.act(obs, key[0] if key.ndim else key)
+
+    policy = OneKey()
     env = JaxBatchEnv(envs.make(task))
     starts = jax.numpy.concatenate(
         [

@@ -487,6 +487,7 @@ class ChunkRuntime:
         self._epoch = getattr(self, "_epoch", 0) + 1
         self._chunk: np.ndarray | None = None
         self._chunk_t0 = 0
+        self._chunk_arrival = 0
         self._chunk_latency = float("nan")
         self._prev: tuple[np.ndarray, int] | None = None
         self._switch_t = -(10**9)
@@ -566,7 +567,7 @@ class ChunkRuntime:
             self._prev = (self._chunk, self._chunk_t0)
         else:
             self._prev = None
-        self._chunk, self._chunk_t0 = reply.actions, t0
+        self._chunk, self._chunk_t0, self._chunk_arrival = reply.actions, t0, offset
         self._chunk_latency = reply.latency_s * 1e3
         self._switch_t = self._t
         self.counts["chunks"] += 1
@@ -579,7 +580,9 @@ class ChunkRuntime:
             return None
         i = self._t - self._chunk_t0
         if 0 <= i < len(self._chunk):
-            if i >= self.execute_horizon:
+            # the next chunk was due (asked `lead` steps before the execute horizon ends, or
+            # at once when the delay is longer) and has not come
+            if i >= max(self._chunk_arrival + self.delay_steps, self.execute_horizon):
                 self.counts["late_steps"] += 1
             return self._chunk[i]
         return None
