@@ -87,6 +87,7 @@ def run_condition(robot: SimRobot, url: str, args, faults: LinkFaults, runtime: 
         "latency_p50": float(np.median([r.latency_ms["p50"] for r in results])),
         "latency_p99": float(max(r.latency_ms["p99"] for r in results)),
         "delay_steps": int(np.median([r.delay_steps for r in results])),
+        "server_p50": float(np.median([r.server_ms["p50"] for r in results])),
         "realtime": all(r.realtime for r in results),
         "overruns": sum(r.overrun_steps for r in results),
         "stale": sum(r.stale_chunks for r in results),
@@ -222,16 +223,17 @@ def main() -> None:
         "chunk takes over; jerk in action units / s².",
         "",
         "| policy | mode | latency ms | outage | success | fallback steps | late steps | jump at "
-        "switch | jerk at boundaries / elsewhere | round trip p50 / p99 ms | delay est. (steps) "
-        "| load |",
-        "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "switch | jerk at boundaries / elsewhere | round trip p50 / p99 ms | server ms p50 | "
+        "delay est. (steps) | load |",
+        "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in table:
         lines.append(
             f"| {r['policy']} | {r['mode']} | {r['latency_ms']:g} | {r['outage_s']:g} s | "
             f"{r['success']:.2f} | {r['fallback']:.1%} | {r['late_steps']:.1%} | "
             f"{r['switch_gap']:.3f} | {r['jerk_boundary']:.2f} / {r['jerk_interior']:.2f} | "
-            f"{r['latency_p50']:.0f} / {r['latency_p99']:.0f} | {r['delay_steps']} | "
+            f"{r['latency_p50']:.0f} / {r['latency_p99']:.0f} | {r['server_p50']:.0f} | "
+            f"{r['delay_steps']} | "
             f"{r['load']:.1f} |"
         )
     lines += ["", f"![success against latency]({out.with_suffix('.png').name})"]

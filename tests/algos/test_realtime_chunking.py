@@ -200,3 +200,18 @@ def test_a_bad_committed_plan_is_refused_naming_the_field(vla_policy, extra, fie
     with pytest.raises(ObservationError, match=message) as e:
         vla_policy.spec.validate({**row, **extra})
     assert e.value.field == field
+
+
+def test_a_delay_aware_policy_returns_the_committed_actions_it_was_sent(tmp_path):
+    from anyskill.policies.registry import load_policy
+
+    write_policy_run(tmp_path / "run", dataclasses.replace(tiny_model("vla"), max_delay=2))
+    p = load_policy(tmp_path / "run")
+    assert p.spec.metadata()["realtime"]["method"] == "trained"
+    assert p.spec.metadata()["realtime"]["max_delay"] == 2
+    row = {k: v[0] for k, v in vla_batch(1).items()}
+    plan = np.array([[0.5, -0.25], [0.75, 0.1], [1.0, 0.2]], np.float32)
+    sent = p.spec.validate({**row, ACTION_PREFIX: plan, ACTION_DELAY: 3})
+    out = p.infer([sent, p.spec.validate(row)])
+    np.testing.assert_allclose(out[0, :2], plan[:2], atol=1e-5)  # delay 3 > max_delay: 2 held
+    assert np.abs(out[0, 2] - plan[2]).max() > 1e-3  # the rest is the model's own

@@ -55,7 +55,9 @@ class RobotResult:
     delay_steps: int
     """The runtime's final estimate of the delay, in control steps."""
     late_steps: int
-    """Steps executed past a chunk's execute horizon because the next chunk was late."""
+    """Steps executed on an old chunk because the next one was due and had not come."""
+    server_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Percentiles of the server's queue + inference time of the chunks used."""
     latency_ms: dict[str, float]
     """Percentiles of request -> usable reply round trips (including injected delay)."""
     chunks: int
@@ -350,6 +352,7 @@ class SimRobot:
             realtime=rt.counts["realtime_requests"] > 0,
             delay_steps=rt.delay_steps,
             late_steps=rt.counts["late_steps"],
+            server_ms=percentiles(rt.server_ms),
             latency_ms=percentiles(rt.latencies_ms),
             chunks=rt.counts["chunks"],
             stale_chunks=rt.counts["stale"],
