@@ -56,7 +56,7 @@ class RobotResult:
     """The runtime's final estimate of the delay, in control steps."""
     late_steps: int
     """Steps executed on an old chunk because the next one was due and had not come."""
-    server_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    server_ms: dict[str, float]
     """Percentiles of the server's queue + inference time of the chunks used."""
     latency_ms: dict[str, float]
     """Percentiles of request -> usable reply round trips (including injected delay)."""
