@@ -47,9 +47,9 @@ MODES = {
 }
 
 
-def serve(run: str, max_batch: int) -> tuple[subprocess.Popen, int]:
+def serve(run: str, max_batch: int, extra: list[str] = ()) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "anyskill.cli", "serve", run, "--port", "0"]
-    cmd += ["--max-batch", str(max_batch)]
+    cmd += ["--max-batch", str(max_batch), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     m = re.search(r":(\d+) ", line)
@@ -168,6 +168,7 @@ def main() -> None:
     ap.add_argument("--jitter", type=float, default=10.0, help="ms, std (0 ms row: none)")
     ap.add_argument("--outage", type=float, default=1.0, help="s down every ~4 s (0: no row)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--serve-args", default="", help="extra `anyskill serve` flags (quoted)")
     args = ap.parse_args()
     if args.episodes % args.robots:
         raise SystemExit("--episodes must be a multiple of --robots")
@@ -184,7 +185,7 @@ def main() -> None:
     if args.outage:
         conditions.append((100.0, args.outage))
     for pname, run in policies:
-        proc, port = serve(run, max_batch=args.robots)
+        proc, port = serve(run, max_batch=args.robots, extra=args.serve_args.split())
         try:
             for lat, outage in conditions:
                 faults = LinkFaults(

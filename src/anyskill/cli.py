@@ -863,11 +863,23 @@ class Serve:
     best_of: int | None = None
     """Flywheel runs: sample this many chunks per request and serve the one the run's value
     function ranks highest (default 1: no selection)."""
+    realtime_guidance: float | None = None
+    """Policy runs (vla, mlp-flow): largest guidance weight when inpainting a robot's
+    committed plan (real-time chunking; default 5)."""
+    realtime_mask: str | None = None
+    """Policy runs: 'soft' (default: decaying weights over the whole overlap with the
+    committed plan) or 'hard' (only the actions that execute before the chunk arrives)."""
     verbose: bool = False
     """Log every connection and failure (INFO)."""
 
     def __post_init__(self):
-        _at_least(("--beta", self.beta, 0), ("--best-of", self.best_of, 1))
+        _at_least(
+            ("--beta", self.beta, 0),
+            ("--best-of", self.best_of, 1),
+            ("--realtime-guidance", self.realtime_guidance, 0),
+        )
+        if self.realtime_mask not in (None, "soft", "hard"):
+            raise ValueError(f"--realtime-mask must be soft or hard, got {self.realtime_mask!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -979,7 +991,9 @@ def cmd_serve(args: list[str]) -> int:
     builtin = name in registry.BUILTIN_POLICIES
     overrides = {k: v for k in ("width", "depth") if (v := getattr(parsed, k)) is not None}
     options = {
-        k: v for k in ("policy_name", "beta", "best_of") if (v := getattr(parsed, k)) is not None
+        k: v
+        for k in ("policy_name", "beta", "best_of", "realtime_guidance", "realtime_mask")
+        if (v := getattr(parsed, k)) is not None
     }
     if builtin and options:
         raise ValueError(

@@ -215,3 +215,48 @@ def test_a_delay_aware_policy_returns_the_committed_actions_it_was_sent(tmp_path
     out = p.infer([sent, p.spec.validate(row)])
     np.testing.assert_allclose(out[0, :2], plan[:2], atol=1e-5)  # delay 3 > max_delay: 2 held
     assert np.abs(out[0, 2] - plan[2]).max() > 1e-3  # the rest is the model's own
+
+
+class Counting:
+    """A policy whose chunk k (its k-th call) is ``100 k + index``; it records what it was sent."""
+
+    def __init__(self, horizon=10, execute=2, realtime="guided"):
+        from anyskill.policies.base import InputSpec, PolicySpec
+
+        self.spec = PolicySpec(
+            (InputSpec("observation/state", (1,), "float32"),), 1, horizon, 10.0,
+            execute_horizon=execute, realtime=realtime,
+        )  # fmt: skip
+        self.calls, self.sent = 0, []
+
+    def act(self, obs, key):
+        self.sent.append(obs)
+        b = len(obs["observation/state"])
+        out = 100.0 * self.calls + np.arange(self.spec.action_horizon, dtype=np.float32)
+        self.calls += 1
+        return np.broadcast_to(out[None, :, None], (b, self.spec.action_horizon, 1)).copy()
+
+    def infer(self, rows):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("delay, period", [(0, 2), (1, 1), (3, 3)])
+def test_simulated_delay_executes_what_the_runtime_would(delay, period):
+    from anyskill.policies.wrappers import SimulatedDelay
+
+    inner = Counting()
+    w = SimulatedDelay(inner, delay, realtime=True)
+    assert w.period == period
+    obs = {"observation/state": np.zeros((2, 1), np.float32)}
+    first = w.act(obs, None)[0, :period, 0]
+    second = w.act(obs, None)[0, :period, 0]
+    np.testing.assert_array_equal(first, np.arange(period))  # the first chunk from index 0
+    # the previous chunk's [period, period + delay), then the new one's from index `delay`
+    want = [period + j for j in range(delay)] + [100 + j for j in range(delay, period)]
+    np.testing.assert_array_equal(second, want[:period])
+    if delay:
+        sent = inner.sent[1]
+        np.testing.assert_array_equal(sent[ACTION_PREFIX][0, : 10 - period, 0], np.arange(period, 10))
+        assert sent[PREFIX_LENGTH][0] == 10 - period and sent[ACTION_DELAY][0] == delay
+    with pytest.raises(ValueError, match="run out"):
+        SimulatedDelay(Counting(horizon=4), 3)

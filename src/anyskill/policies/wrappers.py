@@ -194,3 +194,62 @@ class BestOfN(ChunkPolicy):
             )
         best = np.argmax(scores.reshape(b, n), axis=1)
         return chunks.reshape(b, n, *chunks.shape[1:])[np.arange(b), best]
+
+
+class SimulatedDelay(ChunkPolicy):
+    """``inner`` as the robot runtime executes it when each chunk arrives ``delay`` control
+    steps after its observation: a deterministic, batched, in-process stand-in for a
+    network (``rollout(env, SimulatedDelay(p, d), key, replan_every=wrapper.period)``).
+
+    The runtime asks for the next chunk so that it arrives as the current one's execute
+    horizon E ends, and at once when the delay is longer: one chunk per ``period`` =
+    ``max(delay, E - delay)`` steps. Call k (observation of step t_k) returns the actions of
+    steps t_k .. t_k + period - 1: the previous chunk's ``[period, period + delay)`` while the
+    new one is computed, then the new one's from index ``delay``. With ``realtime`` the
+    request carries the rest of the previous chunk and the delay (real-time chunking), as
+    :class:`~anyskill.serve.runtime.ChunkRuntime` sends them. The first call of a rollout
+    (or any call with another batch size) has no previous chunk: its chunk is used from
+    index 0 (the runtime waits for the first chunk of an episode). Use a new wrapper per
+    rollout, one wave (``parallel`` = all envs)."""
+
+    pad_batches = False
+
+    def __init__(self, inner: Policy, delay: int, realtime: bool = False):
+        _check_inner(inner, "SimulatedDelay")
+        spec = inner.spec
+        e = spec.execute_horizon or spec.action_horizon
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0, got {delay}")
+        self.period = max(delay, e - delay, 1) if delay else e
+        if delay + self.period > spec.action_horizon:
+            raise ValueError(
+                f"a delay of {delay} steps needs chunks of at least {delay + self.period} "
+                f"actions ({spec.name} has {spec.action_horizon}): the robot would run out"
+            )
+        if realtime and not spec.realtime:
+            raise ValueError(f"{spec.name} does not announce real-time chunking")
+        self.inner, self.delay, self.realtime, self.spec = inner, delay, realtime, spec
+        self.infer_seed = getattr(inner, "infer_seed", 0)
+        self._prev: np.ndarray | None = None
+
+    def act(self, obs: Batch, key) -> np.ndarray:
+        from anyskill.policies.base import ACTION_DELAY, ACTION_PREFIX, PREFIX_LENGTH
+
+        b, d, p = batch_size(obs), self.delay, self.period
+        prev = self._prev if self._prev is not None and len(self._prev) == b else None
+        if prev is not None and self.realtime:
+            h, a = prev.shape[1:]
+            prefix = np.zeros_like(prev)
+            prefix[:, : h - p] = prev[:, p:]
+            obs = {
+                **obs,
+                ACTION_PREFIX: prefix,
+                PREFIX_LENGTH: np.full(b, h - p, np.int32),
+                ACTION_DELAY: np.full(b, d, np.int32),
+            }
+        chunk = np.asarray(self.inner.act(obs, key), np.float32)
+        self._prev = chunk
+        if prev is None or d == 0:
+            return chunk
+        # steps t_k .. t_k + d - 1 still run the previous plan; the new chunk from index d
+        return np.concatenate([prev[:, p : p + d], chunk[:, d:]], axis=1)

@@ -482,6 +482,7 @@ class PolicyModel:
         delay: jax.Array,
         num_steps: int | None = None,
         max_guidance: float = MAX_GUIDANCE,
+        soft: bool = True,
     ):
         """Real-time chunking: chunks ``[B, H, A]`` (normalized) that continue ``prefix``
         ``[B, H, A]`` (normalized; row b's first ``length[b]`` entries are the actions the
@@ -490,7 +491,8 @@ class PolicyModel:
         trained with ``max_delay`` take them as clean input tokens
         (:func:`prefix_euler`); any other flow model inpaints them by guidance
         (:func:`guided_inpaint`, soft mask :func:`realtime_weights`). Rows with
-        ``length == 0`` are sampled as by :meth:`sample`."""
+        ``length == 0`` are sampled as by :meth:`sample`. ``soft=False``: guide only the
+        frozen actions (no decaying weights over the rest of the overlap)."""
         c = self.cfg
         n = num_steps or c.num_steps
         b = obs.state.shape[0]
@@ -499,7 +501,7 @@ class PolicyModel:
         delay = jnp.minimum(delay, length)
         if c.max_delay:
             return prefix_euler(vel, x1, prefix, jnp.minimum(delay, c.max_delay), n)
-        w = realtime_weights(c.horizon, length, delay)
+        w = realtime_weights(c.horizon, length if soft else delay, delay)
         return guided_inpaint(vel, x1, prefix, w, n, max_guidance)
 
     def sample_guided(

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from anyskill.algos.vla.data import model_inputs, policy_inputs
-from anyskill.algos.vla.model import Obs, PolicyModel
+from anyskill.algos.vla.model import MAX_GUIDANCE, Obs, PolicyModel
 from anyskill.algos.vla.train import chunk_fn_for, load_run
 from anyskill.policies.base import (
     ACTION_DELAY,
@@ -37,7 +37,22 @@ class VLAPolicy(ChunkPolicy):
     feature names, e.g. ``observation.images.wrist``; any size, resized to the model's),
     ``prompt`` str."""
 
-    def __init__(self, run_dir: Path | str, num_steps: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        run_dir: Path | str,
+        num_steps: int | None = None,
+        seed: int = 0,
+        realtime_guidance: float = MAX_GUIDANCE,
+        realtime_mask: str = "soft",
+    ):
+        """``realtime_guidance``, ``realtime_mask`` (``soft``: decaying weights over the
+        whole overlap with the committed plan; ``hard``: only its frozen actions): how a
+        committed plan is inpainted (real-time chunking, guided models)."""
+        if realtime_mask not in ("soft", "hard"):
+            raise ValueError(f"realtime_mask must be 'soft' or 'hard', got {realtime_mask!r}")
+        if not realtime_guidance >= 0:
+            raise ValueError(f"realtime_guidance must be >= 0, got {realtime_guidance}")
+        self.realtime_guidance, self.realtime_soft = realtime_guidance, realtime_mask == "soft"
         cfg, model, normalizer, params, meta = load_run(Path(run_dir))
         self.cfg, self.model, self.params, self.meta = cfg, model, params, meta
         self.normalizer, self.num_steps = normalizer, num_steps
@@ -86,11 +101,12 @@ class VLAPolicy(ChunkPolicy):
     @functools.cached_property
     def _realtime(self):
         model, normalizer, num_steps = self.model, self.normalizer, self.num_steps
+        beta, soft = self.realtime_guidance, self.realtime_soft
 
         def realtime(params, key, obs: Obs, prefix, length, delay):
             obs = obs.replace(state=normalizer.state(obs.state))
             chunk = model.sample_realtime(
-                params, key, obs, normalizer.action(prefix), length, delay, num_steps
+                params, key, obs, normalizer.action(prefix), length, delay, num_steps, beta, soft
             )
             return normalizer.unaction(chunk)
 
@@ -188,5 +204,5 @@ register_loader(
     "policy run (anyskill train policy: vla, mlp-bc, mlp-flow)",
     is_policy_run,
     VLAPolicy,
-    options=("num_steps", "seed"),
+    options=("num_steps", "seed", "realtime_guidance", "realtime_mask"),
 )
