@@ -125,6 +125,45 @@ def in_process(run: str, task: str, robots: int, per: int) -> float:
     return float(np.mean(ep.success))
 
 
+#: the simulated-delay variants: (label, loader options, realtime)
+SIM_VARIANTS = [
+    ("naive", {}, False),
+    ("rtc, soft mask (β 5)", {"realtime_mask": "soft"}, True),
+    ("rtc, hard mask (β 5, the default)", {"realtime_mask": "hard"}, True),
+]
+
+
+def simulated(args) -> list[dict]:
+    """Success against a delay of d steps, in-process (:class:`SimulatedDelay`): the same
+    ``--sim-episodes`` episodes for every d and variant, no network, no wall clock."""
+    import jax
+
+    from anyskill import envs
+    from anyskill.policies.registry import load_policy
+    from anyskill.policies.wrappers import SimulatedDelay
+    from anyskill.rollout import JaxBatchEnv, rollout
+
+    env = JaxBatchEnv(envs.make(args.task))
+    variants = [(label, args.policy, o, rt) for label, o, rt in SIM_VARIANTS]
+    if args.trained:
+        variants.append(("delay-aware model, committed actions as input", args.trained, {}, True))
+        variants.append(("delay-aware model, naive", args.trained, {}, False))
+    rows = []
+    for label, run, opts, rt in variants:
+        inner = load_policy(run, **opts)
+        for d in args.sim_delays:
+            if d == 0 and rt:
+                continue
+            w = SimulatedDelay(inner, d, realtime=rt)
+            key = jax.random.key(args.sim_seed)
+            ep = rollout(env, w, key, num_envs=args.sim_episodes, replan_every=w.period)
+            rows.append(
+                {"variant": label, "delay": d, "period": w.period, "success": float(np.mean(ep.success))}
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def plot(path: Path, table: list[dict], inproc: dict[str, float], title: str) -> None:
     import matplotlib
 
@@ -169,11 +208,18 @@ def main() -> None:
     ap.add_argument("--outage", type=float, default=1.0, help="s down every ~4 s (0: no row)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--serve-args", default="", help="extra `anyskill serve` flags (quoted)")
+    ap.add_argument("--sim-delays", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--sim-episodes", type=int, default=128, help="0: no simulated rows")
+    ap.add_argument("--sim-seed", type=int, default=7)
+    ap.add_argument("--no-network", action="store_true", help="only the simulated delays")
     args = ap.parse_args()
     if args.episodes % args.robots:
         raise SystemExit("--episodes must be a multiple of --robots")
     name = args.name or args.task.removeprefix("tabletop-")
     per = args.episodes // args.robots
+    sim = simulated(args) if args.sim_episodes else []
+    if args.no_network:
+        args.latencies, args.outage, args.modes = [], 0.0, []
     inproc = {"guided": in_process(args.policy, args.task, args.robots, per)}
     if args.trained:
         inproc["trained"] = in_process(args.trained, args.task, args.robots, per)
@@ -184,7 +230,7 @@ def main() -> None:
     conditions = [(lat, 0.0) for lat in args.latencies]
     if args.outage:
         conditions.append((100.0, args.outage))
-    for pname, run in policies:
+    for pname, run in policies if conditions else []:
         proc, port = serve(run, max_batch=args.robots, extra=args.serve_args.split())
         try:
             for lat, outage in conditions:
@@ -208,8 +254,11 @@ def main() -> None:
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
     out = RESULTS / f"realtime-{name}"
-    out.with_suffix(".json").write_text(json.dumps({"in_process": inproc, "rows": table}, indent=1))
-    plot(out.with_suffix(".png"), table, inproc, name)
+    out.with_suffix(".json").write_text(
+        json.dumps({"in_process": inproc, "rows": table, "simulated": sim}, indent=1)
+    )
+    if table:
+        plot(out.with_suffix(".png"), table, inproc, name)
     lines = [
         f"# Real-time execution of a learned {name} policy under latency",
         "",
@@ -237,7 +286,25 @@ def main() -> None:
             f"{r['delay_steps']} | "
             f"{r['load']:.1f} |"
         )
-    lines += ["", f"![success against latency]({out.with_suffix('.png').name})"]
+    if table:
+        lines += ["", f"![success against latency]({out.with_suffix('.png').name})"]
+    if sim:
+        delays = sorted({r["delay"] for r in sim})
+        lines += [
+            "",
+            f"Simulated delay (in-process, `SimulatedDelay`; {args.sim_episodes} episodes, the "
+            "same for every cell): success when each chunk is usable d control steps after "
+            "its observation (d = round trip / control period, rounded up; at 10 Hz d = 1 "
+            "up to 100 ms, 2 up to 200 ms, 3 up to 300 ms).",
+            "",
+            "| variant | " + " | ".join(f"d = {d}" for d in delays) + " |",
+            "|:--|" + "--:|" * len(delays),
+        ]
+        for v in dict.fromkeys(r["variant"] for r in sim):
+            cells = {r["delay"]: r["success"] for r in sim if r["variant"] == v}
+            lines.append(
+                f"| {v} | " + " | ".join(f"{cells[d]:.2f}" if d in cells else "–" for d in delays) + " |"
+            )
     write_report(out.with_suffix(".md"), lines)
 
 

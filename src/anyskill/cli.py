@@ -867,8 +867,9 @@ class Serve:
     """Policy runs (vla, mlp-flow): largest guidance weight when inpainting a robot's
     committed plan (real-time chunking; default 5)."""
     realtime_mask: str | None = None
-    """Policy runs: 'soft' (default: decaying weights over the whole overlap with the
-    committed plan) or 'hard' (only the actions that execute before the chunk arrives)."""
+    """Policy runs: 'hard' (default: guide only the committed actions that execute before
+    the chunk arrives) or 'soft' (also decaying weights over the rest of the overlap with
+    the plan: smoother joins, less reactive)."""
     verbose: bool = False
     """Log every connection and failure (INFO)."""
 

@@ -33,7 +33,7 @@ def test_real_time_chunking_joins_chunks_that_naive_switching_jumps_between(tmp_
     old plan and the new chunk where it takes over, with and without real-time chunking."""
     run = tmp_path / "run"
     write_policy_run(run, dataclasses.replace(tiny_model("vla"), horizon=8, num_steps=5))
-    policy = load_policy(run)
+    policy = load_policy(run, realtime_mask="soft")  # Black et al.'s mask
     obs = {k: v[0] for k, v in vla_batch(1).items()}
     gaps, used = {}, {}
     with ServerThread(policy, ServerConfig(port=0)) as srv:

@@ -43,11 +43,14 @@ class VLAPolicy(ChunkPolicy):
         num_steps: int | None = None,
         seed: int = 0,
         realtime_guidance: float = MAX_GUIDANCE,
-        realtime_mask: str = "soft",
+        realtime_mask: str = "hard",
     ):
-        """``realtime_guidance``, ``realtime_mask`` (``soft``: decaying weights over the
-        whole overlap with the committed plan; ``hard``: only its frozen actions): how a
-        committed plan is inpainted (real-time chunking, guided models)."""
+        """``realtime_guidance``, ``realtime_mask``: how a committed plan is inpainted (real-
+        time chunking, guided models). ``hard`` (default): only the actions that execute
+        before the chunk arrives are guided; ``soft``: decaying weights over the whole
+        overlap with the plan too (Black et al.'s mask) — smoother joins, but it holds the
+        policy to its older plans: on push with a 2-step execute horizon it cut success
+        from 0.91 to 0.48 at a 1-step delay (BENCHMARKS.md, "Real-time chunking")."""
         if realtime_mask not in ("soft", "hard"):
             raise ValueError(f"realtime_mask must be 'soft' or 'hard', got {realtime_mask!r}")
         if not realtime_guidance >= 0:
