@@ -115,11 +115,12 @@ def test_a_model_with_nothing_committed_samples_as_without_real_time_chunking(ar
     params = model.init(jax.random.key(0))
     obs = random_obs(jax.random.key(1), cfg, b=3)
     key = jax.random.key(2)
-    plain = model.sample(params, key, obs)
+    plain = jax.jit(model.sample)(params, key, obs)
     prefix = jax.random.normal(key, plain.shape)
-    none = model.sample_realtime(params, key, obs, prefix, jnp.zeros(3, int), jnp.full(3, 2))
+    realtime = jax.jit(model.sample_realtime)
+    none = realtime(params, key, obs, prefix, jnp.zeros(3, int), jnp.full(3, 2))
     np.testing.assert_allclose(none, plain, atol=1e-5)
-    some = model.sample_realtime(params, key, obs, prefix, jnp.array([0, 3, 4]), jnp.full(3, 2))
+    some = realtime(params, key, obs, prefix, jnp.array([0, 3, 4]), jnp.full(3, 2))
     np.testing.assert_allclose(some[0], plain[0], atol=1e-5)  # rows are independent
     # the committed steps are pulled to the prefix: closer than the unguided chunk is
     assert np.abs(some[1:, :2] - prefix[1:, :2]).mean() < np.abs(plain[1:, :2] - prefix[1:, :2]).mean()
@@ -136,13 +137,14 @@ def test_delay_aware_training_leaves_the_committed_actions_out_of_the_loss():
     mask = jnp.ones((64, cfg.horizon), bool)
     batch = Batch(obs=obs, actions=acts, action_mask=mask)
     key = jax.random.key(3)
-    loss, _ = model.loss(params, key, batch)
+    loss_fn = jax.jit(model.loss)
+    loss, _ = loss_fn(params, key, batch)
     # a committed action is an input (time 0) but never a target: with every sample's delay
     # fixed by the key, changing the actions a zero-delay sample would not commit changes
     # the loss, and the loss stays finite
     assert np.isfinite(loss)
     moved = Batch(obs=obs, actions=acts.at[:, -1].add(5.0), action_mask=mask)
-    assert model.loss(params, key, moved)[0] != loss  # the last action is never committed
+    assert loss_fn(params, key, moved)[0] != loss  # the last action is never committed
     with pytest.raises(ValueError, match="max_delay"):
         dataclasses.replace(tiny_model("mlp-flow"), max_delay=2)
     with pytest.raises(ValueError, match="max_delay"):
