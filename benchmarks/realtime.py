@@ -158,7 +158,12 @@ def simulated(args) -> list[dict]:
             key = jax.random.key(args.sim_seed)
             ep = rollout(env, w, key, num_envs=args.sim_episodes, replan_every=w.period)
             rows.append(
-                {"variant": label, "delay": d, "period": w.period, "success": float(np.mean(ep.success))}
+                {
+                    "variant": label,
+                    "delay": d,
+                    "period": w.period,
+                    "success": float(np.mean(ep.success)),
+                }
             )
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -193,6 +198,22 @@ def plot(path: Path, table: list[dict], inproc: dict[str, float], title: str) ->
     ax[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def network_header(args, inproc: dict[str, float]) -> list[str]:
+    return [
+        f"Policy `{args.policy}`"
+        + (f", delay-aware `{args.trained}`" if args.trained else "")
+        + f" served by `anyskill serve` (own process, loopback); {args.robots} simulated "
+        f"robots at once, {args.episodes} episodes per row (the same episodes in every row), "
+        f"real time at the task's control rate, hold-still fallback. Jitter ± {args.jitter:g} "
+        "ms (std) on every non-zero latency; the outage row drops the link for "
+        f"{args.outage:g} s every ~4 s. In-process evaluation on the same episodes: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in inproc.items())
+        + ". Jump = distance between the old plan's and the new chunk's action where the new "
+        "chunk takes over; jerk in action units / s².",
+        "",
+    ]
 
 
 def main() -> None:
@@ -262,21 +283,21 @@ def main() -> None:
     lines = [
         f"# Real-time execution of a learned {name} policy under latency",
         "",
-        f"Policy `{args.policy}`" + (f", delay-aware `{args.trained}`" if args.trained else "")
-        + f" served by `anyskill serve` (own process, loopback); {args.robots} simulated "
-        f"robots at once, {args.episodes} episodes per row (the same episodes in every row), "
-        f"real time at the task's control rate, hold-still fallback. Jitter ± {args.jitter:g} "
-        "ms (std) on every non-zero latency; the outage row drops the link for "
-        f"{args.outage:g} s every ~4 s. In-process evaluation on the same episodes: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in inproc.items())
-        + ". Jump = distance between the old plan's and the new chunk's action where the new "
-        "chunk takes over; jerk in action units / s².",
-        "",
-        "| policy | mode | latency ms | outage | success | fallback steps | late steps | jump at "
-        "switch | jerk at boundaries / elsewhere | round trip p50 / p99 ms | server ms p50 | "
-        "delay est. (steps) | load |",
-        "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    if not table:
+        lines += [f"Policy `{args.policy}`; simulated delay only (`--no-network`)."]
+    else:
+        lines += network_header(args, inproc)
+    lines += (
+        []
+        if not table
+        else [
+            "| policy | mode | latency ms | outage | success | fallback steps | late steps | jump at "
+            "switch | jerk at boundaries / elsewhere | round trip p50 / p99 ms | server ms p50 | "
+            "delay est. (steps) | load |",
+            "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+    )
     for r in table:
         lines.append(
             f"| {r['policy']} | {r['mode']} | {r['latency_ms']:g} | {r['outage_s']:g} s | "
@@ -303,7 +324,9 @@ def main() -> None:
         for v in dict.fromkeys(r["variant"] for r in sim):
             cells = {r["delay"]: r["success"] for r in sim if r["variant"] == v}
             lines.append(
-                f"| {v} | " + " | ".join(f"{cells[d]:.2f}" if d in cells else "–" for d in delays) + " |"
+                f"| {v} | "
+                + " | ".join(f"{cells[d]:.2f}" if d in cells else "–" for d in delays)
+                + " |"
             )
     write_report(out.with_suffix(".md"), lines)
 

@@ -123,7 +123,9 @@ def test_a_model_with_nothing_committed_samples_as_without_real_time_chunking(ar
     some = realtime(params, key, obs, prefix, jnp.array([0, 3, 4]), jnp.full(3, 2))
     np.testing.assert_allclose(some[0], plain[0], atol=1e-5)  # rows are independent
     # the committed steps are pulled to the prefix: closer than the unguided chunk is
-    assert np.abs(some[1:, :2] - prefix[1:, :2]).mean() < np.abs(plain[1:, :2] - prefix[1:, :2]).mean()
+    assert (
+        np.abs(some[1:, :2] - prefix[1:, :2]).mean() < np.abs(plain[1:, :2] - prefix[1:, :2]).mean()
+    )
 
 
 def test_delay_aware_training_leaves_the_committed_actions_out_of_the_loss():
@@ -258,7 +260,9 @@ def test_simulated_delay_executes_what_the_runtime_would(delay, period):
     np.testing.assert_array_equal(second, want[:period])
     if delay:
         sent = inner.sent[1]
-        np.testing.assert_array_equal(sent[ACTION_PREFIX][0, : 10 - period, 0], np.arange(period, 10))
+        np.testing.assert_array_equal(
+            sent[ACTION_PREFIX][0, : 10 - period, 0], np.arange(period, 10)
+        )
         assert sent[PREFIX_LENGTH][0] == 10 - period and sent[ACTION_DELAY][0] == delay
     with pytest.raises(ValueError, match="run out"):
         SimulatedDelay(Counting(horizon=4), 3)

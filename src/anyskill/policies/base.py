@@ -358,7 +358,9 @@ class ChunkPolicy(abc.ABC):
         rows = [dummy]
         if self.spec.realtime:  # robots with real-time chunking send a committed prefix
             h, a = self.spec.action_horizon, self.spec.action_dim
-            rows.append({**dummy, ACTION_PREFIX: np.zeros((h // 2, a), np.float32), ACTION_DELAY: 1})
+            rows.append(
+                {**dummy, ACTION_PREFIX: np.zeros((h // 2, a), np.float32), ACTION_DELAY: 1}
+            )
         for row in rows:
             n = 1
             while True:

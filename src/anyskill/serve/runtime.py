@@ -465,9 +465,7 @@ class ChunkRuntime:
         self.latencies_ms: list[float] = []
         self.server_ms: list[float] = []
         """Server-side time (queue + inference, ``server_timing``) of every usable chunk."""
-        self._round_trips: collections.deque[float] = collections.deque(
-            maxlen=config.delay_window
-        )
+        self._round_trips: collections.deque[float] = collections.deque(maxlen=config.delay_window)
         self.counts = {
             "chunks": 0,
             "stale": 0,

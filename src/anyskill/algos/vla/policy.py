@@ -21,9 +21,9 @@ from anyskill.policies.base import (
     INDICATOR_NEGATIVE,
     INDICATOR_NONE,
     INDICATOR_POSITIVE,
+    PREFIX_LENGTH,
     Batch,
     ChunkPolicy,
-    PREFIX_LENGTH,
     ObservationError,
     PolicySpec,
 )
@@ -182,7 +182,11 @@ class VLAPolicy(ChunkPolicy):
         return the same chunks, e.g. the same VLA with an indicator input). ``name``: the
         new spec's name."""
         new = copy.copy(self)
-        for k in ("_infer_calls", "_guided", "_realtime"):  # per-policy key counter and compiled functions
+        for k in (
+            "_infer_calls",
+            "_guided",
+            "_realtime",
+        ):  # per-policy key counter and compiled functions
             new.__dict__.pop(k, None)
         new.params = params
         if model is not None:
