@@ -22,7 +22,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_report  # noqa: E402
+from serving import serve_process  # noqa: E402
 
 from anyskill.serve.robot import RobotResult, SimRobot  # noqa: E402
 from anyskill.serve.runtime import LinkFaults, RuntimeConfig  # noqa: E402
@@ -48,15 +48,7 @@ MODES = {
 
 
 def serve(run: str, max_batch: int, extra: list[str] = ()) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, "-m", "anyskill.cli", "serve", run, "--port", "0"]
-    cmd += ["--max-batch", str(max_batch), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    m = re.search(r":(\d+) ", line)
-    if not m:
-        proc.kill()
-        raise SystemExit(f"anyskill serve {run} did not start: {line!r}")
-    return proc, int(m.group(1))
+    return serve_process([run, "--max-batch", str(max_batch), *extra])
 
 
 def run_condition(robot: SimRobot, url: str, args, faults: LinkFaults, runtime: RuntimeConfig):

@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import re
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from serving import serve_process
 from websockets.sync.client import connect
 
 from anyskill.serve import wire
@@ -33,16 +32,9 @@ RESULTS = Path(__file__).parent / "results" / "serve_throughput.md"
 
 
 def start_server(policy: str, batching: bool, max_batch: int, extra: list[str]):
-    cmd = [sys.executable, "-m", "anyskill.cli", "serve", "--port", "0"]
-    cmd += ["--policy", policy] if not Path(policy).exists() else [policy]
-    cmd += ["--max-batch", str(max_batch)] if batching else ["--no-batching"]
-    proc = subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    m = re.search(r":(\d+) ", line)
-    if not m:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}")
-    return proc, int(m.group(1))
+    flags = ["--policy", policy] if not Path(policy).exists() else [policy]
+    flags += ["--max-batch", str(max_batch)] if batching else ["--no-batching"]
+    return serve_process(flags + extra)
 
 
 def observation(meta: dict, rng: np.random.Generator) -> dict:
