@@ -93,7 +93,7 @@ def main() -> None:
         f"Task `{args.task}`, policy `{args.policy}` served by `anyskill serve` (own process, "
         f"loopback); {args.episodes} episodes per row run in real time at the task's control "
         f"rate; fallback `{args.fallback}` unless the row says otherwise; runtime defaults: execute the whole chunk, "
-        "request the next one when 3 actions remain, blend over 3 steps. Latency = request "
+        "request the next one when (estimated delay - 1) actions remain, blend over 3 steps. Latency = request "
         "to usable reply, including the injected delay. Jerk in action units / s^2.",
         "",
         "| condition | success | fallback steps | jerk at boundaries (mean / p95) | jerk "
