@@ -23,8 +23,9 @@ How a new chunk joins the old plan:
 * **real-time chunking** (``realtime``; used when the server announces it): each request
   carries the rest of the current plan from the observation's step on and the expected
   delay d; the policy returns a chunk whose first d actions are those (they execute while it
-  is computed) and whose next ones continue them (Black et al., 2025), so it takes over
-  without a jump;
+  is computed) and whose next ones follow on from them (Black et al., 2025) — how closely
+  depends on the server's mask (``anyskill serve --realtime-mask``): smaller jumps at the
+  switch, but on a reactive policy no more success than naive switching (BENCHMARKS.md);
 * otherwise **blending**: the old plan cross-fades into the new chunk over ``blend_steps``;
   ``blend_steps=0`` switches at once (naive chunking).
 
