@@ -21,10 +21,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from anyskill.policies.base import (
+    ACTION_DELAY,
+    ACTION_PREFIX,
     INDICATOR,
     INDICATOR_NONE,
     INDICATOR_POSITIVE,
     INDICATOR_TEXT,
+    PREFIX_LENGTH,
     PROMPT,
     Batch,
     ChunkPolicy,
@@ -233,12 +236,10 @@ class SimulatedDelay(ChunkPolicy):
         self._prev: np.ndarray | None = None
 
     def act(self, obs: Batch, key) -> np.ndarray:
-        from anyskill.policies.base import ACTION_DELAY, ACTION_PREFIX, PREFIX_LENGTH
-
         b, d, p = batch_size(obs), self.delay, self.period
         prev = self._prev if self._prev is not None and len(self._prev) == b else None
         if prev is not None and self.realtime:
-            h, a = prev.shape[1:]
+            h = prev.shape[1]
             prefix = np.zeros_like(prev)
             prefix[:, : h - p] = prev[:, p:]
             obs = {

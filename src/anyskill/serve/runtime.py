@@ -467,6 +467,7 @@ class ChunkRuntime:
         self.server_ms: list[float] = []
         """Server-side time (queue + inference, ``server_timing``) of every usable chunk."""
         self._round_trips: collections.deque[float] = collections.deque(maxlen=config.delay_window)
+        self._delay_steps = 1  # nothing measured yet: the next step
         self.counts = {
             "chunks": 0,
             "stale": 0,
@@ -529,11 +530,13 @@ class ChunkRuntime:
     def delay_steps(self) -> int:
         """Estimated control steps from sending a request to using its chunk: the
         ``delay_quantile`` of the last round trips, rounded up, at least 1 (a chunk is used
-        from the step after its request)."""
-        if not self._round_trips:
-            return 1
+        from the step after its request). Re-estimated when a reply arrives."""
+        return self._delay_steps
+
+    def _estimate_delay(self, round_trip_s: float) -> None:
+        self._round_trips.append(round_trip_s)
         q = float(np.quantile(np.asarray(self._round_trips), self.config.delay_quantile))
-        return max(1, math.ceil(q * self.control_hz - 1e-9))
+        self._delay_steps = max(1, math.ceil(q * self.control_hz - 1e-9))
 
     @property
     def lead(self) -> int:
@@ -552,7 +555,7 @@ class ChunkRuntime:
             self.counts["errors"] += 1
             self.errors.append(reply.error or {})
             return False
-        self._round_trips.append(reply.latency_s)
+        self._estimate_delay(reply.latency_s)
         epoch, t0 = divmod(reply.tag, 1_000_000)
         offset = self._t - t0
         if epoch != self._epoch or offset >= len(reply.actions):
