@@ -1103,6 +1103,15 @@ def cmd_flywheel(args: list[str], prog: str = "anyskill flywheel") -> int:
         print(f"asked the round to end: {end_round(args[1])}")
         return 0
     cfg = parse_cli(FlywheelConfig, args, prog=prog)
+    if cfg.cluster is not None:  # deploy workers on Ray feed one learner
+        from anyskill.flywheel.fleet import run_fleet
+
+        result = run_fleet(cfg)
+        print(
+            f"report: {result.report} (policy version {result.state.version}, "
+            f"{result.stored} fleet episodes, {result.state.lost} lost)"
+        )
+        return 0
     try:
         st = run_flywheel(cfg)
     except NeedsLabels as e:

@@ -33,6 +33,57 @@ def flywheel_envs() -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
+class FleetConfig:
+    """The flywheel on a Ray cluster (``--cluster``): deploy workers feed one learner."""
+
+    workers: int = 2
+    """Deploy workers (Ray actors), each a batch of vectorised simulated envs."""
+    envs_per_worker: int = 16
+    """Episodes a worker runs at once (one vectorised deployment; the unit a killed worker
+    loses)."""
+    episodes: int = 256
+    """Episodes to collect in all (the run's budget; --resume continues towards it)."""
+    publish_every: int = 200
+    """Learner updates (policy gradient steps) between published policy versions."""
+    min_new_episodes: int = 16
+    """New episodes the learner waits for before its next cycle (value function,
+    advantages, --fleet.publish-every policy updates, publish)."""
+    worker_cpus: float = 1.0
+    """CPUs Ray reserves for each worker (placement; fractions share a core)."""
+    worker_threads: int = 1
+    """XLA/BLAS threads of each worker process (0: the library defaults), so workers and
+    the learner do not fight over cores."""
+    robot_resource: str | None = None
+    """Place workers only on nodes that offer this custom Ray resource (e.g. `robot`, started
+    with `ray start --resources '{"robot": 1}'`). None: anywhere."""
+    pull_timeout_s: float = 5.0
+    """How long a worker waits for the parameter server before it keeps running its last
+    version (and says so)."""
+    status_every_s: float = 10.0
+    """Seconds between status lines (per-worker episodes/s, policy-version lag)."""
+    local_cpus: int | None = None
+    """`--cluster local`: CPUs the local Ray offers (None: the machine's)."""
+
+    def __post_init__(self):
+        for name in ("workers", "envs_per_worker", "episodes", "publish_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"fleet.{name} must be >= 1, got {getattr(self, name)} "
+                    f"(--fleet.{name.replace('_', '-')} takes a positive count)"
+                )
+        if self.min_new_episodes < 0 or self.worker_threads < 0:
+            raise ValueError(
+                f"fleet.min_new_episodes and fleet.worker_threads must be >= 0, got "
+                f"{self.min_new_episodes} and {self.worker_threads}"
+            )
+        for name in ("worker_cpus", "pull_timeout_s", "status_every_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"fleet.{name} must be > 0, got {getattr(self, name)}")
+        if self.local_cpus is not None and self.local_cpus < 1:
+            raise ValueError(f"fleet.local_cpus must be >= 1 or None, got {self.local_cpus}")
+
+
+@dataclasses.dataclass(frozen=True)
 class FlywheelConfig:
     """Deploy, label, correct, learn a value, retrain conditioned on advantage — K rounds."""
 
@@ -168,6 +219,14 @@ class FlywheelConfig:
     Every method still trains on the same data."""
     videos: bool = True
     """Write rollout videos of the starting and final policies into the report."""
+    cluster: str | None = dataclasses.field(default=None, metadata={ADDED_LATER: "issue 26"})
+    """Run on Ray (pip install -e '.[cluster]'): `local` starts a Ray on loopback here, an
+    address (`HOST:6379`, or `auto`) joins an existing cluster. Deploy workers then collect
+    continuously while one learner trains and publishes policy versions (--fleet.*;
+    docs/cluster.md). None: the rounds of this process (deploy, then train)."""
+    fleet: FleetConfig = dataclasses.field(
+        default_factory=FleetConfig, metadata={ADDED_LATER: "issue 26"}
+    )
     seed: int = 0
     """Seed of everything (demonstrations, initialisation, deployment)."""
     resume: bool = False
@@ -251,6 +310,8 @@ class FlywheelConfig:
             raise ValueError(
                 f"split_takeovers must be >= 0 frames (0: off), got {self.split_takeovers}"
             )
+        if self.cluster is not None:
+            self._check_cluster()
         if self.deploy_with not in ("recap", "awr"):
             raise ValueError(f"deploy_with must be 'recap' or 'awr', got {self.deploy_with!r}")
         if self.deploy_with == "awr" and self.awr_beta is None:
@@ -275,6 +336,22 @@ class FlywheelConfig:
                 "the flywheel needs a flow policy (--model.arch vla or mlp-flow): guidance "
                 "combines conditioned and unconditioned velocities"
             )
+
+    def _check_cluster(self) -> None:
+        """``--cluster``: what the fleet does not (yet) run, named in one error."""
+        wrong = []
+        if not self.cluster.strip():
+            wrong.append("--cluster local or --cluster HOST:PORT (got an empty address)")
+        if self.deploy != "sim" or not self.simulated:
+            wrong.append("--deploy sim (fleet workers run simulated envs; robots: docs/cluster.md)")
+        if self.corrector.kind == "human":
+            wrong.append("--corrector.kind expert or none (no person at each worker)")
+        if self.corrector.trigger == "value":
+            wrong.append("--corrector.trigger stall (workers carry no value function)")
+        if self.labels != "predicate":
+            wrong.append("--labels predicate (the learner cannot wait for human labels)")
+        if wrong:
+            raise ValueError("--cluster " + repr(self.cluster) + " needs " + "; ".join(wrong))
 
     def _check_robot_only(self) -> None:
         """``--env robot``: what a run without any simulator needs, named in one error."""

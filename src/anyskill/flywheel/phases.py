@@ -169,33 +169,10 @@ def value(ctx: RunContext, st: FlywheelState) -> FlywheelState:
         # the held-out detection would use a function that has seen these episodes.
         log(f"round {rnd}: the value function of this round is already trained")
         return st
-    targets = value_targets(ctx, ds)
-    if prev is None:
-        params = ctx.vf.init(jax.random.key(c.seed + 7), ctx.start_params)
-        steps = c.value.steps
-    else:
-        params, steps = prev, c.value.finetune_steps
     data = ctx.training_data(c.seed + 100 * rnd)
     if prev is not None:
         held_out_detection(ctx, rnd, prev, data, prev_meta)
-    log(f"round {rnd}: training the value function ({steps} steps, {ds.num_frames} frames)")
-    bar = _bar(ctx, steps, "value")
-    params, losses = ctx.vf.train(params, data, targets, steps, c.seed + rnd, bar.update)
-    bar.close()
-    if c.advantage == "chunk-nstep":  # Q(s, chunk) and V(s) from n-step backups of the V fit
-        ep = ds.episodes
-        v = R.predict_values(ctx.vf, params, data)
-        q_targets = A.nstep_targets(v, ep.start, ep.stop, ep.success, ctx.horizon, c.advantage_n)
-        steps = c.value.finetune_steps
-        log(f"round {rnd}: fitting Q(s, chunk) to {c.advantage_n}-step backups ({steps} steps)")
-        bar = _bar(ctx, steps, "q")
-        # V is fitted to the same backups: A = Q - V then differs by the chunk alone (with
-        # V on Monte-Carlo returns, A came out high on failed episodes, whose MC value is -1
-        # while a backup still sees a way out: benchmarks, "chunk critic")
-        params, losses = ctx.vf.train(
-            params, data, q_targets, steps, c.seed + 50 + rnd, bar.update, q_targets=q_targets
-        )
-        bar.close()
+    params, losses = train_value(ctx, ds, data, prev, rnd, f"round {rnd}: ")
     meta = {
         "round": rnd,
         "loss": float(losses[-50:].mean()),
@@ -203,6 +180,39 @@ def value(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     }
     checkpoint.save(ctx.paths.value, params, meta)
     return st
+
+
+def train_value(ctx: RunContext, ds: Dataset, data, prev, seed: int, say: str = ""):
+    """The value function trained on ``ds`` (``data``: its batches): pretrained from the
+    policy's encoder when ``prev`` is None (``--value.steps``), else ``prev`` fine-tuned
+    (``--value.finetune-steps``); with ``--advantage chunk-nstep`` also ``Q(s, chunk)``.
+    ``seed``: the round (or the fleet learner's cycle). Returns ``(params, losses)``."""
+    c = ctx.cfg
+    targets = value_targets(ctx, ds)
+    if prev is None:
+        params = ctx.vf.init(jax.random.key(c.seed + 7), ctx.start_params)
+        steps = c.value.steps
+    else:
+        params, steps = prev, c.value.finetune_steps
+    log(f"{say}training the value function ({steps} steps, {ds.num_frames} frames)")
+    bar = _bar(ctx, steps, "value")
+    params, losses = ctx.vf.train(params, data, targets, steps, c.seed + seed, bar.update)
+    bar.close()
+    if c.advantage == "chunk-nstep":  # Q(s, chunk) and V(s) from n-step backups of the V fit
+        ep = ds.episodes
+        v = R.predict_values(ctx.vf, params, data)
+        q_targets = A.nstep_targets(v, ep.start, ep.stop, ep.success, ctx.horizon, c.advantage_n)
+        steps = c.value.finetune_steps
+        log(f"{say}fitting Q(s, chunk) to {c.advantage_n}-step backups ({steps} steps)")
+        bar = _bar(ctx, steps, "q")
+        # V is fitted to the same backups: A = Q - V then differs by the chunk alone (with
+        # V on Monte-Carlo returns, A came out high on failed episodes, whose MC value is -1
+        # while a backup still sees a way out: benchmarks, "chunk critic")
+        params, losses = ctx.vf.train(
+            params, data, q_targets, steps, c.seed + 50 + seed, bar.update, q_targets=q_targets
+        )
+        bar.close()
+    return params, losses
 
 
 def held_out_detection(ctx: RunContext, rnd: int, value_params, data, value_meta: dict) -> None:
@@ -251,10 +261,21 @@ def advantage(ctx: RunContext, st: FlywheelState) -> FlywheelState:
     ds = ctx.dataset()
     data = ctx.training_data(c.seed)
     vp = ctx.value()[0]
+    adv = advantages_of(ctx, ds, data, vp)
+    adv.save(ctx.paths.advantage(st.round))
+    if c.diagnose:
+        diagnose_labels(ctx, st.round, data, adv)
+    return st
+
+
+def advantages_of(ctx: RunContext, ds: Dataset, data, vp) -> R.Advantages:
+    """Every frame's advantage under the value function ``vp`` and the indicator (the
+    run's --advantage, --positive-fraction, --advantage-center, --split-takeovers)."""
+    c = ctx.cfg
     values = R.predict_values(ctx.vf, vp, data)
     chunk = c.advantage in ("chunk", "chunk-nstep")
     q = R.predict_values(ctx.vf, vp, data, q=True) if chunk else None
-    adv = R.recap_advantages(
+    return R.recap_advantages(
         values,
         _spans(ds),
         ctx.horizon,
@@ -267,10 +288,6 @@ def advantage(ctx: RunContext, st: FlywheelState) -> FlywheelState:
         center=c.advantage_center,
         before_takeover=c.split_takeovers,
     )
-    adv.save(ctx.paths.advantage(st.round))
-    if c.diagnose:
-        diagnose_labels(ctx, st.round, data, adv)
-    return st
 
 
 def diagnose_labels(ctx: RunContext, rnd: int, data, adv: R.Advantages) -> None:
@@ -312,35 +329,34 @@ def policy(ctx: RunContext, st: FlywheelState) -> FlywheelState:
             log(f"round {rnd}: no successful episode yet; filtered BC keeps its weights")
             ctx.save_policy(name, ctx.policy_params(name), rnd)
             continue
-        if name == "filtered":
-            data = ctx.training_data(seed, success=True)
-        else:
-            data = ctx.training_data(seed)
-        if name == "recap":
-            data.set_indicator(
-                labels.indicator,
-                A.prompt_with_indicator if c.indicator == "prompt" else None,
-                lambda rng, n: A.drop_indicator(rng, n, c.indicator_dropout),
-                negatives_unconditioned=c.negatives_unconditioned,
-            )
-        weights = None
-        if name == "awr":
-            weights = R.awr_weights(labels.advantages, c.awr_beta, c.awr_max_weight)
         log(f"round {rnd}: fine-tuning {LABELS[name]} ({c.policy_steps} steps)")
-        bar = _bar(ctx, c.policy_steps, name)
-        params = R.finetune_policy(
-            ctx.model,
-            ctx.policy_params(name),
-            data,
-            c.policy_steps,
-            c.lr,
-            seed,
-            bar.update,
-            weights=weights,
-        )
-        bar.close()
+        params = finetune(ctx, name, ctx.policy_params(name), labels, c.policy_steps, seed)
         ctx.save_policy(name, params, rnd)
     return st
+
+
+def finetune(ctx: RunContext, name: str, params, labels: R.Advantages, steps: int, seed: int):
+    """Method ``name``'s weights ``params`` fine-tuned ``steps`` steps on the store: filtered
+    BC on successful episodes only; RECAP with ``labels``' indicator; AWR weighted by
+    ``labels``' advantages; BC on everything."""
+    c = ctx.cfg
+    data = ctx.training_data(seed, success=True) if name == "filtered" else ctx.training_data(seed)
+    if name == "recap":
+        data.set_indicator(
+            labels.indicator,
+            A.prompt_with_indicator if c.indicator == "prompt" else None,
+            lambda rng, n: A.drop_indicator(rng, n, c.indicator_dropout),
+            negatives_unconditioned=c.negatives_unconditioned,
+        )
+    weights = None
+    if name == "awr":
+        weights = R.awr_weights(labels.advantages, c.awr_beta, c.awr_max_weight)
+    bar = _bar(ctx, steps, name)
+    params = R.finetune_policy(
+        ctx.model, params, data, steps, c.lr, seed, bar.update, weights=weights
+    )
+    bar.close()
+    return params
 
 
 # ---- 6. evaluate -------------------------------------------------------------------------------

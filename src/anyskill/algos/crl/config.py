@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from anyskill.distributed import DistributedConfig
 from anyskill.envs import REGISTRY as ENV_REGISTRY
 from anyskill.envs import eval_env_name
 from anyskill.names import unknown_name
 from anyskill.nets.residual import check_depth
+from anyskill.rundir import ADDED_LATER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,14 @@ class CRLConfig:
     # ---- evaluation --------------------------------------------------------------------
     num_eval_envs: int = 128
     """Episodes per evaluation, each with a fresh goal."""
+
+    # ---- deployment --------------------------------------------------------------------
+    distributed: DistributedConfig = dataclasses.field(
+        default=DistributedConfig(), metadata={ADDED_LATER: "issue 26"}
+    )
+    """Train as one program over several processes (hosts): start the same command on every
+    host with its own --process-id. Not part of the experiment: a resumed run takes this
+    launch's setting, not the saved one."""
 
     def __post_init__(self):
         _check_env(self.env, "env")

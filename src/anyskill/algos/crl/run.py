@@ -10,6 +10,11 @@ A run directory holds:
     rollouts.gif       evaluation episodes drawn on the maze (``anyskill eval``)
 
 Python here only logs, checkpoints and draws progress; the work is in jitted functions.
+
+Several processes (``--coordinator``, ``--num-processes``, ``--process-id``; see
+:mod:`anyskill.distributed`) train one run together: each runs this same code, and only
+process 0 reads and writes the run directory; the others receive the config, metrics and
+checkpoint it read, so the hosts need no shared file system.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from anyskill import checkpoint, rundir
+from anyskill import checkpoint, distributed, rundir
 from anyskill.algos.crl.config import CRLConfig
 from anyskill.algos.crl.train import CRLTrainer, make_train
 from anyskill.rundir import RunError
@@ -63,45 +68,70 @@ def train_run(
     progress: bool = True,
     log=print,
 ) -> list[dict]:
-    """Train (or resume) a run in ``run_dir``; returns all epochs' metrics."""
+    """Train (or resume) a run in ``run_dir``; returns all epochs' metrics.
+
+    With ``config.distributed`` set, every process of the job calls this with the same
+    config: they train as one program, and only process 0 reads and writes ``run_dir`` (the
+    others get what it read from it, so the hosts need no shared file system)."""
+    distributed.initialize(config.distributed)  # before anything starts JAX's devices
     run_dir = Path(run_dir)
+    lead = distributed.is_leader()
     if resume:
-        config = load_config(run_dir)
-    elif is_run(run_dir):
-        raise RunError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
-            f"--run-dir (nothing was overwritten)"
+        saved = distributed.from_leader(lambda: rundir.config_to_json(load_config(run_dir)))
+        # the deployment is this launch's, whatever the run was started with
+        config = dataclasses.replace(
+            rundir.config_from_json(CRLConfig, saved, run_dir / CONFIG_FILE),
+            distributed=config.distributed,
         )
+    else:
+        distributed.from_leader(lambda: _refuse_existing_run(run_dir))
     trainer = make_train(config)  # validates devices before any compilation
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
     key = jax.random.PRNGKey(config.seed)
     k_state, k_eval = jax.random.split(key)
 
-    init = jax.jit(trainer.init_state)
-    state = init(k_state)
-    shardings = trainer.state_sharding(state)
-    state = jax.device_put(state, shardings)
+    # built sharded: the env axis is split over the devices (of every process) from the start
+    shapes = jax.eval_shape(trainer.init_state, k_state)
+    shardings = trainer.state_sharding(shapes)
+    init = jax.jit(trainer.init_state, out_shardings=shardings)
+    state = init(trainer.replicated(k_state))
     start_epoch, history, wall_offset = 0, [], 0.0
     ckpt_path = run_dir / CHECKPOINT_FILE
-    if resume and ckpt_path.is_file():
-        state, meta = checkpoint.load(ckpt_path, state)
-        state = jax.device_put(state, shardings)
-        start_epoch = int(meta["epoch"]) + 1
-        # rows of epochs after the checkpoint's (a kill between the row and the checkpoint)
-        # and a torn last line are dropped: this run writes them again
-        history = rundir.resume_metrics(run_dir / METRICS_FILE, "epoch", start_epoch - 1)
-        wall_offset = history[-1]["wall_time"] if history else 0.0
-        log(f"resuming {run_dir} after epoch {start_epoch - 1} ({int(state.env_steps)} env steps)")
+    if resume:
+        template = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+        loaded = {"state": template}  # process 0 replaces it with the checkpoint's state
+
+        def read_checkpoint() -> dict | None:
+            found = _read_checkpoint(run_dir, template)
+            if found is not None:
+                loaded["state"] = found.pop("state")
+            return found
+
+        found = distributed.from_leader(read_checkpoint)
     else:
-        rundir.write_json(run_dir / CONFIG_FILE, rundir.config_to_json(config), indent=2)
-        checkpoint.atomic_write_bytes(run_dir / METRICS_FILE, b"")
+        found = None
+    if found is not None:
+        state = jax.device_put(distributed.broadcast_from_leader(loaded["state"]), shardings)
+        start_epoch = found["epoch"] + 1
+        history = found["history"]
+        wall_offset = history[-1]["wall_time"] if history else 0.0
+        if lead:
+            log(
+                f"resuming {run_dir} after epoch {start_epoch - 1} "
+                f"({int(state.env_steps)} env steps)"
+            )
+    else:
+        if lead:
+            rundir.write_json(run_dir / CONFIG_FILE, rundir.config_to_json(config), indent=2)
+            checkpoint.atomic_write_bytes(run_dir / METRICS_FILE, b"")
         state = jax.jit(trainer.prefill, donate_argnums=0, out_shardings=shardings)(state)
 
     train_epoch = jax.jit(trainer.train_epoch, donate_argnums=0, out_shardings=(shardings, None))
     evaluate = jax.jit(trainer.evaluate)
 
     bar = None
-    if progress:
+    if progress and lead:
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -118,7 +148,8 @@ def train_run(
             steps_before = int(state.env_steps)
             t_epoch = time.time()
             state, train_metrics = train_epoch(state)
-            eval_metrics = evaluate(state.params, jax.random.fold_in(k_eval, epoch))
+            k_epoch = trainer.replicated(jax.random.fold_in(k_eval, epoch))
+            eval_metrics = evaluate(state.params, k_epoch)
             row = {
                 "epoch": epoch,
                 "env_steps": int(state.env_steps),
@@ -128,6 +159,7 @@ def train_run(
                 **_to_python(train_metrics),
                 **_to_python(eval_metrics),
             }
+            # every process computes the same losses, so all of them stop here together
             bad = [
                 k for k in ("critic_loss", "actor_loss", "alpha_loss") if not math.isfinite(row[k])
             ]
@@ -138,12 +170,15 @@ def train_run(
                     f"{ckpt_path}. Try a lower --learning-rate or a different --seed."
                 )
             history.append(row)
+            host_state = distributed.to_host(state)  # a collective: every process gathers
+            if not lead:
+                continue
             # the row first, then the checkpoint: a kill between them leaves a row newer than
             # the checkpoint, which a resume drops and writes again (never a lost row)
             rundir.append_metrics(run_dir / METRICS_FILE, row)
             checkpoint.save(
                 ckpt_path,
-                state,
+                host_state,
                 {
                     "epoch": epoch,
                     "env_steps": row["env_steps"],
@@ -167,6 +202,30 @@ def train_run(
         if bar is not None:
             bar.close()
     return history
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if is_run(run_dir):
+        raise RunError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+            f"--run-dir (nothing was overwritten)"
+        )
+
+
+def _read_checkpoint(run_dir: Path, template) -> dict | None:
+    """What a resume needs from ``run_dir`` (process 0 reads it): the state of the last
+    checkpoint, its epoch and the metrics rows up to it; None when there is no checkpoint."""
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    if not ckpt_path.is_file():
+        return None
+    state, meta = checkpoint.load(ckpt_path, template)
+    # the template's dtypes, which every process's copy of the broadcast must share
+    state = jax.tree.map(lambda x, t: np.asarray(x, t.dtype), state, template)
+    epoch = int(meta["epoch"])
+    # rows of epochs after the checkpoint's (a kill between the row and the checkpoint)
+    # and a torn last line are dropped: this run writes them again
+    history = rundir.resume_metrics(run_dir / METRICS_FILE, "epoch", epoch)
+    return {"state": state, "epoch": epoch, "history": history}
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
@@ -207,7 +266,8 @@ def load_trained(run_dir: Path) -> tuple[CRLTrainer, object, dict]:
             f"{run_dir} has no checkpoint yet ({CHECKPOINT_FILE}); it is saved after the first "
             f"evaluation — resume the run with `anyskill train crl --run-dir {run_dir} --resume`"
         )
-    trainer = make_train(config)
+    # a loaded policy acts in this process, on its own devices (even inside a multi-process job)
+    trainer = make_train(config, devices=jax.local_devices())
     template = jax.eval_shape(trainer.init_state, jax.random.PRNGKey(0))
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     state, meta = checkpoint.load(ckpt_path, template)
@@ -225,6 +285,10 @@ def eval_run(
     """Evaluate a run's latest checkpoint on fresh goals; optionally write a rollout video."""
     if num_episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {num_episodes}")
+    if not distributed.is_leader():
+        # after a multi-process `anyskill train crl`: process 0 evaluates (on its own devices)
+        # and writes the video; the others must not race on the same files
+        return {"run_dir": str(run_dir), "video": None, "evaluated_by": "process 0"}
     trainer, state, meta = load_trained(run_dir)
     d = len(jax.local_devices())
     num_episodes = max(d, num_episodes // d * d)

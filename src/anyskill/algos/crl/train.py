@@ -10,8 +10,12 @@
 - ``evaluate(params, key)``: success-any and time-at-goal on fresh goals;
 - ``train(key)``: the whole run as one pure function, so seeds can be ``vmap``-ed.
 
-The env axis (env states, replay columns) and the batch axis are sharded over all local
-devices with ``jax.sharding``; parameters are replicated and XLA inserts the collectives.
+The env axis (env states, replay columns) and the batch axis are sharded over all devices
+with ``jax.sharding``; parameters are replicated and XLA inserts the collectives. After
+:func:`anyskill.distributed.initialize` "all devices" are those of every process, so the same
+code is one SPMD program across hosts: every process runs the same jitted functions on the
+same global arrays, and values that enter from the host (keys) are the same on every process
+and put on the mesh replicated (:meth:`CRLTrainer.replicated`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
@@ -260,6 +265,13 @@ class CRLTrainer:
         return jax.lax.scan(epoch, state, jax.random.split(k_eval, self.config.num_epochs))
 
     # ---- sharding -----------------------------------------------------------------------
+    def replicated(self, x) -> jax.Array:
+        """A host value that is the same on every process (a key derived from the seed) as
+        one global array replicated on every device of the mesh: a valid input of the
+        jitted functions when the mesh spans processes, where a process-local array is not
+        one operand of a cross-process program."""
+        return jax.make_array_from_process_local_data(NamedSharding(self.mesh, P()), np.asarray(x))
+
     def _shard(self, tree, spec: P):
         """Constrain every leaf's leading axis (env or batch) to be split over devices."""
         if self.mesh.size == 1:
@@ -282,8 +294,9 @@ class CRLTrainer:
 
 
 def make_train(config: CRLConfig, devices=None) -> CRLTrainer:
-    """Build the trainer for ``config`` on ``devices`` (default: all local devices)."""
-    devices = list(devices if devices is not None else jax.local_devices())
+    """Build the trainer for ``config`` on ``devices`` (default: ``jax.devices()``, every
+    device of every process — the local ones in a single-process run)."""
+    devices = list(devices if devices is not None else jax.devices())
     config.check_devices(len(devices))
     env = envs.make(config.env)
     eval_env = envs.make(config.eval_env_name)

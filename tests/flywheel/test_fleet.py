@@ -1,0 +1,182 @@
+"""The flywheel on Ray (issue 26): config checks and actors without Ray; then a local Ray
+cluster on loopback (started and stopped here) running a tiny fleet with a worker killed
+mid-batch, the learner killed and resumed, and the parameter server gone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from anyskill.algos.recap.value import ValueConfig
+from anyskill.algos.vla.config import ModelConfig
+from anyskill.data import meta
+from anyskill.data.reader import Dataset
+from anyskill.data.validate import validate
+from anyskill.flywheel import fleet as F
+from anyskill.flywheel.config import FleetConfig, FlywheelConfig
+from anyskill.flywheel.deploy import CorrectorConfig
+
+# Ray reads the authentication mode when it is imported (below): token, as anyskill runs it
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+# ---- without Ray ---------------------------------------------------------------------------
+
+
+def test_fleet_config_names_what_is_wrong():
+    with pytest.raises(ValueError, match=r"fleet.workers must be >= 1, got 0"):
+        FleetConfig(workers=0)
+    with pytest.raises(ValueError, match=r"fleet.pull_timeout_s must be > 0"):
+        FleetConfig(pull_timeout_s=0)
+    with pytest.raises(ValueError, match=r"fleet.min_new_episodes .* >= 0"):
+        FleetConfig(min_new_episodes=-1)
+    with pytest.raises(ValueError, match=r"--corrector.kind expert or none"):
+        FlywheelConfig(cluster="local", corrector=CorrectorConfig(kind="human"))
+    with pytest.raises(ValueError, match=r"--corrector.trigger stall"):
+        FlywheelConfig(cluster="local", corrector=CorrectorConfig(trigger="value"))
+    with pytest.raises(ValueError, match=r"empty address"):
+        FlywheelConfig(cluster=" ")
+    FlywheelConfig(cluster="local")  # the defaults are a valid fleet
+
+
+def test_token_authentication_stays_on(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(ValueError, match="RAY_AUTH_MODE=disabled.*token authentication on"):
+        F.require_token_auth()
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    F.require_token_auth()
+
+
+def test_parameter_server_hands_out_only_newer_versions():
+    ps = F.ParameterServer()
+    assert ps.latest(0) == (0, None)
+    assert ps.publish(2, b"v2") == 2
+    assert ps.publish(1, b"v1") == 2  # a late, older publish never replaces a newer one
+    assert ps.latest(0) == (2, b"v2") and ps.latest(2) == (2, None)
+
+
+def test_worker_threads_go_to_the_worker_environment():
+    env = F.worker_env(1)
+    assert "intra_op_parallelism_threads=1" in env["XLA_FLAGS"] and env["OMP_NUM_THREADS"] == "1"
+    assert "XLA_FLAGS" not in F.worker_env(0)
+
+
+# ---- on a local Ray cluster ------------------------------------------------------------------
+
+ray = pytest.importorskip(
+    "ray", reason="the cluster extra is not installed (pip install -e '.[cluster]')"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray of 2 CPUs on loopback with token authentication, for this module only."""
+    F.require_token_auth()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        namespace="anyskill-tests",
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+def tiny(tmp_path: Path, **fleet) -> FlywheelConfig:
+    f = dict(workers=2, envs_per_worker=8, episodes=32, publish_every=10, min_new_episodes=8)
+    f.update(fleet)
+    return FlywheelConfig(
+        env="tabletop-reach",
+        run_dir=tmp_path / "fw",
+        demos=16,
+        init_steps=40,
+        batch_size=32,
+        model=ModelConfig(arch="mlp-flow", mlp_width=64, depth=2, width=32, horizon=5),
+        value=ValueConfig(steps=20, finetune_steps=10, batch_size=32, hidden=32),
+        corrector=CorrectorConfig(fraction=1.0, stall_window=10),
+        eval_episodes=8,
+        videos=False,
+        progress=False,
+        awr_beta=0.05,
+        deploy_with="awr",
+        cluster="local",
+        fleet=FleetConfig(**f, status_every_s=2.0, pull_timeout_s=2.0),
+    )
+
+
+def fleet_episodes(cfg: FlywheelConfig):
+    ds = Dataset.open(cfg.run_dir / "data")
+    ep = ds.episodes
+    rows = [i for i, v in enumerate(ep.policy_version) if str(v).startswith("fleet-v")]
+    return ds, rows
+
+
+def test_a_worker_killed_mid_batch_loses_only_its_batch(cluster, tmp_path):
+    cfg = tiny(tmp_path)
+    killed = {}
+
+    def on_cycle(version, collector):
+        if version == 1:  # kill worker 1's process while it runs a batch; Ray restarts it
+            # (no call into it first: an actor's calls queue behind the batches it runs)
+            killed["pending"] = sum(i == 1 for i, _ in collector.pending.values())
+            ray.kill(collector.workers[1], no_restart=False)
+
+    result = F.run_fleet(cfg, on_cycle=on_cycle)
+    assert killed.get("pending"), "worker 1 had no batch running when it was killed"
+    validate(cfg.run_dir / "data")  # nothing in the store is lost or corrupted
+    ds, rows = fleet_episodes(cfg)
+    assert len(rows) == result.stored == cfg.fleet.episodes  # the budget, despite the death
+    w1 = result.workers[1]
+    assert w1["deaths"] == 1 and w1["lost"] == cfg.fleet.envs_per_worker, result.workers
+    assert result.state.lost == w1["lost"]  # only the batch in flight
+    assert w1["episodes"] > 0  # restarted by Ray, it delivered batches after its death
+    info = meta.read_episode_rows(cfg.run_dir / "data", ds.num_episodes)
+    assert {info[i]["worker"] for i in rows} == {0, 1}
+    assert all(f"fleet-v{info[i]['version']}" == ds.episodes.policy_version[i] for i in rows)
+    versions = {str(ds.episodes.policy_version[i]) for i in rows}
+    assert "fleet-v0" in versions and len(versions) >= 2  # workers pulled newer versions
+    assert result.state.version >= 2 and result.state.updates == 10 * result.state.version
+    report = result.report.read_text()
+    assert "| 1 |" in report and "deaths" in report
+    rows_m = [json.loads(x) for x in (result.report.parent / "metrics.jsonl").read_text().split()]
+    assert rows_m and "workers" in rows_m[-1]
+
+
+@pytest.mark.slow  # ~1 min more: a second tiny fleet, killed and resumed
+def test_the_learner_killed_resumes_from_its_checkpoint(cluster, tmp_path):
+    cfg = tiny(tmp_path, workers=1, episodes=24)
+
+    def die(version, collector):
+        if version == 1:
+            raise KeyboardInterrupt("learner killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        F.run_fleet(cfg, on_cycle=die)
+    saved = json.loads((cfg.run_dir / "fleet" / "state.json").read_text())
+    assert saved["version"] == 1
+    _, before = fleet_episodes(cfg)
+    result = F.run_fleet(dataclasses.replace(cfg, resume=True))
+    validate(cfg.run_dir / "data")
+    _, rows = fleet_episodes(cfg)
+    assert len(rows) == cfg.fleet.episodes and len(before) <= len(rows)
+    assert result.state.version > 1  # continued from version 1, not from the start
+    assert result.state.batches > saved["batches"]  # new batches, new seeds
+
+
+def test_a_worker_without_parameter_server_keeps_its_version(cluster, tmp_path):
+    cfg = tiny(tmp_path, workers=1, episodes=16)
+
+    def lose_server(workers, server):
+        ray.kill(server, no_restart=True)
+
+    result = F.run_fleet(cfg, on_started=lose_server)
+    validate(cfg.run_dir / "data")
+    ds, rows = fleet_episodes(cfg)
+    assert len(rows) == 16
+    assert {str(ds.episodes.policy_version[i]) for i in rows} == {"fleet-v0"}
+    assert result.workers[0]["unreachable"] >= 1  # and it said so
