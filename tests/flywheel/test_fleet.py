@@ -168,6 +168,7 @@ def test_the_learner_killed_resumes_from_its_checkpoint(cluster, tmp_path):
     assert result.state.batches > saved["batches"]  # new batches, new seeds
 
 
+@pytest.mark.slow  # ~40 s more: a third tiny fleet
 def test_a_worker_without_parameter_server_keeps_its_version(cluster, tmp_path):
     cfg = tiny(tmp_path, workers=1, episodes=16)
 

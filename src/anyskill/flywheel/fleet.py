@@ -110,8 +110,9 @@ def connect(cluster: str, fleet: FleetConfig) -> bool:
 
 
 def worker_env(threads: int) -> dict[str, str]:
-    """Environment of a worker process: its thread count (0: library defaults) and the JAX
-    compilation cache of this process, if any (so workers do not compile from scratch)."""
+    """Environment of a worker process: its thread count (0: library defaults). Its JAX
+    compilation cache is its host's (anyskill's default, ~/.cache/anyskill/jax): workers on
+    one host share what the first of them compiled."""
     env = {}
     if threads:
         env.update(
@@ -120,9 +121,6 @@ def worker_env(threads: int) -> dict[str, str]:
             OPENBLAS_NUM_THREADS=str(threads),
             MKL_NUM_THREADS=str(threads),
         )
-    for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PLATFORMS"):
-        if os.environ.get(k):
-            env[k] = os.environ[k]
     return env
 
 
@@ -179,7 +177,11 @@ class DeployWorker:
         self.batches = 0
 
     def pull(self) -> str | None:
-        """Take the newest version from the parameter server; None, or what went wrong."""
+        """Take the newest version from the parameter server; None, or what went wrong.
+        Without a server (``server=None``: the worker run in-process, as the benchmark's
+        baseline) it keeps its weights."""
+        if self.server is None:
+            return None
         import ray
 
         try:
@@ -251,7 +253,10 @@ class FleetState:
     cycles: int = 0
     """Learner cycles (value, advantages, updates, publish)."""
     batches: int = 0
-    """Worker batches submitted so far (each batch's seed; never reused after a resume)."""
+    """Worker batches submitted so far (as of the last publish)."""
+    starts: int = 0
+    """Times the run was started or resumed; a batch's seed is ``(starts, batch)``, so no
+    seed is used twice even when batches after the last publish are numbered again."""
     lost: int = 0
     """Episodes lost in workers that died mid-batch."""
     learner_seconds: float = 0.0
@@ -332,7 +337,7 @@ class Collector(threading.Thread):
         if self.stored + self._outstanding() >= self.need:
             return
         st = self.state_ref()
-        batch = st["batches"]
+        batch = st["starts"] * 1_000_000 + st["batches"]  # unique over resumes
         st["batches"] += 1
         ref = self.workers[i].run_batch.remote(batch, self.fleet.envs_per_worker)
         self.pending[ref] = (i, batch)
@@ -484,6 +489,8 @@ def run_fleet(cfg: FlywheelConfig, on_cycle=None, on_started=None) -> FleetResul
     paths.root.mkdir(parents=True, exist_ok=True)
     fdir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(paths.config, rundir.config_to_json(cfg))
+    fs = dataclasses.replace(fs, starts=fs.starts + 1)
+    rundir.write_json(fdir / "state.json", rundir.config_to_json(fs))
     ctx = RunContext.open(cfg)
     f, method = cfg.fleet, cfg.deploy_with
     params, version = ctx.start_params, 0

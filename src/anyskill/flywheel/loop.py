@@ -83,7 +83,8 @@ def check_resume(cfg: FlywheelConfig, paths: RunPaths) -> None:
             f"--resume: {paths.root} holds no flywheel run (no config.json); drop --resume "
             "to start one there, or give the --run-dir of the run to continue"
         )
-    if paths.state.exists() and not cfg.resume:
+    fleet_state = paths.root / "fleet" / "state.json"  # a --cluster run's
+    if (paths.state.exists() or fleet_state.exists()) and not cfg.resume:
         raise ValueError(
             f"{paths.root} already holds a flywheel run; pass --resume to continue it or "
             "choose another --run-dir (nothing was overwritten)"
@@ -103,8 +104,9 @@ def check_resume(cfg: FlywheelConfig, paths: RunPaths) -> None:
             )
 
 
-#: settings a resumed run may change (run_dir: the same directory may be spelled differently)
-RESUMABLE = ("rounds", "resume", "progress", "videos", "run_dir")
+#: settings a resumed run may change (run_dir: the same directory may be spelled differently;
+#: a --cluster run may continue on another cluster, with other workers or a larger budget)
+RESUMABLE = ("rounds", "resume", "progress", "videos", "run_dir", "cluster", "fleet")
 
 
 def config_changes(saved: dict, now: dict, default: dict, prefix: str = "") -> list:
