@@ -137,13 +137,13 @@ def on_ray(ray, cfg: FlywheelConfig, workers: int, batches: int, opts: dict | No
 def throughput(cfg, out: dict) -> None:
     import ray
 
-    base = in_process(cfg, 4)
+    base = in_process(cfg, 16)
     print("in-process", base, flush=True)
     out["in_process"] = base
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     rows = []
     for w in (1, 2, 4):
-        r = on_ray(ray, cfg, w, 4 if w < 4 else 2)
+        r = on_ray(ray, cfg, w, 16 // w)  # the same episodes in all
         print(r, flush=True)
         rows.append(r)
     ray.shutdown()
@@ -158,7 +158,7 @@ def multinode(cfg, out: dict) -> None:
     c.add_node(num_cpus=1)
     ray.init(address=c.address, log_to_driver=False)
     # one worker per node: each needs the node's one CPU
-    r = on_ray(ray, cfg, 2, 4)
+    r = on_ray(ray, cfg, 2, 8)
     r["nodes"] = len([n for n in ray.nodes() if n["Alive"]])
     print("multinode", r, flush=True)
     ray.shutdown()
