@@ -198,3 +198,31 @@ def test_a_round_trains_evaluates_and_reports_awr_beside_the_others(tmp_path, mo
     report = (root / "report.md").read_text()
     assert "## What the labels carry" in report and f"| 1 | {d['auc_state_chunk']:.3f} |" in report
     assert "RECAP (" in report and "AWR (" in report and "| demonstrations |" in report
+
+
+def test_awr_on_successes_trains_on_filtered_bcs_data_with_its_weights(tmp_path, monkeypatch):
+    """--awr-data successes: AWR samples what filtered BC samples (success=True) and still
+    weights it by the advantages; the default samples every episode."""
+    asked, got = [], {}
+
+    class Ctx:
+        def __init__(self, cfg):
+            self.cfg, self.model = cfg, None
+
+        def training_data(self, seed, **kw):
+            asked.append(kw)
+            return SimpleNamespace(ds=SimpleNamespace(num_frames=4))
+
+    def stub(model, params, data, steps, lr, seed, progress=None, weights=None):
+        got["weights"] = weights
+        return params
+
+    monkeypatch.setattr(phases.R, "finetune_policy", stub)
+    labels = SimpleNamespace(advantages=np.array([0.0, 0.1, -0.1, 0.2], np.float32))
+    for data, want in (("all", {}), ("successes", {"success": True})):
+        cfg = tiny(tmp_path, awr_beta=0.5, awr_data=data, progress=False)
+        phases.finetune(Ctx(cfg), "awr", {}, labels, 1, 0)
+        assert asked[-1] == want
+        np.testing.assert_array_equal(got["weights"], R.awr_weights(labels.advantages, 0.5, 20.0))
+    with pytest.raises(ValueError, match="awr_data must be 'all' or 'successes'"):
+        tiny(tmp_path, awr_data="failures")

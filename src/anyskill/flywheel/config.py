@@ -197,6 +197,12 @@ class FlywheelConfig:
     each batch's weights normalised to mean 1. None: not trained."""
     awr_max_weight: float = dataclasses.field(default=20.0, metadata={ADDED_LATER: "issue 24"})
     """Largest AWR weight (clips exp(A / awr_beta))."""
+    awr_data: Literal["all", "successes"] = dataclasses.field(
+        default="all", metadata={ADDED_LATER: "issue 24"}
+    )
+    """The frames AWR trains on: all (every episode, weighted by advantage) or successes
+    (filtered BC's data — demonstrations and successful episodes — weighted by advantage:
+    on push, failed episodes still hold a tenth of AWR's weight; BENCHMARKS.md)."""
     negatives_unconditioned: bool = dataclasses.field(
         default=False, metadata={ADDED_LATER: "issue 24"}
     )
@@ -316,6 +322,8 @@ class FlywheelConfig:
             raise ValueError(f"deploy_with must be 'recap' or 'awr', got {self.deploy_with!r}")
         if self.deploy_with == "awr" and self.awr_beta is None:
             raise ValueError("--deploy-with awr needs AWR trained: give --awr-beta (e.g. 0.05)")
+        if self.awr_data not in ("all", "successes"):
+            raise ValueError(f"awr_data must be 'all' or 'successes', got {self.awr_data!r}")
         if not self.awr_max_weight > 0:
             raise ValueError(f"awr_max_weight must be > 0, got {self.awr_max_weight}")
         if not 0 < self.positive_fraction < 1:

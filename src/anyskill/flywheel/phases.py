@@ -338,9 +338,11 @@ def policy(ctx: RunContext, st: FlywheelState) -> FlywheelState:
 def finetune(ctx: RunContext, name: str, params, labels: R.Advantages, steps: int, seed: int):
     """Method ``name``'s weights ``params`` fine-tuned ``steps`` steps on the store: filtered
     BC on successful episodes only; RECAP with ``labels``' indicator; AWR weighted by
-    ``labels``' advantages; BC on everything."""
+    ``labels``' advantages (on successful episodes only with ``--awr-data successes``); BC
+    on everything."""
     c = ctx.cfg
-    data = ctx.training_data(seed, success=True) if name == "filtered" else ctx.training_data(seed)
+    successes = name == "filtered" or (name == "awr" and c.awr_data == "successes")
+    data = ctx.training_data(seed, success=True) if successes else ctx.training_data(seed)
     if name == "recap":
         data.set_indicator(
             labels.indicator,
