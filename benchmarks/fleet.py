@@ -150,6 +150,29 @@ def throughput(cfg, out: dict) -> None:
     out["ray"] = rows
 
 
+def overhead(cfg, out: dict, repeats: int = 3) -> None:
+    """Ray's overhead at one worker, measured ``repeats`` times alternating with the
+    in-process run (single measurements of either varied by ±15 % here)."""
+    import ray
+
+    pairs = []
+    for _ in range(repeats):
+        base = in_process(cfg, 16)["episodes_per_s"]
+        ray.init(
+            num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False
+        )
+        on = on_ray(ray, cfg, 1, 16)["episodes_per_s"]
+        ray.shutdown()
+        pairs.append((base, on))
+        print("overhead pair", pairs[-1], flush=True)
+    ratio = [b / a for a, b in pairs]
+    out["overhead"] = {
+        "pairs_episodes_per_s": pairs,
+        "ray_over_in_process": ratio,
+        "mean_ratio": float(np.mean(ratio)),
+    }
+
+
 def multinode(cfg, out: dict) -> None:
     import ray
     from ray.cluster_utils import Cluster
@@ -382,6 +405,15 @@ def report(out: dict, path: Path) -> None:
                 f"{r['steps_per_s']:.0f} | {r['episodes_per_s'] / b['episodes_per_s']:.2f} | "
                 f"{r['bytes_per_episode'] / 1e3:.1f} |"
             )
+    if "overhead" in out:
+        o = out["overhead"]
+        lines += [
+            "",
+            "Ray at one worker ÷ in-process, "
+            f"{len(o['ray_over_in_process'])} alternating pairs of 16 batches: "
+            + " / ".join(f"{r:.2f}" for r in o["ray_over_in_process"])
+            + f" (mean {o['mean_ratio']:.2f}, i.e. {100 * (1 - o['mean_ratio']):.0f} % overhead).",
+        ]
     if "learner" in out:
         ln = out["learner"]
         lines += [
@@ -402,14 +434,16 @@ def report(out: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("runs/bench-fleet"))
-    ap.add_argument("--only", choices=["throughput", "multinode", "learner", "faults"])
+    ap.add_argument("--only", choices=["throughput", "overhead", "multinode", "learner", "faults"])
     ap.add_argument("--kills", type=int, default=20)
     args = ap.parse_args()
     res = Path(__file__).parent / "results"
     saved = res / "fleet.json"
     out = json.loads(saved.read_text()) if saved.exists() and args.only else {}
     cfg = setup(args.root)
-    todo = [args.only] if args.only else ["throughput", "multinode", "learner", "faults"]
+    todo = (
+        [args.only] if args.only else ["throughput", "overhead", "multinode", "learner", "faults"]
+    )
     for name in todo:
         if name == "faults":
             faults(args.root, out, args.kills)
