@@ -143,7 +143,9 @@ def test_a_worker_killed_mid_batch_loses_only_its_batch(cluster, tmp_path):
     assert result.state.version >= 2 and result.state.updates == 10 * result.state.version
     report = result.report.read_text()
     assert "| 1 |" in report and "deaths" in report
-    rows_m = [json.loads(x) for x in (result.report.parent / "metrics.jsonl").read_text().split()]
+    rows_m = [
+        json.loads(x) for x in (result.report.parent / "metrics.jsonl").read_text().splitlines()
+    ]
     assert rows_m and "workers" in rows_m[-1]
 
 
