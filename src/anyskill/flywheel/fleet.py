@@ -1,6 +1,6 @@
 """The flywheel on a Ray cluster: deploy workers feed one learner, asynchronously.
 
-``anyskill flywheel --cluster local`` (a Ray started here, on loopback) or ``--cluster
+``anyskill flywheel --cluster local`` (a Ray started here, node address 127.0.0.1) or ``--cluster
 HOST:PORT`` (an existing cluster; docs/cluster.md). Three kinds of process::
 
     deploy worker i (Ray actor)         driver = learner (this process)        parameter server
@@ -31,7 +31,8 @@ HOST:PORT`` (an existing cluster; docs/cluster.md). Three kinds of process::
 - **Faults**: a worker killed mid-batch loses that batch only (its episodes were never
   returned); Ray restarts it and it resumes with the newest version.
 - **Security**: Ray's token authentication stays on (``RAY_AUTH_MODE=token``; a run with it
-  disabled is refused), ``--cluster local`` binds to 127.0.0.1.
+  disabled is refused). ``--cluster local`` gives Ray 127.0.0.1 as its node address; Ray
+  2.60's GCS and raylet still listen on all interfaces (docs/cluster.md, Security).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def require_token_auth() -> None:
 
 
 def connect(cluster: str, fleet: FleetConfig) -> bool:
-    """Join Ray (``cluster``: ``local`` starts one on loopback, else an address). Returns
+    """Join Ray (``cluster``: ``local`` starts one here with node address 127.0.0.1, else an address). Returns
     True when this call started Ray (the caller shuts it down). A Ray already initialised in
     this process (e.g. a test's own cluster) is used as it is."""
     ray = require_ray()
