@@ -537,8 +537,11 @@ def run_fleet(cfg: FlywheelConfig, on_cycle=None, on_started=None) -> FleetResul
                 ray, workers, f, writer, store_lock, lambda: shared, f.episodes - have
             )
             collector.start()
-            fs = _learn(ctx, cfg, fs, shared, collector, store_lock, server, params, on_cycle)
-            collector.join()
+            try:
+                fs = _learn(ctx, cfg, fs, shared, collector, store_lock, server, params, on_cycle)
+            finally:  # the collector stops writing before the writer closes, however we leave
+                collector.stop_event.set()
+                collector.join()
             if collector.error is not None:
                 raise collector.error
         fs = dataclasses.replace(fs, batches=shared["batches"], lost=shared["lost"])
