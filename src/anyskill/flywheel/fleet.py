@@ -260,6 +260,9 @@ class FleetState:
     seed is used twice even when batches after the last publish are numbered again."""
     lost: int = 0
     """Episodes lost in workers that died mid-batch."""
+    trained_on: int = 0
+    """Fleet episodes in the store when the last cycle read it (a resumed run trains once
+    more if more were stored since)."""
     learner_seconds: float = 0.0
     """Wall time spent in learner cycles."""
 
@@ -538,7 +541,9 @@ def run_fleet(cfg: FlywheelConfig, on_cycle=None, on_started=None) -> FleetResul
             )
             collector.start()
             try:
-                fs = _learn(ctx, cfg, fs, shared, collector, store_lock, server, params, on_cycle)
+                fs = _learn(
+                    ctx, cfg, fs, shared, collector, store_lock, server, params, on_cycle, have
+                )
             finally:  # the collector stops writing before the writer closes, however we leave
                 collector.stop_event.set()
                 collector.join()
@@ -559,7 +564,7 @@ def run_fleet(cfg: FlywheelConfig, on_cycle=None, on_started=None) -> FleetResul
     return FleetResult(fs, stored_fleet_episodes(ctx), workers_json, report, rows)
 
 
-def _learn(ctx, cfg, fs: FleetState, shared, collector, store_lock, server, params, on_cycle):
+def _learn(ctx, cfg, fs: FleetState, shared, collector, store_lock, server, params, on_cycle, have):
     """The learner: a cycle (value function, advantages, ``publish_every`` updates, publish)
     whenever ``min_new_episodes`` new episodes are stored, until collection is done; then one
     last cycle on everything."""
@@ -567,7 +572,8 @@ def _learn(ctx, cfg, fs: FleetState, shared, collector, store_lock, server, para
 
     ray, f, method = collector.ray, cfg.fleet, cfg.deploy_with
     fdir = fleet_dir(ctx.paths)
-    seen = collector.stored
+    # episodes stored before this run that no cycle has read yet count as new
+    seen = -max(have - fs.trained_on, 0)
     last_status = time.perf_counter()
     t_start = time.perf_counter()
     while True:
@@ -580,11 +586,13 @@ def _learn(ctx, cfg, fs: FleetState, shared, collector, store_lock, server, para
             with store_lock:  # a consistent snapshot: the collector buffers meanwhile
                 seen = collector.stored
                 params = _cycle(ctx, cfg, fs, params, phases)
+                trained_on = have + seen
             fs = dataclasses.replace(
                 fs,
                 version=fs.version + 1,
                 updates=fs.updates + f.publish_every,
                 cycles=fs.cycles + 1,
+                trained_on=trained_on,
                 learner_seconds=fs.learner_seconds + time.perf_counter() - t0,
                 batches=shared["batches"],
                 lost=shared["lost"],
