@@ -236,9 +236,6 @@ class DeployWorker:
             "episodes": episodes,
         }
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 # ---- the run's state --------------------------------------------------------------------------
 
@@ -322,12 +319,10 @@ class Collector(threading.Thread):
         self.stats = [WorkerStats() for _ in workers]
         self.pending: dict = {}
         self.stored = 0
-        self.submitted = 0
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.buffer: deque = deque()
         self.messages: deque = deque(maxlen=50)
-        self.t0 = time.perf_counter()
         self.started_all = len(workers) == 1
         self.alive = [True] * len(workers)
         """Whether each worker's last outcome was a batch (not a death)."""
@@ -345,7 +340,6 @@ class Collector(threading.Thread):
         st["batches"] += 1
         ref = self.workers[i].run_batch.remote(batch, self.fleet.envs_per_worker)
         self.pending[ref] = (i, batch)
-        self.submitted += 1
 
     def run(self) -> None:
         try:
@@ -465,7 +459,7 @@ class FleetResult:
 
 def stored_fleet_episodes(ctx) -> int:
     pv = ctx.dataset().episodes.policy_version
-    return int(sum(str(v).startswith("fleet-v") for v in pv))
+    return int(sum(str(v).startswith(VERSION_TAG.format("")) for v in pv))
 
 
 def start_files(root: Path) -> dict[str, bytes]:
