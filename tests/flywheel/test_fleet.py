@@ -187,3 +187,78 @@ def test_a_worker_without_parameter_server_keeps_its_version(cluster, tmp_path):
     assert len(rows) == 16
     assert {str(ds.episodes.policy_version[i]) for i in rows} == {"fleet-v0"}
     assert result.workers[0]["unreachable"] >= 1  # and it said so
+
+
+# ---- robots as fleet workers (--deploy robots) -----------------------------------------------
+
+
+def robot_cfg(tmp_path: Path, **fleet) -> FlywheelConfig:
+    from anyskill.flywheel.robots import RobotsConfig
+
+    f = dict(workers=1, envs_per_worker=4, episodes=6, min_new_episodes=2, sim_robots=True)
+    f.update(fleet)
+    base = tiny(tmp_path)
+    return dataclasses.replace(
+        base,
+        deploy="robots",
+        robots=RobotsConfig(port=0),
+        fleet=dataclasses.replace(base.fleet, **f, robot_wait_s=60.0),
+    )
+
+
+def test_a_robot_worker_serves_its_robot_and_hands_over_its_episodes(tmp_path):
+    """Without Ray: a robot worker serves the starting policy; its (simulated) robot runs
+    episodes through the robot-side runtime and uploads them; a batch hands them over with
+    the store's features and the version that ran them; a newer version is swapped in for
+    the episodes that follow."""
+    import jax
+
+    from anyskill import rundir
+    from anyskill.flywheel.context import RunContext
+    from anyskill.serve.episodes import store_features
+
+    cfg = robot_cfg(tmp_path)
+    ctx = RunContext.open(cfg)  # demonstrations and the starting policy, as the driver does
+    feats = {k: (list(v.shape), v.dtype) for k, v in store_features(ctx.dataset()).items()}
+    files = F.start_files(ctx.paths.start)
+    w = F.RobotWorker(rundir.config_to_json(cfg), files, 0, None, 1.0, feats)
+    assert w.url().startswith("ws://127.0.0.1:")  # loopback by default
+    got = []
+    while len(got) < 2:
+        r = w.run_batch(len(got), 4)
+        assert r["problem"] is None, r["problem"]
+        got += [dict(e, batch_version=r["version"]) for e in r["episodes"]]
+    for e in got:
+        assert set(e["frames"]) == set(feats)
+        t = len(e["intervention"])
+        assert t > 0 and all(len(v) == t for v in e["frames"].values())
+        assert e["version"] == 0 and e["episode_info"]["first_version"] == 0
+        assert isinstance(e["success"], bool) and e["task"]
+    # a "published" version 1: different weights, swapped in before the next batch waits
+    w.params = jax.tree.map(lambda x: x * 0.5, w.params)
+    w.version = 1
+    later = []
+    while not any(e["version"] == 1 for e in later):
+        later += w.run_batch(10 + len(later), 4)["episodes"]
+    assert w.live.version == 1
+    assert all(e["version"] in (0, 1) for e in later)
+    new = [e for e in later if e["version"] == 1]
+    assert new[-1]["episode_info"]["first_version"] in (0, 1)
+    w.srv.stop()
+
+
+@pytest.mark.slow  # ~1 min: two robot workers with simulated robots on a local Ray
+def test_a_fleet_of_robots_feeds_the_learner(cluster, tmp_path):
+    cfg = robot_cfg(tmp_path, workers=2, envs_per_worker=2, episodes=6)
+    result = F.run_fleet(cfg)
+    validate(cfg.run_dir / "data")
+    ds, rows = fleet_episodes(cfg)
+    assert len(rows) == result.stored == 6
+    info = meta.read_episode_rows(cfg.run_dir / "data", ds.num_episodes)
+    assert {info[i]["worker"] for i in rows} == {0, 1}
+    assert all("first_version" in info[i] and "env_seed" in info[i] for i in rows)
+    urls = json.loads((cfg.run_dir / "fleet" / "robots.json").read_text())["urls"]
+    assert len(urls) == 2 and all(u.startswith("ws://127.0.0.1:") for u in urls)
+    out = json.loads((cfg.run_dir / "fleet" / "result.json").read_text())
+    assert sum(v["episodes"] for v in out["by_version"]) == 6
+    assert "robot workers (simulated robots)" in result.report.read_text()

@@ -24,7 +24,7 @@ from anyskill.policies.base import (
     prompt_with_indicator,
 )
 from anyskill.policies.registry import load_policy
-from anyskill.policies.wrappers import BestOfN, IndicatorConditioned
+from anyskill.policies.wrappers import BestOfN, HotSwap, IndicatorConditioned
 
 
 def _sample(model, norm, params, key, cond, uncond=None, beta=1.0):
@@ -229,3 +229,22 @@ def test_best_of_n_returns_each_rows_best_candidate():
 
     with pytest.raises(ValueError, match=r"shape \(3,\), expected \(8,\)"):
         BestOfN(Noisy(), Wrong(), n=4).act(_rows(0.0, 1.0), jax.random.key(0))
+
+
+def test_hot_swap_serves_the_new_weights_from_the_next_call_and_keeps_the_spec():
+    key = jax.random.key(0)
+    live = HotSwap(Echo(), version=0)
+    row = live.spec.validate({STATE: np.array([5.0, 0.0]), PROMPT: "go"})
+    np.testing.assert_array_equal(live.infer([row])[0, :, 0], [5.0, 6.0, 7.0])
+    # the "new weights": the same spec, other actions
+    new = Echo(accepts_indicator=True)
+    new.act = lambda obs, key: Echo.act(new, obs, key) + 50.0
+    live.swap(new, version=3)
+    assert live.version == 3 and live.spec == Echo().spec
+    with pytest.raises(ValueError, match="spec differs"):  # inputs announced to robots change
+        live.swap(IndicatorConditioned(Echo(max_words=10), "prompt"), version=4)
+    assert live.version == 3
+    np.testing.assert_array_equal(live.act(_rows(1.0), key)[0, :, 0], [51.0, 52.0, 53.0])
+    np.testing.assert_array_equal(live.infer([row])[0, :, 0], [55.0, 56.0, 57.0])
+    with pytest.raises(TypeError, match="HotSwap wraps a Policy"):
+        HotSwap(object())

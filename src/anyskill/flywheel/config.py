@@ -37,10 +37,11 @@ class FleetConfig:
     """The flywheel on a Ray cluster (``--cluster``): deploy workers feed one learner."""
 
     workers: int = 2
-    """Deploy workers (Ray actors), each a batch of vectorised simulated envs."""
+    """Deploy workers (Ray actors): with --deploy sim each a batch of vectorised simulated
+    envs; with --deploy robots each serves one robot (worker i on --robots.port + i)."""
     envs_per_worker: int = 16
     """Episodes a worker runs at once (one vectorised deployment; the unit a killed worker
-    loses)."""
+    loses). --deploy robots: the most episodes a robot worker hands over at once."""
     episodes: int = 256
     """Episodes to collect in all (the run's budget; --resume continues towards it)."""
     publish_every: int = 200
@@ -63,6 +64,13 @@ class FleetConfig:
     """Seconds between status lines (per-worker episodes/s, policy-version lag)."""
     local_cpus: int | None = None
     """`--cluster local`: CPUs the local Ray offers (None: the machine's)."""
+    robot_wait_s: float = 30.0
+    """--deploy robots: how long a robot worker waits for its robot's next episode before it
+    hands over what it has (possibly nothing) and checks for a newer policy version."""
+    sim_robots: bool = False
+    """--deploy robots: each robot worker also starts a simulated robot of --env (the real
+    robot-side runtime, `anyskill run-robot --upload`, over loopback) that drives its served
+    policy — the robot path end to end without robots. Off: real robots connect themselves."""
 
     def __post_init__(self):
         for name in ("workers", "envs_per_worker", "episodes", "publish_every"):
@@ -76,7 +84,7 @@ class FleetConfig:
                 f"fleet.min_new_episodes and fleet.worker_threads must be >= 0, got "
                 f"{self.min_new_episodes} and {self.worker_threads}"
             )
-        for name in ("worker_cpus", "pull_timeout_s", "status_every_s"):
+        for name in ("worker_cpus", "pull_timeout_s", "status_every_s", "robot_wait_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"fleet.{name} must be > 0, got {getattr(self, name)}")
         if self.local_cpus is not None and self.local_cpus < 1:
@@ -190,7 +198,8 @@ class FlywheelConfig:
     """Also deploy every evaluated policy with the expert corrector on call (as in data
     collection) and report its intervention rate and success with corrections."""
     baselines: bool = True
-    """Also train behaviour cloning on all data and filtered BC (successes only), same data."""
+    """Also train behaviour cloning on all data and filtered BC (successes only), same data
+    (the rounds of one process; a fleet, --cluster, trains only --deploy-with)."""
     awr_beta: float | None = dataclasses.field(default=None, metadata={ADDED_LATER: "issue 24"})
     """Also train advantage-weighted regression on all data (same data, the round's
     advantages): the flow loss weighted per frame by min(exp(A / awr_beta), --awr-max-weight),
@@ -350,8 +359,23 @@ class FlywheelConfig:
         wrong = []
         if not self.cluster.strip():
             wrong.append("--cluster local or --cluster HOST:PORT (got an empty address)")
-        if self.deploy != "sim" or not self.simulated:
-            wrong.append("--deploy sim (fleet workers run simulated envs; robots: docs/cluster.md)")
+        if self.fleet.sim_robots and (self.deploy != "robots" or not self.simulated):
+            wrong.append(
+                "--deploy robots and a simulated --env for --fleet.sim-robots (simulated "
+                "robots run the env's tasks)"
+            )
+        # what only the rounds of one process use: refused rather than silently ignored
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, flag in (
+            ("rounds", "--rounds"),
+            ("episodes_per_round", "--episodes-per-round"),
+        ):
+            if getattr(self, name) != defaults[name]:
+                wrong.append(
+                    f"no {flag} (a fleet has no rounds: it collects --fleet.episodes while the "
+                    f"learner publishes a version every --fleet.publish-every updates; got "
+                    f"{flag} {getattr(self, name)})"
+                )
         if self.corrector.kind == "human":
             wrong.append("--corrector.kind expert or none (no person at each worker)")
         if self.corrector.trigger == "value":

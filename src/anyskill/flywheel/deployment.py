@@ -45,6 +45,19 @@ def purpose_seed(seed: int, purpose: str) -> int:
     return zlib.crc32(f"{seed}/{purpose}".encode())
 
 
+def method_policy(
+    cfg: FlywheelConfig, base: VLAPolicy, params: Any, recap: bool, beta: float | None = None
+) -> Policy:
+    """The run's VLA ``base`` with weights ``params``; ``recap``: asked for "advantage:
+    positive" (the run's ``--indicator``) with guidance ``beta`` (default ``--beta``). What
+    a simulated deployment runs and what a fleet's robot worker serves."""
+    policy: Policy = base.with_weights(params)
+    if recap:
+        kind = "prompt" if cfg.indicator == "prompt" else "input"
+        policy = IndicatorConditioned(policy, kind, cfg.beta if beta is None else beta)
+    return policy
+
+
 @dataclasses.dataclass
 class RunEnv:
     """The run's env as the rollouts run it, its horizon, rate and scripted expert."""
@@ -189,10 +202,7 @@ class Deployment:
         """The run's VLA with weights ``params``; ``recap``: asked for "advantage:
         positive" with guidance ``beta`` (default ``--beta``); ``best_of > 1``: the chunk
         the value function ``value_params`` ranks highest of that many."""
-        policy: Policy = self.base.with_weights(params)
-        if recap:
-            kind = "prompt" if self.cfg.indicator == "prompt" else "input"
-            policy = IndicatorConditioned(policy, kind, self.cfg.beta if beta is None else beta)
+        policy = method_policy(self.cfg, self.base, params, recap, beta)
         if best_of > 1:
             policy = BestOfN(policy, ValueScorer(self.vf, value_params, self.base), best_of)
         return policy

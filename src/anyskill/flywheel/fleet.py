@@ -51,6 +51,7 @@ import jax
 import numpy as np
 
 from anyskill import checkpoint, rundir
+from anyskill.data.format import UNKNOWN_SUCCESS
 from anyskill.flywheel.artifacts import LABELS, RunPaths
 from anyskill.flywheel.config import FleetConfig, FlywheelConfig
 from anyskill.flywheel.context import log
@@ -99,6 +100,8 @@ def connect(cluster: str, fleet: FleetConfig) -> bool:
     if cluster == "local":
         ray.init(
             num_cpus=fleet.local_cpus,
+            # this machine offers what the workers are placed by (e.g. the robots it drives)
+            resources={fleet.robot_resource: fleet.workers} if fleet.robot_resource else None,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             namespace="anyskill",
@@ -234,6 +237,164 @@ class DeployWorker:
             "steps": int(np.sum(ep.length)),
             "problem": problem,
             "episodes": episodes,
+        }
+
+
+class HandOver:
+    """A robot worker's ``/episodes`` channel: every uploaded episode is checked as the store
+    would check it (:class:`~anyskill.serve.episodes.EpisodeSink`), then kept until the
+    worker's next batch hands it to the driver, which writes it. The receipt a robot gets
+    is this worker's count of episodes received, not a store index. An episode records the
+    newest version served when it ended and the oldest it may have run (the version served
+    when the robot's previous episode ended)."""
+
+    def __init__(self, features: dict, live):
+        from anyskill.serve.episodes import EpisodeSink, FeatureSpec
+
+        self._check = EpisodeSink.__new__(EpisodeSink)  # its checks, without a writer
+        self._check.features = {k: FeatureSpec(tuple(v[0]), v[1]) for k, v in features.items()}
+        self.live = live
+        self.queue: deque = deque()
+        self.received = 0
+        self._since = live.version
+        self._cond = threading.Condition()
+
+    def hello(self) -> dict:
+        self._check.policy_version = VERSION_TAG.format(self.live.version)
+        return self._check.hello()
+
+    def check(self, msg: Any) -> dict:
+        return self._check.check(msg)
+
+    def store(self, episode: dict) -> int:
+        with self._cond:
+            version = self.live.version
+            info = {**episode["episode_info"], "first_version": self._since}
+            self.queue.append({**episode, "episode_info": info, "version": version})
+            self._since = version
+            self.received += 1
+            self._cond.notify_all()
+            return self.received - 1
+
+    def take(self, n: int, wait_s: float) -> list[dict]:
+        """Up to ``n`` episodes, waiting up to ``wait_s`` for the first."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.queue, timeout=wait_s)
+            return [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
+
+
+class RobotWorker(DeployWorker):
+    """One robot of the fleet (``--deploy robots``): the newest policy version served on
+    this host (``--robots.host``, port ``--robots.port`` + worker index) to the robot's
+    runtime — ``anyskill run-robot --upload`` or any openpi client with an
+    :class:`~anyskill.serve.episodes.EpisodeUploader` — which uploads each episode it
+    finishes. A batch hands over the episodes that arrived (up to ``envs_per_worker``,
+    waiting up to ``robot_wait_s`` for the first) and swaps in a newer version if the
+    parameter server has one: between two forward passes, so a robot mid-episode continues
+    on the new weights. ``--fleet.sim-robots``: a simulated robot of ``--env`` drives the
+    served policy from a thread of this worker, through the same runtime and upload path."""
+
+    def __init__(
+        self,
+        cfg_json: dict,
+        start_files: dict,
+        worker: int,
+        server,
+        timeout: float,
+        features: dict,
+    ):
+        from anyskill.algos.recap.policy import indicator_model
+        from anyskill.algos.vla.policy import VLAPolicy
+        from anyskill.flywheel.deployment import method_policy
+        from anyskill.policies.wrappers import HotSwap
+        from anyskill.serve.server import ServerConfig, ServerThread
+
+        self.cfg = c = rundir.config_from_json(FlywheelConfig, cfg_json, "the driver's config")
+        self.worker, self.server, self.timeout = worker, server, timeout
+        self._dir = tempfile.TemporaryDirectory(prefix=f"anyskill-robot{worker}-")
+        start = Path(self._dir.name) / "start"
+        for rel, data in start_files.items():
+            (start / rel).parent.mkdir(parents=True, exist_ok=True)
+            (start / rel).write_bytes(data)
+        policy = VLAPolicy(start, seed=c.seed + 1000 * (worker + 1) + os.getpid())
+        model, params = indicator_model(policy.model, policy.params, c.indicator)
+        self.base = policy.with_weights(params, model) if model is not policy.model else policy
+        self.template = self.params = params
+        self.version = 0
+        self.batches = 0
+        self.live = HotSwap(method_policy(c, self.base, params, recap=False), 0)
+        self.sink = HandOver(features, self.live)
+        port = c.robots.port + worker if c.robots.port else 0
+        self.srv = ServerThread(
+            self.live, ServerConfig(host=c.robots.host, port=port), episode_sink=self.sink
+        ).start()
+        self.robot_stop = threading.Event()
+        self.robot_error: str | None = None
+        if c.fleet.sim_robots:
+            threading.Thread(target=self._sim_robot, daemon=True, name="sim-robot").start()
+
+    def url(self) -> str:
+        """Where this worker's robot connects (its policy and its ``/episodes`` channel)."""
+        return self.srv.url
+
+    def _sim_robot(self) -> None:
+        """A simulated robot on loopback: episodes against the served policy, uploaded."""
+        from anyskill.serve.episodes import EpisodeChannelClosed
+        from anyskill.serve.robot import SimRobot
+
+        try:
+            robot = SimRobot(self.cfg.env, self.base.model.cfg.image_size)
+            cams = any(k.startswith("observation.images.") for k in self.sink._check.features)
+            k = 0
+            while not self.robot_stop.is_set():
+                seed = (self.cfg.seed * 1_000_003 + self.worker * 10_007 + os.getpid()) * 97 + k
+                robot.run(self.url(), episodes=1, upload=True, images=cams, seed=seed % (1 << 31))
+                k += 1
+        except EpisodeChannelClosed:
+            pass
+        except Exception as e:  # reported with the next batch
+            self.robot_error = f"worker {self.worker}: simulated robot stopped ({e!r})"
+
+    def _serve_newest(self) -> str | None:
+        from anyskill.flywheel.deployment import method_policy
+
+        problem = self.pull()
+        if self.version != self.live.version:
+            method = self.cfg.deploy_with
+            policy = method_policy(self.cfg, self.base, self.params, recap=method == "recap")
+            self.live.swap(policy, self.version)
+        return problem
+
+    def run_batch(self, batch: int, n: int) -> dict:
+        """Hand over up to ``n`` episodes the robot uploaded (waiting up to
+        ``--fleet.robot-wait-s`` for the first), then serve the newest version."""
+        t0 = time.perf_counter()
+        problem = self._serve_newest()
+        episodes = self.sink.take(n, self.cfg.fleet.robot_wait_s)
+        problem = problem or self.robot_error
+        self.batches += 1
+        out = []
+        for e in episodes:
+            out.append(
+                {
+                    "frames": e["frames"],
+                    "task": e["task"],
+                    "intervention": e["intervention"],
+                    "success": e["success"],
+                    "version": e["version"],
+                    "episode_info": e["episode_info"],
+                }
+            )
+        return {
+            "worker": self.worker,
+            "batch": batch,
+            "version": self.version,
+            "pid": os.getpid(),
+            "seconds": time.perf_counter() - t0,
+            "first": self.batches == 1,
+            "steps": int(sum(len(e["intervention"]) for e in out)),
+            "problem": problem,
+            "episodes": out,
         }
 
 
@@ -424,16 +585,18 @@ class Collector(threading.Thread):
                     if self.stored >= self.need:
                         break
                     iv = e["intervention"]
+                    version = e.get("version", r["version"])  # a robot's: when it ended
                     self.writer.add_episode(
                         e["frames"],
                         task=e["task"],
                         intervention=iv,
                         success=e["success"],
                         source="corrected" if iv.any() else "autonomous",
-                        policy_version=VERSION_TAG.format(r["version"]),
+                        policy_version=VERSION_TAG.format(version),
                         episode_info={
+                            **e.get("episode_info", {}),
                             "worker": r["worker"],
-                            "version": r["version"],
+                            "version": version,
                             "batch": r["batch"],
                             "corrected": bool(iv.any()),
                         },
@@ -519,11 +682,22 @@ def run_fleet(cfg: FlywheelConfig, on_cycle=None, on_started=None) -> FleetResul
             opts["resources"] = {f.robot_resource: 1}
         files = ray.put(start_files(paths.start))
         cfg_json = rundir.config_to_json(cfg)
-        Worker = ray.remote(DeployWorker)
-        workers = [
-            Worker.options(**opts).remote(cfg_json, files, i, server, f.pull_timeout_s)
-            for i in range(f.workers)
-        ]
+        if cfg.deploy == "robots":
+            from anyskill.serve.episodes import store_features
+
+            feats = {k: (list(v.shape), v.dtype) for k, v in store_features(ctx.dataset()).items()}
+            Worker = ray.remote(RobotWorker)
+            workers = [
+                Worker.options(**opts).remote(cfg_json, files, i, server, f.pull_timeout_s, feats)
+                for i in range(f.workers)
+            ]
+            _announce_robots(ray, workers, fdir)
+        else:
+            Worker = ray.remote(DeployWorker)
+            workers = [
+                Worker.options(**opts).remote(cfg_json, files, i, server, f.pull_timeout_s)
+                for i in range(f.workers)
+            ]
         if on_started is not None:
             on_started(workers, server)
         from anyskill.data.writer import EpisodeWriter
@@ -554,8 +728,19 @@ def run_fleet(cfg: FlywheelConfig, on_cycle=None, on_started=None) -> FleetResul
         if started:
             ray.shutdown()
     rows = _evaluate(ctx, cfg, phases)
-    report = _report(cfg, fdir, fs, workers_json, rows)
+    report = _report(cfg, fdir, fs, workers_json, rows, by_version(ctx))
     return FleetResult(fs, stored_fleet_episodes(ctx), workers_json, report, rows)
+
+
+def _announce_robots(ray, workers, fdir: Path) -> None:
+    """Log where each robot connects and write it to ``RUN/fleet/robots.json``."""
+    urls = ray.get([w.url.remote() for w in workers])
+    for i, url in enumerate(urls):
+        log(
+            f"fleet: robot worker {i} serves at {url} (on its robot: anyskill run-robot "
+            f"--server {url} --upload)"
+        )
+    rundir.write_json(fdir / "robots.json", {"urls": urls})
 
 
 def _learn(ctx, cfg, fs: FleetState, shared, collector, store_lock, server, params, on_cycle, have):
@@ -673,7 +858,10 @@ def _status(fdir: Path, fs: FleetState, collector, elapsed: float) -> None:
 
 
 def _evaluate(ctx, cfg, phases) -> list[dict]:
-    """The starting and the final policy on the run's evaluation episodes (no corrector)."""
+    """The starting and the final policy on the run's evaluation episodes (no corrector);
+    none without a simulator (``--env robot``: the robots' episodes are the measure)."""
+    if not cfg.simulated:
+        return []
     hz = ctx.env.control_hz
     rows = []
     key, purpose = phases.evaluation_episodes(cfg, 1)
@@ -685,11 +873,43 @@ def _evaluate(ctx, cfg, phases) -> list[dict]:
     return rows
 
 
-def _report(cfg, fdir: Path, fs: FleetState, workers: list[dict], rows: list[dict]) -> Path:
+def by_version(ctx) -> list[dict]:
+    """Fleet episodes in the store per policy version: how many, and their success rate
+    (the measure of a fleet of real robots, with the interventions on them)."""
+    ep = ctx.dataset().episodes
+    groups: dict[int, list] = {}
+    prefix = VERSION_TAG.format("")
+    for i, v in enumerate(ep.policy_version):
+        if str(v).startswith(prefix):
+            groups.setdefault(int(str(v)[len(prefix) :]), []).append(i)
+    rows = []
+    for v in sorted(groups):
+        idx = np.asarray(groups[v])
+        success = np.asarray(ep.success)[idx]
+        known = success != UNKNOWN_SUCCESS  # robots may upload episodes unlabelled
+        rows.append(
+            {
+                "version": v,
+                "episodes": len(idx),
+                "success": float(np.mean(success[known] > 0)) if known.any() else None,
+                "corrected": int(np.sum(np.asarray(ep.source)[idx] == "corrected")),
+            }
+        )
+    return rows
+
+
+def _report(
+    cfg, fdir: Path, fs: FleetState, workers: list[dict], rows: list[dict], versions: list[dict]
+) -> Path:
+    where = (
+        f"{cfg.fleet.workers} robot workers ({'simulated robots' if cfg.fleet.sim_robots else 'robots'})"
+        if cfg.deploy == "robots"
+        else f"{cfg.fleet.workers} deploy workers x {cfg.fleet.envs_per_worker} envs"
+    )
     lines = [
         "# Flywheel on Ray",
         "",
-        f"{cfg.fleet.workers} deploy workers x {cfg.fleet.envs_per_worker} envs on "
+        f"{where} on "
         f"`{cfg.env}`, cluster `{cfg.cluster}`; learner: {LABELS[cfg.deploy_with]}, "
         f"{fs.updates} updates in {fs.cycles} cycles, policy version {fs.version}; "
         f"{fs.lost} episodes lost to worker deaths.",
@@ -710,9 +930,25 @@ def _report(cfg, fdir: Path, fs: FleetState, workers: list[dict], rows: list[dic
             f"| {i} | {w['episodes']} | {w['episodes_per_s']:.2f} | {w['deaths']} | "
             f"{w['lost']} | {w['version']} | {w['lag']:.0f} |"
         )
+    lines += [
+        "",
+        "Fleet episodes by the policy version that ran them (success as labelled in the store):",
+        "",
+        "| version | episodes | success | corrected |",
+        "|---|---|---|---|",
+    ]
+    for v in versions:
+        succ = "—" if v["success"] is None else f"{v['success']:.3f}"
+        lines.append(f"| {v['version']} | {v['episodes']} | {succ} | {v['corrected']} |")
     path = fdir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     rundir.write_json(
-        fdir / "result.json", {"state": dataclasses.asdict(fs), "workers": workers, "rows": rows}
+        fdir / "result.json",
+        {
+            "state": dataclasses.asdict(fs),
+            "workers": workers,
+            "rows": rows,
+            "by_version": versions,
+        },
     )
     return path

@@ -254,3 +254,52 @@ class SimulatedDelay(ChunkPolicy):
             return chunk
         # steps t_k .. t_k + d - 1 still run the previous plan; the new chunk from index d
         return np.concatenate([prev[:, p : p + d], chunk[:, d:]], axis=1)
+
+
+class HotSwap:
+    """A served policy whose weights change while it serves: ``swap(new)`` replaces the
+    inner policy between two forward passes (a request never sees half of each). The fleet's
+    robot workers serve one of these and swap in each newly published version.
+
+    ``new`` must act like the policy it replaces: the same spec (the server announced it to
+    the robots when they connected)."""
+
+    def __init__(self, inner: Policy, version: int = 0):
+        _check_inner(inner, "HotSwap")
+        import threading
+
+        self._inner, self.version = inner, int(version)
+        self._lock = threading.Lock()
+
+    @property
+    def spec(self) -> PolicySpec:
+        return self._inner.spec
+
+    @property
+    def inner(self) -> Policy:
+        return self._inner
+
+    def swap(self, new: Policy, version: int) -> None:
+        _check_inner(new, "HotSwap")
+        if new.spec != self._inner.spec:
+            raise ValueError(
+                f"HotSwap: the new policy's spec differs from the served one "
+                f"({new.spec.name!r} vs {self._inner.spec.name!r}); robots connected to the "
+                "old one would send the wrong inputs — serve it with a new server instead"
+            )
+        with self._lock:
+            self._inner, self.version = new, int(version)
+
+    def act(self, obs: Batch, key: Any) -> np.ndarray:
+        with self._lock:
+            return self._inner.act(obs, key)
+
+    def infer(self, batch: list[dict[str, Any]]) -> np.ndarray:
+        with self._lock:
+            return self._inner.infer(batch)
+
+    def warmup(self, max_batch: int) -> None:
+        with self._lock:
+            warm = getattr(self._inner, "warmup", None)
+            if warm is not None:
+                warm(max_batch)
