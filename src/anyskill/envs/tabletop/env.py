@@ -88,7 +88,13 @@ class Tabletop(Env):
     num_objects: int = 3
     """Object slots (1-4); each episode places between the family's minimum and this many."""
     split: str = "train"
-    """Task instances: 'train', 'heldout' (unseen combinations and phrasings) or 'all'."""
+    """Task instances: 'train', 'heldout' (unseen combinations and phrasings) or 'all'; or a
+    part of 'heldout': 'heldout-language' (unseen phrasings of seen combinations),
+    'heldout-combination' (unseen combinations in seen phrasings)."""
+    instructions: str = "templates"
+    """Where instruction text comes from: 'templates' (five fixed phrasings per family, the
+    last held out; what every benchmark so far measured) or 'grammar' (each family's
+    instruction grammar, with held-out constructions; docs/tasks.md)."""
     image_size: int = 64
     """Side of the square RGB camera image (``render_image``); >= 16."""
     max_speed: float = 1.0
@@ -139,7 +145,8 @@ class Tabletop(Env):
                 f"physics.dt * physics.substeps = {period} s must equal 1 / control_hz = "
                 f"{1 / self.control_hz} s"
             )
-        rows, offsets = T.task_table(fams, self.split)  # validates families and split
+        # validates families, split and instructions
+        rows, offsets = T.task_table(fams, self.split, self.instructions)
         empty = [f for f, a, b in zip(fams, offsets[:-1], offsets[1:], strict=True) if a == b]
         if empty:
             raise ValueError(f"families {empty} have no task instance in split {self.split!r}")

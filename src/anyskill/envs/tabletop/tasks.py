@@ -28,6 +28,7 @@ from anyskill.envs.tabletop.families.base import (  # noqa: F401  (the row layou
     COLOUR2,
     FAMILY,
     HELDOUT_COMBOS,
+    INSTRUCTIONS,
     PHRASING,
     ROW_WIDTH,
     SHAPE,
@@ -49,7 +50,10 @@ from anyskill.names import unknown_name
 #: out); a family's own is ``family.heldout_phrasing``
 HELDOUT_PHRASING = 4
 
-SPLITS = ("train", "heldout", "all")
+#: ``heldout-language``: held-out phrasings or constructions of training object x zone
+#: combinations; ``heldout-combination``: held-out combinations in training phrasings (both
+#: are parts of ``heldout``; families without held-out combinations have none of the latter)
+SPLITS = ("train", "heldout", "all", "heldout-language", "heldout-combination")
 
 
 def family_code(name: str) -> int:
@@ -62,23 +66,50 @@ def family_name(code: int) -> str:
     return families.by_code(int(code)).name
 
 
-def task_table(names: tuple[str, ...], split: str) -> tuple[np.ndarray, np.ndarray]:
+def task_table(
+    names: tuple[str, ...], split: str, instructions: str = "templates"
+) -> tuple[np.ndarray, np.ndarray]:
     """All instances of the families ``names`` in ``split``: ``(rows [R, 7] int32,
     family_offsets [len(names) + 1])``; rows of family ``i`` are
-    ``rows[offsets[i]:offsets[i + 1]]``."""
+    ``rows[offsets[i]:offsets[i + 1]]``. ``instructions``: ``"templates"`` (the five fixed
+    phrasings) or ``"grammar"`` (each family's instruction grammar, see ``grammar.py``)."""
     if split not in SPLITS:
         raise unknown_name("task split", split, SPLITS)
-    return _task_table(tuple(families.get(n) for n in names), split)
+    if instructions not in INSTRUCTIONS:
+        raise unknown_name("instruction source", instructions, INSTRUCTIONS)
+    return _task_table(tuple(families.get(n) for n in names), split, instructions)
+
+
+def in_split(family: TaskFamily, row: tuple[int, ...], split: str) -> bool:
+    """Whether ``row`` of ``family`` belongs to ``split`` (see :data:`SPLITS`)."""
+    if split == "all":
+        return True
+    if split == "train":
+        return not family.is_heldout(row)
+    if split == "heldout":
+        return family.is_heldout(row)
+    language, combination = family.heldout_language(row), _heldout_combination(family, row)
+    if split == "heldout-language":
+        return language and not combination
+    if split == "heldout-combination":
+        return combination and not language
+    raise unknown_name("task split", split, SPLITS)
+
+
+def _heldout_combination(family: TaskFamily, row: tuple[int, ...]) -> bool:
+    """Held out for its objects and zone (whatever its phrasing): the row with a training
+    phrasing in its place is held out."""
+    return family.is_heldout((*row[:PHRASING], 0))
 
 
 @functools.cache
-def _task_table(fams: tuple[TaskFamily, ...], split: str) -> tuple[np.ndarray, np.ndarray]:
+def _task_table(
+    fams: tuple[TaskFamily, ...], split: str, instructions: str
+) -> tuple[np.ndarray, np.ndarray]:
     # keyed on the family objects, not names: a name re-registered with other rows is new
     blocks, offsets = [], [0]
     for family in fams:
-        rows = family.task_rows()
-        if split != "all":
-            rows = [r for r in rows if family.is_heldout(r) == (split == "heldout")]
+        rows = [r for r in family.instruction_rows(instructions) if in_split(family, r, split)]
         blocks.append(rows_as_array(rows))
         offsets.append(offsets[-1] + len(rows))
     return np.concatenate(blocks), np.array(offsets, np.int32)
@@ -98,6 +129,32 @@ def is_heldout(row) -> bool:
     """Whether a task row belongs to the held-out split."""
     row = _as_row(row)
     return families.by_code(row[FAMILY]).is_heldout(row)
+
+
+def content(row) -> tuple[int, ...]:
+    """What a row asks for, without its phrasing: ``(family, colour, shape, zone, colour2,
+    shape2)`` — equal for every phrasing (template or grammar) of one task."""
+    return _as_row(row)[:PHRASING]
+
+
+@functools.cache
+def _contents_by_text() -> dict[str, tuple[int, ...] | None]:
+    out: dict[str, tuple[int, ...] | None] = {}
+    for family in families.registered():
+        for instructions in INSTRUCTIONS:
+            if instructions == "grammar" and family.grammar is None:
+                continue
+            for row in family.instruction_rows(instructions):
+                text, c = family.instruction(row), row[:PHRASING]
+                out[text] = c if out.get(text, c) == c else None  # None: ambiguous
+    return out
+
+
+def parse_instruction(text: str) -> tuple[int, ...] | None:
+    """The content (:func:`content`) of the task whose template or grammar instruction is
+    ``text``, or None for a text no registered family produces (another env's task, or
+    one two tasks share). Families registered later than the first call are not seen."""
+    return _contents_by_text().get(" ".join(str(text).split()))
 
 
 def __getattr__(name: str):

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from anyskill.envs.tabletop.families.base import FAMILY, PHRASING, ROW_WIDTH, TaskFamily
+from anyskill.envs.tabletop.grammar import GRAMMAR_BASE
 from anyskill.names import unknown_name
 
 __all__ = [
@@ -175,6 +176,18 @@ def _check_rows(family: TaskFamily) -> None:
                 f"{what}: task row {row} cannot fill template "
                 f"{family.templates[row[PHRASING]]!r}: it names no {e}"
             ) from None
+    if family.grammar is not None:
+        # one expansion per construction of the first content: a slot the rows do not name
+        # fails here, not in an env
+        first = rows[0][:PHRASING]
+        for g, c in enumerate(family.grammar.constructions):
+            try:
+                family.instruction((*first, GRAMMAR_BASE + g))
+            except (KeyError, IndexError) as e:
+                raise ValueError(
+                    f"{what}: grammar construction {c.name!r} cannot be filled in for task "
+                    f"row {rows[0]}: it names no {e}"
+                ) from None
 
 
 def _register_family_files() -> None:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from anyskill.envs.tabletop.grammar import GRAMMAR_BASE, Grammar
 from anyskill.envs.tabletop.scene import COLOURS, SHAPES
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ HELDOUT_COMBOS = frozenset(
 
 #: the placeholders a template may use, and the row columns that fill them
 PLACEHOLDERS = {"zone", "colour", "shape", "colour2", "shape2"}
+#: where instruction text comes from (``Tabletop.instructions``): the fixed templates (phrasing
+#: 0..len(templates)-1, the default) or the family's grammar (phrasing GRAMMAR_BASE + id)
+INSTRUCTIONS = ("templates", "grammar")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -68,6 +72,9 @@ class TaskFamily(abc.ABC):
     """Control steps (10 Hz) before the episode is truncated."""
     min_objects: int = 0
     """Objects the family needs on the table; an episode places at least ``max(this, 1)``."""
+    grammar: Grammar | None = None
+    """Instruction grammar (``anyskill.envs.tabletop.grammar``) for ``instructions="grammar"``
+    rows; None: the family has templates only."""
 
     def __post_init__(self):
         what = f"task family {self.name!r}"
@@ -116,13 +123,49 @@ class TaskFamily(abc.ABC):
         """Every instance of the family, train and held out, in a fixed order (see
         :meth:`row`). The order is part of the contract: envs draw rows by index."""
 
+    def instruction_rows(self, instructions: str = "templates") -> list[tuple[int, ...]]:
+        """Every instance with instructions from ``instructions``: :meth:`task_rows` for
+        ``"templates"``; for ``"grammar"`` each distinct content of those rows (objects and
+        zone) once per grammar id, phrasing ``GRAMMAR_BASE + id``, in :meth:`task_rows`'
+        order of contents."""
+        if instructions not in INSTRUCTIONS:
+            from anyskill.names import unknown_name
+
+            raise unknown_name("instruction source", instructions, INSTRUCTIONS)
+        rows = self.task_rows()
+        if instructions == "templates":
+            return rows
+        if self.grammar is None:
+            raise ValueError(
+                f"task family {self.name!r} has no instruction grammar; use "
+                "instructions='templates' or give the family a grammar"
+            )
+        contents = list(dict.fromkeys(r[:PHRASING] for r in rows))
+        return [(*c, GRAMMAR_BASE + g) for c in contents for g in range(self.grammar.size)]
+
     def is_heldout(self, row: tuple[int, ...]) -> bool:
         """Whether a row of this family belongs to the held-out split; by default only its
-        held-out phrasing does."""
+        held-out phrasing (a template row) or held-out construction (a grammar row) does."""
+        return self.heldout_language(row)
+
+    def heldout_language(self, row: tuple[int, ...]) -> bool:
+        """Whether the row's phrasing is held out: the last template, or a held-out grammar
+        construction."""
+        if row[PHRASING] >= GRAMMAR_BASE:
+            return self._grammar(row).construction(row[PHRASING] - GRAMMAR_BASE).heldout
         return row[PHRASING] == self.heldout_phrasing
 
+    def _grammar(self, row) -> Grammar:
+        if self.grammar is None:
+            raise ValueError(
+                f"task family {self.name!r}: row {tuple(row)} has grammar phrasing "
+                f"{row[PHRASING]} (>= {GRAMMAR_BASE}) but the family has no grammar"
+            )
+        return self.grammar
+
     def instruction(self, row: tuple[int, ...]) -> str:
-        """The row's template filled in with the names of its objects and zone."""
+        """The row's template (or grammar expansion, for phrasings >= ``GRAMMAR_BASE``)
+        filled in with the names of its objects and zone."""
         names = {}
         if row[COLOUR] >= 0:
             names["colour"], names["shape"] = COLOURS[row[COLOUR]], SHAPES[row[SHAPE]]
@@ -130,6 +173,8 @@ class TaskFamily(abc.ABC):
             names["zone"] = COLOURS[row[ZONE]]
         if row[COLOUR2] >= 0:
             names["colour2"], names["shape2"] = COLOURS[row[COLOUR2]], SHAPES[row[SHAPE2]]
+        if row[PHRASING] >= GRAMMAR_BASE:
+            return self._grammar(row).render(tuple(row), names)
         return self.templates[row[PHRASING]].format(**names)
 
     # ---- inside jit: one env, unbatched ---------------------------------------------------

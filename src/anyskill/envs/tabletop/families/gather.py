@@ -18,6 +18,7 @@ from anyskill.envs.tabletop.families.base import (
     TaskFamily,
     target_slots,
 )
+from anyskill.envs.tabletop.grammar import Construction, Grammar
 from anyskill.envs.tabletop.physics import Bodies
 from anyskill.envs.tabletop.scene import COLOURS, SHAPES, body_reach, surface_gap
 
@@ -97,4 +98,49 @@ FAMILY = Gather(
     ),
     episode_length=100,
     min_objects=2,
+    grammar=Grammar(
+        constructions=(
+            Construction("imperative", "<pre> <verb> <obj> <next> <anchor> <post>"),
+            Construction("purpose", "<pre> <verb> <obj> so <that> it <touches> <anchor>"),
+            Construction("fronted_goal", "<next> <anchor>, <pre> <verb> <obj>"),
+            Construction("declarative", "<obj> <belongs> <anchor>"),
+            Construction("want", "<i_want> <obj> <done_next> <anchor>"),
+            # held out: relative clauses, clefts, passives (their words all occur above)
+            Construction(
+                "relative",
+                "<pre> <verb> <obj> <next> <anchor> <post>",
+                heldout=True,
+                rules={
+                    "obj": ("the {shape} that is {colour}",),
+                    "anchor": ("the {shape2} that is {colour2}", "the {colour2} {shape2}"),
+                },
+            ),
+            Construction("cleft", "it is <anchor> that <obj> <should_end>", heldout=True),
+            Construction("passive", "<obj> <must_be> <moved> <next> <anchor> <post>", heldout=True),
+        ),
+        rules={
+            "obj": ("the {colour} {shape}",),
+            "anchor": ("the {colour2} {shape2}",),
+            "verb": ("push", "move", "bring", "put", "slide", "shove", "nudge"),
+            "next": ("next to", "beside", "against", "up against", "right next to"),
+            "that": ("that", ""),
+            "touches": ("touches", "is next to", "ends up next to", "sits beside", "is against"),
+            "belongs": (
+                "should be next to",
+                "belongs beside",
+                "should touch",
+                "has to end up next to",
+                "needs to go next to",
+                "must be against",
+            ),
+            "done_next": ("<next>", "<moved> <next>"),
+            "moved": ("pushed", "moved", "brought", "put", "slid", "shoved", "nudged"),
+            "should_end": (
+                "should go next to",
+                "should touch",
+                "should end up beside",
+                "must touch",
+            ),
+        },
+    ),
 )

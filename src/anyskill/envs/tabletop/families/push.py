@@ -18,6 +18,7 @@ from anyskill.envs.tabletop.families.base import (
     named_zone,
     target_slots,
 )
+from anyskill.envs.tabletop.grammar import Construction, Grammar
 from anyskill.envs.tabletop.scene import COLOURS, SHAPES, in_zone
 
 
@@ -67,4 +68,62 @@ FAMILY = Push(
     ),
     episode_length=100,
     min_objects=1,
+    grammar=Grammar(
+        constructions=(
+            Construction("imperative", "<pre> <vp> <zone_np> <post>"),
+            Construction("purpose", "<pre> <verb> <obj> so <that> it <ends> <zone_np> <post>"),
+            Construction("fronted_goal", "<to> <zone_np>, <pre> <verb> <obj>"),
+            Construction("declarative", "<obj> <belongs> <zone_np>"),
+            Construction("want", "<i_want> <obj> <done_to> <zone_np>"),
+            # held out: relative clauses, clefts, passives (their words all occur above)
+            Construction(
+                "relative",
+                "<pre> <vp> <zone_np> <post>",
+                heldout=True,
+                rules={"obj": ("the {shape} that is {colour}",)},
+            ),
+            Construction("cleft", "it is <zone_np> that <obj> <should_end>", heldout=True),
+            Construction("passive", "<obj> <must_be> <moved_to> <zone_np> <post>", heldout=True),
+        ),
+        rules={
+            "obj": ("the {colour} {shape}",),
+            "vp": (
+                "push <obj> into",
+                "push, please, <obj> into",
+                "push <obj> to",
+                "move <obj> to",
+                "move <obj> into",
+                "slide <obj> onto",
+                "slide <obj> into",
+                "put <obj> in",
+                "put <obj> into",
+                "bring <obj> to",
+                "shove <obj> over to",
+                "nudge <obj> into",
+            ),
+            "verb": ("push", "move", "slide", "shove", "nudge"),
+            "that": ("that", ""),
+            "ends": ("ends up in", "is in", "sits in", "lands in", "is inside"),
+            "to": ("into", "over to", "to"),
+            "belongs": (
+                "should go into",
+                "should be in",
+                "belongs in",
+                "needs to go to",
+                "has to end up in",
+                "must go into",
+            ),
+            "done_to": ("in", "inside", "<moved_to>"),
+            "moved_to": (
+                "pushed into",
+                "moved to",
+                "slid onto",
+                "put in",
+                "brought to",
+                "shoved over to",
+                "nudged into",
+            ),
+            "should_end": ("should go into", "should end up in", "belongs in", "must go into"),
+        },
+    ),
 )

@@ -8,6 +8,7 @@ import itertools
 import jax
 
 from anyskill.envs.tabletop.families.base import ExpertTarget, TaskFamily, named_zone
+from anyskill.envs.tabletop.grammar import Construction, Grammar
 from anyskill.envs.tabletop.scene import COLOURS, in_zone
 
 
@@ -44,4 +45,51 @@ FAMILY = Reach(
     ),
     episode_length=40,
     min_objects=0,
+    grammar=Grammar(
+        constructions=(
+            Construction("imperative", "<pre> <go_vp> <post>"),
+            Construction("purpose", "<pre> move <agent> so <that> it <ends> <zone_np> <post>"),
+            Construction("fronted_goal", "<to> <zone_np>, <pre> <go>"),
+            Construction("declarative", "<agent> <belongs> <zone_np>"),
+            Construction("want", "<i_want> <agent> <done_to> <zone_np>"),
+            # held out: relative clauses, clefts, passives (their words all occur above)
+            Construction(
+                "relative",
+                "<pre> <go_vp> <post>",
+                heldout=True,
+                rules={"zone_np": ("the <zone_n> that is {zone}",)},
+            ),
+            Construction("cleft", "it is <zone_np> that <agent> <should_end>", heldout=True),
+            Construction("passive", "<agent> <must_be> <moved_to> <zone_np> <post>", heldout=True),
+        ),
+        rules={
+            "agent": ("the gripper", "the pusher", "the end effector"),
+            "go_vp": (
+                "go to <zone_np>",
+                "head to <zone_np>",
+                "head over to <zone_np>",
+                "move to <zone_np>",
+                "move <agent> to <zone_np>",
+                "move <agent> into <zone_np>",
+                "bring <agent> to <zone_np>",
+                "put <agent> in <zone_np>",
+                "reach <zone_np>",
+                "reach <zone_np> with <agent>",
+            ),
+            "go": ("go", "head over", "move <agent>", "bring <agent>", "move there"),
+            "that": ("that", ""),
+            "ends": ("ends up in", "is in", "is inside"),
+            "to": ("into", "over to", "to"),
+            "belongs": (
+                "should go to",
+                "should be in",
+                "needs to go to",
+                "has to end up in",
+                "must go to",
+            ),
+            "done_to": ("in", "inside", "<moved_to>"),
+            "moved_to": ("moved to", "moved into", "brought to", "put in"),
+            "should_end": ("should go to", "should end up in", "must go to", "should be in"),
+        },
+    ),
 )

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from anyskill.envs.tabletop.families.base import ExpertTarget, TaskFamily, own_zones
+from anyskill.envs.tabletop.grammar import Construction, Grammar
 from anyskill.envs.tabletop.scene import ZONE_HALF, in_zone
 
 
@@ -57,4 +58,66 @@ FAMILY = Sort(
     ),
     episode_length=200,
     min_objects=2,
+    grammar=Grammar(
+        constructions=(
+            Construction("imperative", "<pre> <vp> <post>"),
+            Construction("purpose", "<pre> <verb> <all> so <that> <each> <ends> <own>"),
+            Construction("fronted_goal", "<to> <own_pl>, <pre> <verb> <all>"),
+            Construction("declarative", "<tidy> <each> <belongs> <own>"),
+            Construction("want", "<i_want> <all> <done_to> <own_pl>"),
+            # held out: relative clauses, clefts, passives (their words all occur above)
+            Construction(
+                "relative",
+                "<pre> <verb> <each> <to> the <zone_n> that <has> its colour <post>",
+                heldout=True,
+            ),
+            Construction("cleft", "it is <own> that <each> <should_end>", heldout=True),
+            Construction("passive", "<all> <must_be_pl> <moved_to> <own_pl> <post>", heldout=True),
+        ),
+        rules={
+            "each": ("every object", "each object", "every piece", "each piece", "every item"),
+            "all": ("all objects", "all the objects", "all pieces", "all the pieces", "all items"),
+            "own": (
+                "the <zone_n> of its colour",
+                "the <zone_n> with the same colour",
+                "its own colour's <zone_n>",
+                "its matching <zone_n>",
+            ),
+            "own_pl": (
+                "their matching <zones_n>",
+                "the <zones_n> of their colours",
+                "the <zones_n> with the same colours",
+            ),
+            "vp": (
+                "sort <each> into <own>",
+                "sort <all> into <own_pl>",
+                "sort <all> by colour",
+                "put <each> in <own>",
+                "move <all> to <own_pl>",
+                "push <each> into <own>",
+                "bring <all> to <own_pl>",
+                "tidy up the table by colour",
+                "put <each> where it belongs",
+            ),
+            "zones_n": ("zones", "areas", "squares", "regions", "corners"),
+            "verb": ("sort", "move", "push", "slide", "shove"),
+            "that": ("that", ""),
+            "ends": ("ends up in", "is in", "sits in", "is inside"),
+            "to": ("into", "over to", "to"),
+            "tidy": ("", "", "tidy up:", "sort the table:"),
+            "belongs": (
+                "goes to",
+                "should go into",
+                "belongs in",
+                "has to end up in",
+                "must be in",
+            ),
+            "done_to": ("in", "inside", "<moved_to>"),
+            "moved_to": ("sorted into", "moved to", "pushed into", "put in", "brought to"),
+            "has": ("has", "is"),
+            "should_end": ("should go into", "should end up in", "belongs in", "must go into"),
+            "must_be_pl": ("should be", "must be", "need to be"),
+        },
+        variants=64,  # one content (no objects named): the variety is all in the grammar
+    ),
 )
