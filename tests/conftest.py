@@ -1,8 +1,14 @@
 import dataclasses
+import os
 
 import pytest
 
 from anyskill.algos.crl.config import CRLConfig, get_preset
+
+# Every Ray a test starts keeps token authentication on and listens on loopback only; Ray reads
+# both when it is imported (anyskill.flywheel.fleet: require_token_auth, LOOPBACK_ONLY).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 #: A CRL config small enough to compile and run in seconds: for plumbing tests, not learning.
 TINY_OVERRIDES = dict(

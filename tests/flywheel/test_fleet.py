@@ -78,13 +78,62 @@ def cluster():
     ray.init(
         num_cpus=2,
         include_dashboard=False,
-        _node_ip_address="127.0.0.1",
         namespace="anyskill-tests",
         logging_level="ERROR",
         log_to_driver=False,
     )
     yield
     ray.shutdown()
+
+
+def listening_addresses(root: int) -> set[str]:
+    """Local addresses of the TCP sockets that processes descended from ``root`` listen on
+    (Linux /proc), as ``ip`` strings."""
+    import ipaddress
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = list(children.get(root, [])), set()
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += children.get(pid, [])
+    inodes = set()
+    for pid in tree:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    out = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(cols[1].split(":")[0])
+            # /proc/net stores each 32-bit word in host (little-endian) order
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(words)
+            out.add(str(getattr(ip, "ipv4_mapped", None) or ip))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+def test_a_local_ray_listens_on_loopback_only(cluster):
+    import ray._private.ray_constants as rc
+
+    assert F.loopback_only() and not rc.ENABLE_RAY_CLUSTER
+    addrs = listening_addresses(os.getpid())
+    assert addrs, "found no socket of Ray's processes"
+    assert addrs <= {"127.0.0.1", "::1"}, addrs
 
 
 def tiny(tmp_path: Path, **fleet) -> FlywheelConfig:

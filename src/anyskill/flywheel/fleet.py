@@ -31,8 +31,9 @@ HOST:PORT`` (an existing cluster; docs/cluster.md). Three kinds of process::
 - **Faults**: a worker killed mid-batch loses that batch only (its episodes were never
   returned); Ray restarts it and it resumes with the newest version.
 - **Security**: Ray's token authentication stays on (``RAY_AUTH_MODE=token``; a run with it
-  disabled is refused). ``--cluster local`` gives Ray 127.0.0.1 as its node address; Ray
-  2.60's GCS and raylet still listen on all interfaces (docs/cluster.md, Security).
+  disabled is refused). ``--cluster local`` starts a Ray whose processes all listen on
+  127.0.0.1 only (:data:`LOOPBACK_ONLY`); robot workers serve on ``--robots.host``,
+  loopback by default (docs/cluster.md, Security).
 """
 
 from __future__ import annotations
@@ -65,10 +66,20 @@ RAY_MISSING = (
 VERSION_TAG = "fleet-v{}"
 
 
-def require_ray():
+#: Ray's switch for single-node mode (meant for macOS and Windows): off, every Ray process of
+#: this machine takes 127.0.0.1 as the node address and listens there only. Ray turns an
+#: explicit node address 127.0.0.1 into the machine's network address, so this is the one way
+#: to keep a local Ray off the network. Read once, when Ray is imported.
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def require_ray(local: bool = False):
     """``ray`` with token authentication on (see :func:`require_token_auth`; Ray reads the
-    mode when it is imported), or an ImportError that says how to install it."""
+    mode when it is imported), or an ImportError that says how to install it. ``local``:
+    the Ray this process starts listens on loopback only (:data:`LOOPBACK_ONLY`)."""
     require_token_auth()
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ONLY, "0")
     try:
         import ray
     except ImportError as e:
@@ -90,11 +101,23 @@ def require_token_auth() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def loopback_only() -> bool:
+    """Whether a Ray started by this process listens on loopback only."""
+    import ray._private.ray_constants as rc
+
+    return not rc.ENABLE_RAY_CLUSTER
+
+
 def connect(cluster: str, fleet: FleetConfig) -> bool:
-    """Join Ray (``cluster``: ``local`` starts one here with node address 127.0.0.1, else an address). Returns
-    True when this call started Ray (the caller shuts it down). A Ray already initialised in
-    this process (e.g. a test's own cluster) is used as it is."""
-    ray = require_ray()
+    """Join Ray (``cluster``: ``local`` starts one here listening on loopback only, else an
+    address). Returns True when this call started Ray (the caller shuts it down). A Ray
+    already initialised in this process (e.g. a test's own cluster) is used as it is."""
+    ray = require_ray(local=cluster == "local")
+    if cluster == "local" and not ray.is_initialized() and not loopback_only():
+        log(
+            f"fleet: Ray was imported before {LOOPBACK_ONLY}=0 could be set: this local Ray "
+            "listens on the machine's network address too (token authentication still on)"
+        )
     if ray.is_initialized():
         return False
     if cluster == "local":
@@ -103,7 +126,6 @@ def connect(cluster: str, fleet: FleetConfig) -> bool:
             # this machine offers what the workers are placed by (e.g. the robots it drives)
             resources={fleet.robot_resource: fleet.workers} if fleet.robot_resource else None,
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",
             namespace="anyskill",
             logging_level="WARNING",
             log_to_driver=True,
@@ -640,7 +662,7 @@ def run_fleet(cfg: FlywheelConfig, on_cycle=None, on_started=None) -> FleetResul
 
     if cfg.cluster is None:
         raise ValueError("run_fleet needs --cluster (local or an address)")
-    ray = require_ray()
+    ray = require_ray(local=cfg.cluster == "local")
     paths = RunPaths(Path(cfg.run_dir))
     check_resume(cfg, paths)
     fdir = fleet_dir(paths)
