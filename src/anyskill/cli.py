@@ -344,6 +344,7 @@ subcommands:
   merge      concatenate datasets into a NEW dataset
   split      write NEW train/val datasets
   record     record scripted-expert demonstrations of a tabletop task
+  annotate-subtasks  label every frame of a tabletop dataset with its subtask (sidecar file)
 
 `anyskill data SUBCOMMAND --help` describes each.
 """
@@ -448,6 +449,22 @@ class DataRecord:
     demonstrations that show recoveries."""
     seed: int = 0
     """Seed of the episodes (episode i starts from fold_in(key(seed), i))."""
+    instructions: Literal["templates", "grammar"] = "templates"
+    """Tabletop instruction text: the five fixed templates per family, or the instruction
+    grammar (docs/tasks.md)."""
+    subtasks: bool = True
+    """Tabletop: label every frame with its subtask afterwards (meta/anyskill/subtasks.parquet;
+    see `anyskill data annotate-subtasks`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataAnnotateSubtasks:
+    """Label every frame of a tabletop dataset with the subtask it works on ("push the red
+    block into the red zone"), read off the recorded states; written to
+    meta/anyskill/subtasks.parquet (atomic; frame data untouched; replaces earlier labels)."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset root (recorded demonstrations or deployed episodes of a tabletop env)."""
 
 
 DATA_COMMANDS = {
@@ -458,6 +475,7 @@ DATA_COMMANDS = {
     "merge": DataMerge,
     "split": DataSplit,
     "record": DataRecord,
+    "annotate-subtasks": DataAnnotateSubtasks,
 }
 
 
@@ -525,6 +543,11 @@ def cmd_data(args: list[str]) -> int:
                         f"--env {parsed.env} is recorded from its state observations: --images "
                         "and --dart are for the tabletop's camera and its simulator state"
                     )
+                if parsed.instructions != "templates":
+                    raise ValueError(
+                        f"--instructions {parsed.instructions}: the instruction grammar is the "
+                        f"tabletop's; --env {parsed.env} has its own task text"
+                    )
                 rec = record_adapter_expert(
                     parsed.out,
                     parsed.env,
@@ -550,11 +573,22 @@ def cmd_data(args: list[str]) -> int:
                     seed=parsed.seed,
                     progress=progress,
                     dart=parsed.dart,
+                    instructions=parsed.instructions,
+                    subtasks=parsed.subtasks,
                 )
         finally:
             for bar in bars:
                 bar.close()
         print(json.dumps(dataclasses.asdict(rec), indent=2))
+    elif isinstance(parsed, DataAnnotateSubtasks):
+        from tqdm import tqdm
+
+        from anyskill.data.subtasks import annotate_subtasks
+
+        ds = Dataset.open(parsed.path)
+        with tqdm(total=ds.num_episodes, desc="labelling subtasks", unit="ep") as bar:
+            summary = annotate_subtasks(parsed.path, progress=bar.update, ds=ds)
+        print(json.dumps(dataclasses.asdict(summary), indent=2))
     return 0
 
 
