@@ -38,27 +38,10 @@ from anyskill.policies.planning import PlannerConfig, WaypointGraph, WaypointPla
 
 
 def train_config(maze: str, seed: int, steps: int) -> CRLConfig:
-    """The depth study's CPU budget at depth 4 (BENCHMARKS.md, "Depth study"); the U-maze
-    uses its README preset."""
-    if maze == "u":
-        return dataclasses.replace(get_preset("pointmaze-u"), seed=seed, total_env_steps=steps)
-    return CRLConfig(
-        env=f"pointmaze-{maze}",
-        seed=seed,
-        total_env_steps=steps,
-        num_envs=128,
-        unroll_length=10,
-        updates_per_unroll=32,
-        batch_size=256,
-        replay_capacity=1000,
-        min_replay_steps=200,
-        num_epochs=8,
-        critic_width=64,
-        actor_width=64,
-        critic_depth=4,
-        actor_depth=4,
-        num_eval_envs=128,
-    )
+    """The maze's preset (``anyskill train crl --preset pointmaze-MAZE``: width 64, depth 4,
+    64 envs, 20 env steps per gradient step) with a smaller env-step budget."""
+    preset = get_preset(f"pointmaze-{maze}")
+    return dataclasses.replace(preset, seed=seed, total_env_steps=steps, num_epochs=10)
 
 
 def decision_ms(planner: WaypointPlanner, states: np.ndarray, goals: np.ndarray) -> float:
@@ -102,7 +85,7 @@ def main(argv=None):
     )
     p.add_argument("--mazes", nargs="+", default=["hardest", "u"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--env-steps", type=int, default=300_000, help="hardest/big training budget")
+    p.add_argument("--env-steps", type=int, default=500_000, help="hardest/big training budget")
     p.add_argument("--u-env-steps", type=int, default=500_000, help="U-maze training budget")
     p.add_argument("--runs", type=Path, default=Path("/tmp/plan-runs"), help="run directories")
     p.add_argument("--episodes", type=int, default=128, help="evaluation episodes")

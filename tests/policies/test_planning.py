@@ -1,0 +1,222 @@
+"""The planner (issue 28): shortest paths on hand-built distances, the cutoff, waypoint
+choice, and a U-maze where a greedy goal-seeker fails alone and succeeds following the
+planner's waypoints over true geodesic distances (no training needed)."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anyskill.envs import make
+from anyskill.envs.maze_geodesic import MazeGeodesic
+from anyskill.policies.base import GOAL, STATE, ChunkPolicy, InputSpec, Policy, PolicySpec
+from anyskill.policies.planning import (
+    NO_PATH,
+    PlannerConfig,
+    WaypointGraph,
+    WaypointPlanner,
+    farthest_point_sample,
+)
+
+INF = np.inf
+
+
+def _graph(w, cutoff):
+    n = len(w)
+    pts = np.arange(n, dtype=np.float32)[:, None]
+    return WaypointGraph.from_distances(pts, pts, np.asarray(w, float), cutoff)
+
+
+def _floyd_warshall(w, cutoff):
+    """Reference: plain Python all-pairs shortest paths over the edges <= cutoff."""
+    n = len(w)
+    d = [
+        [0.0 if i == j else (w[i][j] if w[i][j] <= cutoff else INF) for j in range(n)]
+        for i in range(n)
+    ]
+    for k, i, j in itertools.product(range(n), repeat=3):
+        if d[i][k] + d[k][j] < d[i][j]:
+            d[i][j] = d[i][k] + d[k][j]
+    return np.array(d)
+
+
+def test_shortest_paths_on_a_hand_built_line():
+    # 0 -> 1 -> 2 -> 3 each 1; the direct 0 -> 3 costs 10; nothing leads back
+    w = np.full((4, 4), 100.0)
+    w[0, 1] = w[1, 2] = w[2, 3] = 1.0
+    w[0, 3] = 10.0
+    g = _graph(w, cutoff=20.0)
+    assert g.dist[0, 3] == 3.0 and g.path(0, 3) == [0, 1, 2, 3]
+    assert g.succ[0, 3] == 1 and g.succ[2, 3] == 3 and g.succ[3, 3] == 3
+    assert g.dist[3, 0] == INF and g.succ[3, 0] == NO_PATH and g.path(3, 0) == []
+    assert g.dist[1, 0] == INF  # directed: the edges are one-way
+
+
+def test_shortest_paths_match_floyd_warshall_on_random_asymmetric_distances():
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0.1, 10.0, (12, 12))
+    g = _graph(w, cutoff=3.0)
+    np.testing.assert_allclose(g.dist, _floyd_warshall(w.tolist(), 3.0))
+    for i, j in itertools.product(range(12), repeat=2):  # the successors trace those lengths
+        p = g.path(i, j)
+        if np.isfinite(g.dist[i, j]):
+            assert p[0] == i and p[-1] == j
+            assert sum(w[a, b] for a, b in itertools.pairwise(p)) == pytest.approx(g.dist[i, j])
+        else:
+            assert p == []
+
+
+def test_the_cutoff_drops_long_edges():
+    w = np.full((4, 4), 100.0)
+    w[0, 1] = w[1, 2] = w[2, 3] = 1.0
+    w[0, 3] = 2.5
+    kept = _graph(w, cutoff=5.0)
+    assert kept.path(0, 3) == [0, 3] and kept.dist[0, 3] == 2.5
+    assert kept.num_edges == 4 and np.isfinite(kept.edges[0, 3])
+    dropped = _graph(w, cutoff=2.0)  # 0 -> 3 is now longer than trusted: go round
+    assert dropped.path(0, 3) == [0, 1, 2, 3] and dropped.dist[0, 3] == 3.0
+    assert dropped.num_edges == 3 and dropped.edges[0, 3] == INF
+    assert np.isinf(_graph(w, cutoff=0.5).dist[0, 1])  # nothing kept: no path
+
+
+def test_waypoints_route_through_the_graph_or_go_to_a_near_goal():
+    w = np.full((4, 4), 100.0)
+    w[0, 1] = w[1, 2] = w[2, 3] = 4.0
+    g = _graph(w, cutoff=5.0)
+    # row 0: the state is next to node 0 (already reached), the goal next to node 3, far
+    # directly: the waypoint is node 1, the first one farther than waypoint_min
+    # row 1: the goal is within the cutoff and no route is shorter: the goal itself
+    # row 2: the state has no node within the cutoff: the nearest one starts the route
+    d_state = np.array([[0.5, 4.5, 8.5, 12.5], [0.5, 4.5, 8.5, 12.5], [7.0, 9.0, 20.0, 30.0]])
+    d_goal = np.array([[12.5, 8.5, 4.5, 0.5], [3.0, 9.0, 9.0, 9.0], [12.5, 8.5, 4.5, 0.5]])
+    direct = np.array([50.0, 2.0, 50.0])
+    node, cost = g.waypoints(d_state, d_goal, direct, waypoint_min=1.0)
+    assert node.tolist() == [1, -1, 0]
+    assert cost[0] == pytest.approx(0.5 + 12.0 + 0.5) and cost[1] == 2.0
+    node, _ = g.waypoints(d_state[:1], d_goal[:1], direct[:1], waypoint_min=6.0)
+    assert node.tolist() == [2]  # nodes 0 and 1 count as reached
+
+
+def test_farthest_point_sampling_covers_both_clusters():
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.normal(0, 0.1, (100, 2)), rng.normal(10, 0.1, (5, 2))])
+    idx = farthest_point_sample(pts, 2, seed=3)
+    assert sorted(pts[idx, 0] > 5) == [False, True]
+    assert len(set(farthest_point_sample(pts, 50).tolist())) == 50
+    assert farthest_point_sample(pts, 500).tolist() == list(range(105))
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [("nodes", 1, "nodes"), ("cutoff", 0.0, "cutoff"), ("waypoint_min", 9.0, "waypoint_min")],
+)
+def test_planner_config_refuses_bad_values(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        PlannerConfig(**{"cutoff": 5.0, field: value})
+
+
+class GreedySeeker(ChunkPolicy):
+    """Accelerate straight at the goal (a PD law): reaches any goal in sight, and presses
+    against the wall when the goal is behind one."""
+
+    def __init__(self):
+        self.spec = PolicySpec(
+            (InputSpec(STATE, (4,), "float32"), InputSpec(GOAL, (2,), "float32")),
+            action_dim=2,
+            action_horizon=1,
+            control_hz=10.0,
+            name="greedy",
+        )
+
+    def act(self, obs, key):
+        s, g = np.asarray(obs[STATE]), np.asarray(obs[GOAL])
+        a = np.clip(1.0 * (g - s[:, :2]) - 0.25 * s[:, 2:], -1.0, 1.0)
+        return a[:, None].astype(np.float32)
+
+
+def _oracle_planner(env, inner, **kw):
+    """A planner over the maze's true geodesic distances, nodes on a lattice of free space."""
+    geo = MazeGeodesic(env)
+    offsets = np.array(list(itertools.product((-1.2, 0.0, 1.2), repeat=2)))
+    centers = np.asarray(env.cell_center(jnp.asarray(env.free_cells)))
+    pos = (centers[:, None] + offsets[None]).reshape(-1, 2).astype(np.float32)
+    states = np.concatenate([pos, np.zeros_like(pos)], axis=1)
+    cfg = PlannerConfig(**{"nodes": len(pos), "cutoff": 5.0, "waypoint_min": 1.5, **kw})
+    graph = WaypointGraph.build(states, pos, geo, cfg.cutoff)
+    return WaypointPlanner(inner, graph, geo, cfg)
+
+
+def test_planning_solves_the_u_maze_where_the_greedy_policy_fails():
+    from anyskill.algos.crl.planner import evaluate
+
+    env = make("pointmaze-u-eval")  # goals in the bottom arm, behind the wall from the start
+    flat, _ = evaluate(env, GreedySeeker(), episodes=12, seed=0)
+    planner = _oracle_planner(env, GreedySeeker(), replan_every=2)
+    plan, _ = evaluate(env, planner, episodes=12, seed=0)  # the same starts and goals
+    assert flat["success_any"] <= 0.5  # only the goal in line with the corridor
+    assert plan["success_any"] == 1.0
+    assert planner.last_routed >= 0
+
+
+def test_the_planner_is_a_policy_that_serves():
+    env = make("pointmaze-u-eval")
+    planner = _oracle_planner(env, GreedySeeker(), replan_every=3)
+    assert isinstance(planner, Policy) and planner.spec.name == "greedy+plan"
+    assert planner.spec.action_horizon == 1
+    obs = {STATE: np.zeros(4, np.float32), GOAL: np.array([8.0, 0.0], np.float32)}
+    chunks = planner.infer([planner.spec.validate(obs)] * 3)  # the server's entry
+    assert chunks.shape == (3, 1, 2) and np.all(np.isfinite(chunks))
+    # the goal is behind the wall (straight down, +x): the first waypoint is to the right
+    way, node = planner.plan(obs[STATE][None], obs[GOAL][None])
+    assert node[0] >= 0 and way[0, 1] > 1.0
+    assert np.all(chunks[:, 0, 1] > 0)  # so it accelerates along +y, not into the wall
+    planner.warmup(4)
+
+
+def test_the_planner_refuses_a_policy_without_a_goal():
+    env = make("pointmaze-u-eval")
+
+    class Blind(GreedySeeker):
+        def __init__(self):
+            super().__init__()
+            self.spec = PolicySpec((InputSpec(STATE, (4,), "float32"),), 2, 1, 10.0)
+
+    with pytest.raises(ValueError, match="goal-conditioned"):
+        _oracle_planner(env, Blind())
+
+
+def test_crl_distance_is_the_critics_best_action_energy_and_calibrates_to_steps():
+    from anyskill.algos.crl.config import get_preset
+    from anyskill.algos.crl.planner import CRLDistance
+    from anyskill.algos.crl.train import make_train
+    from anyskill.data.replay import ReplayBuffer, Transitions
+
+    trainer = make_train(get_preset("arena-smoke"), devices=jax.local_devices()[:1])
+    params = trainer.init_params(jax.random.PRNGKey(0))
+    dist = CRLDistance(trainer, params)
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(3, 4)).astype(np.float32)
+    g = rng.normal(size=(5, 2)).astype(np.float32)
+    raw = dist.raw_between(dist.encode_states(s), dist.encode_goals(g))
+    # reference: -f = ||phi(s, a) - psi(g)|| minimised over the 9 grid actions, pair by pair
+    critic = trainer.critic.bind({"params": params.critic})
+    grid = jnp.asarray(dist.grid)
+    phi = critic.phi(jnp.repeat(s, len(grid), axis=0), jnp.tile(grid, (3, 1)))  # [3 * 9, d]
+    psi = critic.psi(g)
+    for i, j in itertools.product(range(3), range(5)):
+        rows = phi[i * len(grid) : (i + 1) * len(grid)]
+        best = float(jnp.min(jnp.linalg.norm(rows - psi[j], axis=-1)))
+        assert raw[i, j] == pytest.approx(best, rel=1e-4, abs=1e-4)
+    # a buffer of 4 envs x 60 steps of random walks (episodes of 30 steps)
+    walk = np.cumsum(rng.normal(scale=0.3, size=(60, 4, 4)), axis=0).astype(np.float32)
+    t = np.tile((np.arange(60) % 30)[:, None], (1, 4)).astype(np.int32)
+    rows = Transitions(obs=walk, action=np.zeros((60, 4, 2), np.float32), t=t)
+    buffer = ReplayBuffer.empty(60, 4, 4, 2).insert(rows)
+    curve = dist.calibrate(buffer, horizon=20, samples=256)
+    assert curve.shape == (21,) and np.all(np.diff(curve) > 0)
+    np.testing.assert_allclose(dist.to_steps(curve), np.arange(21), atol=1e-3)
+    assert dist.to_steps(np.array([curve[-1] + 1.0]))[0] > 20  # extrapolated past the horizon
