@@ -12,6 +12,8 @@ Layout (paths relative to the dataset root; ``C``/``F`` are chunk and file indic
     videos/<camera key>/chunk-CCC/file-FFF.mp4   camera streams (one episode per file here)
     meta/anyskill/episode_annotations.parquet    labels written after the fact (sidecar)
     meta/anyskill/frame_annotations/<name>.parquet  per-frame values/advantages (sidecar)
+    meta/anyskill/subtasks.parquet         per-frame subtask labels + their texts (sidecar,
+                                           anyskill.data.subtasks)
     meta/anyskill/source.json              which built-in env recorded the data (for render)
 
 Experience fields (anyskill's additions; LeRobot readers see them as ordinary columns):
@@ -45,6 +47,7 @@ ANYSKILL_DIR = "meta/anyskill"
 EPISODE_ANNOTATIONS_PATH = ANYSKILL_DIR + "/episode_annotations.parquet"
 FRAME_ANNOTATIONS_DIR = ANYSKILL_DIR + "/frame_annotations"
 SOURCE_PATH = ANYSKILL_DIR + "/source.json"
+SUBTASKS_PATH = ANYSKILL_DIR + "/subtasks.parquet"
 DEFAULT_CHUNKS_SIZE = 1000
 #: Smaller than LeRobot's 100 MB: every commit rewrites the open data file (see writer.py).
 DEFAULT_DATA_FILE_MB = 4

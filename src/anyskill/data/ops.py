@@ -192,6 +192,7 @@ def episode_frames(ds: Dataset, e: int, camera: str | None = None) -> np.ndarray
         int(row["env_episode"]),
         np.asarray(ds.columns[executed][s:t]),
         int(src.get("image_size", 64)),
+        str(src.get("instructions", "templates")),
     )
 
 

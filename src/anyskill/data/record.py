@@ -87,9 +87,15 @@ class RecordingSpec:
 
 
 def recording_spec(
-    env_name: str, images: bool, image_size: int, dart: bool, noise: float, seed: int
+    env_name: str,
+    images: bool,
+    image_size: int,
+    dart: bool,
+    noise: float,
+    seed: int,
+    instructions: str = "templates",
 ) -> RecordingSpec:
-    env = _make_env(env_name, image_size=image_size)
+    env = _make_env(env_name, image_size=image_size, instructions=instructions)
     features = {
         # declares the state's entities (pusher, objects, zones) for policies that read one
         # token per entity (see anyskill.data.state_layout)
@@ -106,6 +112,8 @@ def recording_spec(
     source = {"env": env_name, "image_size": image_size, "noise": noise, "seed": seed}
     if dart:
         source["dart"] = True
+    if instructions != "templates":  # template recordings keep the source.json they had
+        source["instructions"] = instructions
     return RecordingSpec(features, int(env.control_hz), source)
 
 
@@ -124,7 +132,13 @@ def _check_arguments(episodes: int, noise: float, image_size: int, images: bool,
 
 
 def _check_continuation(
-    out: Path, spec: RecordingSpec, env_name: str, images: bool, image_size: int, dart: bool
+    out: Path,
+    spec: RecordingSpec,
+    env_name: str,
+    images: bool,
+    image_size: int,
+    dart: bool,
+    instructions: str = "templates",
 ) -> None:
     """Refuse to continue a recording with settings other than those it was started with:
     the episodes would silently mix envs, cameras or labels."""
@@ -135,6 +149,7 @@ def _check_continuation(
         ("--env", source.get("env", info.robot_type), env_name),
         ("--images", have_images, images),
         ("--dart", EXECUTED in info.features, dart),
+        ("--instructions", source.get("instructions", "templates"), instructions),
     ]
     if have_images and images:
         checks.append(("--image-size", info.features[CAMERA].shape[0], image_size))
@@ -172,12 +187,16 @@ def record_expert(
     batch: int = 32,
     progress: Callable[[int], None] | None = None,
     dart: bool = False,
+    instructions: str = "templates",
+    subtasks: bool = True,
 ) -> Recording:
     """Record ``episodes`` expert episodes into a new dataset at ``out`` (or continue one
     that this function started earlier with the same env: episodes are appended).
 
     ``dart``: execute the noisy action but record the noise-free one as the label (see the
-    module docstring). ``progress(n)`` is called with 0 once the dataset is open, then with 1
+    module docstring). ``instructions``: the env's instruction source (``templates`` or
+    ``grammar``, kept in ``source.json``). ``subtasks``: label every episode's subtasks
+    afterwards (:func:`anyskill.data.subtasks.annotate_subtasks`, a sidecar file). ``progress(n)`` is called with 0 once the dataset is open, then with 1
     per recorded episode. Continuing a recording with another env, camera, image size or
     ``dart`` setting is refused before anything is written."""
     from anyskill.envs.tabletop import ScriptedExpert
@@ -185,8 +204,8 @@ def record_expert(
 
     _check_arguments(episodes, noise, image_size, images, batch)
     out = Path(out)
-    spec = recording_spec(env_name, images, image_size, dart, noise, seed)
-    env = _make_env(env_name, image_size=image_size)
+    spec = recording_spec(env_name, images, image_size, dart, noise, seed, instructions)
+    env = _make_env(env_name, image_size=image_size, instructions=instructions)
     expert = expert_policy(env, noise=noise)
     benv = JaxBatchEnv(env)
     # DART's label: the noise-free expert at the state the noisy execution reached
@@ -207,7 +226,7 @@ def record_expert(
         )
 
     if (out / "meta" / "info.json").exists():
-        _check_continuation(out, spec, env_name, images, image_size, dart)
+        _check_continuation(out, spec, env_name, images, image_size, dart, instructions)
         writer = EpisodeWriter.open(out)
     else:
         writer = EpisodeWriter.create(
@@ -251,12 +270,17 @@ def record_expert(
                 if progress is not None:
                     progress(1)
             done += n
-        return Recording(
+        recording = Recording(
             path=str(out),
             episodes=writer.total_episodes,
             frames=writer.total_frames,
             success_rate=wins / max(episodes, 1),
         )
+    if subtasks:  # after the writer closed: the labels read the committed episodes
+        from anyskill.data.subtasks import annotate_subtasks
+
+        annotate_subtasks(out)
+    return recording
 
 
 def record_adapter_expert(
@@ -357,11 +381,17 @@ def record_adapter_expert(
 
 
 def replay_images(
-    env_name: str, seed: int, episode: int, actions: np.ndarray, image_size: int = 64
+    env_name: str,
+    seed: int,
+    episode: int,
+    actions: np.ndarray,
+    image_size: int = 64,
+    instructions: str = "templates",
 ) -> np.ndarray:
     """Camera frames ``[T, S, S, 3]`` of a recorded episode, re-simulated from its reset key
-    and recorded actions (frame t is the state before action t)."""
-    env = _make_env(env_name, image_size=image_size)
+    and recorded actions (frame t is the state before action t); ``instructions`` as it was
+    recorded (the task rows an env draws from depend on it)."""
+    env = _make_env(env_name, image_size=image_size, instructions=instructions)
     key = _episode_keys(seed, episode, 1)[0]
     s0 = env.reset(jax.random.split(key)[0])
 

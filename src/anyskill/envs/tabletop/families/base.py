@@ -177,6 +177,18 @@ class TaskFamily(abc.ABC):
             return self._grammar(row).render(tuple(row), names)
         return self.templates[row[PHRASING]].format(**names)
 
+    def subtasks(
+        self, row: tuple[int, ...], colour: np.ndarray, shape: np.ndarray
+    ) -> tuple[Subtask, ...]:
+        """The subtasks task ``row`` decomposes into on a table whose object slots hold
+        ``colour``/``shape`` (``[N]``, -1 absent): each one a task of its own whose predicate
+        ends it (see ``anyskill.envs.tabletop.subtasks``, which orders and times them). By
+        default one: the task itself, in its canonical (first template) phrasing."""
+        slots = [
+            _slot_of(colour, shape, row[c], row[s]) for c, s in ((COLOUR, SHAPE), (COLOUR2, SHAPE2))
+        ]
+        return (Subtask((*row[:PHRASING], 0), (slots[0], slots[1])),)
+
     # ---- inside jit: one env, unbatched ---------------------------------------------------
     @abc.abstractmethod
     def goal(self, env: Tabletop, physics: TabletopPhysics) -> tuple[jax.Array, jax.Array]:
@@ -192,6 +204,25 @@ class TaskFamily(abc.ABC):
         """What the scripted expert does from this state: walk the pusher to a point or push
         an object slot to a point (it adds noise and clips). ``style`` is the episode's
         style (speed, aim offset, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Subtask:
+    """One step of a task: a task row of its own (canonical phrasing 0; its text is
+    ``tasks.instruction(row)``) and the object slots that row names on this table
+    (``targets``, -1: none), which its family's ``success`` reads."""
+
+    row: tuple[int, ...]
+    targets: tuple[int, int] = (-1, -1)
+
+
+def _slot_of(colour: np.ndarray, shape: np.ndarray, c: int, s: int) -> int:
+    """The slot holding the object of colour ``c`` (colours are distinct on a table; -1 when
+    ``c`` is -1 or no slot has it)."""
+    if c < 0:
+        return -1
+    hit = np.flatnonzero((np.asarray(colour) == c) & ((np.asarray(shape) == s) | (s < 0)))
+    return int(hit[0]) if len(hit) else -1
 
 
 @struct.dataclass

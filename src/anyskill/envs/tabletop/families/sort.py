@@ -8,7 +8,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from anyskill.envs.tabletop.families.base import ExpertTarget, TaskFamily, own_zones
+from anyskill.envs.tabletop.families.base import ExpertTarget, Subtask, TaskFamily, own_zones
+from anyskill.envs.tabletop.families.push import FAMILY as PUSH
 from anyskill.envs.tabletop.grammar import Construction, Grammar
 from anyskill.envs.tabletop.scene import ZONE_HALF, in_zone
 
@@ -21,6 +22,15 @@ class Sort(TaskFamily):
 
     def task_rows(self) -> list[tuple[int, ...]]:
         return [self.row(phrasing=p) for p in range(len(self.templates))]
+
+    def subtasks(self, row, colour, shape) -> tuple[Subtask, ...]:
+        """One push per present object: "push the red block into the red zone" (the push
+        family's task, its zone the object's own colour), moving that slot."""
+        return tuple(
+            Subtask(PUSH.row(colour=int(c), shape=int(s), zone=int(c), phrasing=0), (k, -1))
+            for k, (c, s) in enumerate(zip(colour, shape, strict=True))
+            if c >= 0
+        )
 
     def goal(self, env, physics) -> tuple[jax.Array, jax.Array]:
         obj = physics.bodies.pos[1:]
