@@ -111,6 +111,34 @@ def write_subtasks(
     parquet.write_table(where, table, durable)
 
 
+def check_table(where: Path, t: pa.Table, num_frames: int) -> tuple[tuple[str, ...], np.ndarray]:
+    """The checks that need only the file (``anyskill data validate`` runs them): columns,
+    the subtask table in the metadata, no more rows than frames, indices inside the table.
+    Returns ``(texts, rows)``."""
+    fix = "re-run `anyskill data annotate-subtasks`"
+    for col in ("episode_index", "frame_index", "subtask_index"):
+        if col not in t.column_names:
+            raise SchemaMismatchError(where, f"column {col!r} is missing (has {t.column_names})")
+    try:
+        meta = json.loads((t.schema.metadata or {})[_META_KEY])
+        texts = tuple(str(x) for x in meta["texts"])
+        rows = np.asarray(meta["rows"], np.int32).reshape(-1, ROW_WIDTH)
+    except (KeyError, ValueError, TypeError) as e:
+        raise SchemaMismatchError(
+            where, f"schema metadata {_META_KEY.decode()!r} is missing or malformed ({e})", fix
+        ) from None
+    if t.num_rows > num_frames:
+        raise SchemaMismatchError(
+            where, f"{t.num_rows} labelled frames, the dataset has {num_frames}", fix
+        )
+    index = t.column("subtask_index").to_numpy()
+    if len(texts) != len(rows) or (index >= len(texts)).any() or (index < NO_SUBTASK).any():
+        raise SchemaMismatchError(
+            where, f"subtask indices outside the table of {len(texts)} subtasks", fix
+        )
+    return texts, rows
+
+
 def read_subtasks(ds: Dataset) -> SubtaskAnnotation | None:
     """The dataset's subtask labels, or None when it has none. Labels that no longer match
     the frames (the dataset was rewritten) are refused, naming the file and the frame."""
@@ -118,39 +146,22 @@ def read_subtasks(ds: Dataset) -> SubtaskAnnotation | None:
     if not where.is_file():
         return None
     t = parquet.read_table(where, "subtask annotation")
-    for col in ("episode_index", "frame_index", "subtask_index"):
-        if col not in t.column_names:
-            raise SchemaMismatchError(where, f"column {col!r} is missing (has {t.column_names})")
-    try:
-        meta = json.loads((t.schema.metadata or {})[_META_KEY])
-        texts = tuple(meta["texts"])
-        rows = np.asarray(meta["rows"], np.int32).reshape(-1, ROW_WIDTH)
-    except (KeyError, ValueError, TypeError) as e:
-        raise SchemaMismatchError(
-            where,
-            f"schema metadata {_META_KEY.decode()!r} is missing or malformed ({e})",
-            "re-run `anyskill data annotate-subtasks`",
-        ) from None
+    texts, rows = check_table(where, t, ds.num_frames)
     n = t.num_rows
-    fix = "the dataset changed since it was annotated; re-run `anyskill data annotate-subtasks`"
-    if n > ds.num_frames:
-        raise SchemaMismatchError(
-            where, f"{n} labelled frames, the dataset has {ds.num_frames}", fix
-        )
     for col in ("episode_index", "frame_index"):
         have = t.column(col).to_numpy()
         want = np.asarray(ds.column(col)[:n]).reshape(-1)
         if not np.array_equal(have, want):
             f = int(np.argmax(have != want))
             raise SchemaMismatchError(
-                where, f"frame {f}: {col} {have[f]} in the labels, {want[f]} in the data", fix
+                where,
+                f"frame {f}: {col} {have[f]} in the labels, {want[f]} in the data",
+                "the dataset changed since it was annotated; re-run "
+                "`anyskill data annotate-subtasks`",
             )
     index = np.full(ds.num_frames, UNLABELLED, np.int32)
     index[:n] = t.column("subtask_index").to_numpy()
-    if len(texts) != len(rows) or (index[:n] >= len(texts)).any() or (index[:n] < -1).any():
-        raise SchemaMismatchError(
-            where, f"subtask indices outside the table of {len(texts)} subtasks", fix
-        )
+    meta = json.loads(t.schema.metadata[_META_KEY])
     return SubtaskAnnotation(index, texts, rows, str(meta.get("labeller", "")))
 
 

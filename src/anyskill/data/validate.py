@@ -12,6 +12,7 @@ from anyskill.data.format import (
     FRAME_ANNOTATIONS_DIR,
     SOURCES,
     STATS_PATH,
+    SUBTASKS_PATH,
     VIDEO_PATH,
     CorruptFileError,
     MissingMetaError,
@@ -127,6 +128,11 @@ def validate(root: Path | str, deep: bool = False) -> Report:
             raise CorruptFileError(
                 p, f"{t.num_rows} values for a dataset of {info.total_frames} frames"
             )
+    st = root / SUBTASKS_PATH
+    if st.is_file():
+        from anyskill.data.subtasks import check_table
+
+        check_table(st, parquet.read_table(st, "subtask annotation"), info.total_frames)
     return Report(
         path=str(root),
         episodes=info.total_episodes,

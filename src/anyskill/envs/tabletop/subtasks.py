@@ -97,6 +97,29 @@ def table_of(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return colour.astype(np.int32), shape.astype(np.int32)
 
 
+def observation(pusher, objects, colour, shape, zones, angle=None) -> np.ndarray:
+    """The observation ``[..., 4 + 14 N + 8]`` of a table built by hand (tests, tools):
+    ``pusher`` ``[..., 2]``, ``objects`` ``[..., N, 2]`` positions, ``colour``/``shape``
+    ``[N]`` (-1: absent slot), ``zones`` ``[4, 2]`` centres by colour, ``angle`` ``[..., N]``
+    (default 0); velocities 0. The layout is the env's (``Tabletop.observe``)."""
+    objects = np.asarray(objects, np.float32)
+    lead, n = objects.shape[:-2], objects.shape[-2]
+    colour, shape = np.asarray(colour), np.asarray(shape)
+    angle = np.zeros((*lead, n), np.float32) if angle is None else np.asarray(angle, np.float32)
+    present = colour >= 0
+    slots = np.zeros((*lead, n, _SLOT), np.float32)
+    slots[..., 0:2] = objects
+    slots[..., 2], slots[..., 3] = np.cos(angle), np.sin(angle)
+    slots[..., 6] = present
+    slots[..., 7:11] = np.eye(len(T.COLOURS), dtype=np.float32)[np.maximum(colour, 0)]
+    slots[..., 11:14] = np.eye(len(T.SHAPES), dtype=np.float32)[np.maximum(shape, 0)]
+    slots = np.where(present[:, None], slots, 0.0)
+    pusher = np.broadcast_to(np.asarray(pusher, np.float32), (*lead, 2))
+    zones = np.broadcast_to(np.asarray(zones, np.float32).reshape(8), (*lead, 8))
+    head = np.concatenate([pusher, np.zeros((*lead, 2), np.float32)], -1)
+    return np.concatenate([head, slots.reshape(*lead, n * _SLOT), zones], -1)
+
+
 def physics_from_obs(obs: jax.Array, task: jax.Array, targets: jax.Array) -> TabletopPhysics:
     """The physics state one observation ``[4 + 14 N + 8]`` shows (what a predicate reads:
     positions, orientations, velocities, colours, shapes, zones), with ``task`` [7] as its
