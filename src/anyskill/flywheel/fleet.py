@@ -347,9 +347,9 @@ class RobotWorker(DeployWorker):
         self.live = HotSwap(method_policy(c, self.base, params, recap=False), 0)
         self.sink = HandOver(features, self.live)
         port = c.robots.port + worker if c.robots.port else 0
-        self.srv = ServerThread(
-            self.live, ServerConfig(host=c.robots.host, port=port), episode_sink=self.sink
-        ).start()
+        # one robot: batches of one (the server compiles the policy for that size only)
+        server_cfg = ServerConfig(host=c.robots.host, port=port, max_batch=1)
+        self.srv = ServerThread(self.live, server_cfg, episode_sink=self.sink).start()
         self.robot_stop = threading.Event()
         self.robot_error: str | None = None
         if c.fleet.sim_robots:
