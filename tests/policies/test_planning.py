@@ -19,6 +19,7 @@ from anyskill.policies.planning import (
     PlannerConfig,
     WaypointGraph,
     WaypointPlanner,
+    auto_cutoff,
     farthest_point_sample,
 )
 
@@ -112,11 +113,25 @@ def test_farthest_point_sampling_covers_both_clusters():
 
 @pytest.mark.parametrize(
     "field, value, match",
-    [("nodes", 1, "nodes"), ("cutoff", 0.0, "cutoff"), ("waypoint_min", 9.0, "waypoint_min")],
+    [
+        ("nodes", 1, "nodes"),
+        ("cutoff", -1.0, "cutoff"),
+        ("neighbors", 2000, "neighbors"),
+        ("waypoint_min", 1.0, "waypoint_min"),
+        ("replan_every", 0, "replan_every"),
+    ],
 )
 def test_planner_config_refuses_bad_values(field, value, match):
     with pytest.raises(ValueError, match=match):
-        PlannerConfig(**{"cutoff": 5.0, field: value})
+        PlannerConfig(**{field: value})
+
+
+def test_the_automatic_cutoff_keeps_about_the_asked_degree():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 10, (300, 2))
+    w = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    g = WaypointGraph.from_distances(pts, pts, w, auto_cutoff(w, 20))
+    assert np.median(np.isfinite(g.edges).sum(axis=1)) == pytest.approx(20, abs=1)
 
 
 class GreedySeeker(ChunkPolicy):
@@ -145,7 +160,7 @@ def _oracle_planner(env, inner, **kw):
     centers = np.asarray(env.cell_center(jnp.asarray(env.free_cells)))
     pos = (centers[:, None] + offsets[None]).reshape(-1, 2).astype(np.float32)
     states = np.concatenate([pos, np.zeros_like(pos)], axis=1)
-    cfg = PlannerConfig(**{"nodes": len(pos), "cutoff": 5.0, "waypoint_min": 1.5, **kw})
+    cfg = PlannerConfig(**{"nodes": len(pos), "cutoff": 5.0, "waypoint_min": 0.3, **kw})
     graph = WaypointGraph.build(states, pos, geo, cfg.cutoff)
     return WaypointPlanner(inner, graph, geo, cfg)
 
@@ -211,12 +226,15 @@ def test_crl_distance_is_the_critics_best_action_energy_and_calibrates_to_steps(
         rows = phi[i * len(grid) : (i + 1) * len(grid)]
         best = float(jnp.min(jnp.linalg.norm(rows - psi[j], axis=-1)))
         assert raw[i, j] == pytest.approx(best, rel=1e-4, abs=1e-4)
-    # a buffer of 4 envs x 60 steps of random walks (episodes of 30 steps)
-    walk = np.cumsum(rng.normal(scale=0.3, size=(60, 4, 4)), axis=0).astype(np.float32)
-    t = np.tile((np.arange(60) % 30)[:, None], (1, 4)).astype(np.int32)
+    # the floor: a stored state's median distance to its own position
+    walk = rng.normal(size=(60, 4, 4)).astype(np.float32)
+    t = np.tile(np.arange(60)[:, None], (1, 4)).astype(np.int32)
     rows = Transitions(obs=walk, action=np.zeros((60, 4, 2), np.float32), t=t)
-    buffer = ReplayBuffer.empty(60, 4, 4, 2).insert(rows)
-    curve = dist.calibrate(buffer, horizon=20, samples=256)
-    assert curve.shape == (21,) and np.all(np.diff(curve) > 0)
-    np.testing.assert_allclose(dist.to_steps(curve), np.arange(21), atol=1e-3)
-    assert dist.to_steps(np.array([curve[-1] + 1.0]))[0] > 20  # extrapolated past the horizon
+    floor = dist.calibrate(ReplayBuffer.empty(60, 4, 4, 2).insert(rows), samples=512)
+    own = np.diagonal(
+        dist.raw_between(dist.encode_states(walk[0]), dist.encode_goals(walk[0, :, :2]))
+    )
+    assert own.min() * 0.5 < floor < own.max() * 2.0
+    np.testing.assert_allclose(
+        dist.between(dist.encode_states(s), dist.encode_goals(g)), np.maximum(raw - floor, 0.0)
+    )

@@ -22,11 +22,26 @@ class MazeGeodesic:
     :class:`~anyskill.policies.planning.Distance` (states and goals both encode to their
     positions), so a planner can search over the true distances."""
 
-    def __init__(self, maze: PointMaze, resolution: int = 4):
+    def __init__(self, maze: PointMaze, resolution: int = 4, clearance: float = 0.0):
         if resolution < 1:
             raise ValueError(f"resolution must be >= 1, got {resolution}")
         self.maze, self.resolution = maze, resolution
         free = np.repeat(np.repeat(~maze.walls, resolution, axis=0), resolution, axis=1)
+        if clearance > 0:
+            # paths keep ``clearance`` (world units, L-inf like the square body) from walls:
+            # the distance of a controller that cannot hug corners
+            margin = clearance / maze.cell_size
+            for i, j in np.argwhere(free):
+                u, v = (i + 0.5) / resolution, (j + 0.5) / resolution
+                ci, cj = int(u), int(v)
+                for wi in range(ci - 1, ci + 2):
+                    for wj in range(cj - 1, cj + 2):
+                        if not maze.walls[wi, wj]:
+                            continue
+                        du = max(wi - u, 0.0, u - (wi + 1))
+                        dv = max(wj - v, 0.0, v - (wj + 1))
+                        if max(du, dv) < margin:
+                            free[i, j] = False
         rows, cols = free.shape
         index = -np.ones(free.shape, np.int64)
         index[free] = np.arange(int(free.sum()))

@@ -53,23 +53,32 @@ class PlannerConfig:
     nodes: int = 2000
     """Graph nodes: states chosen from the run's replay buffer by farthest-point sampling of
     their goal projection (positions), so the graph covers the visited space evenly."""
-    cutoff: float = 12.0
-    """Longest edge kept, in the distance's units (CRL runs: calibrated env steps). Longer
-    edges are not trusted: learned distances are accurate only at short range."""
-    waypoint_min: float = 3.0
-    """The next waypoint is the first node on the shortest path farther than this from the
-    current state (nearer ones count as reached)."""
+    cutoff: float = 0.0
+    """Longest edge kept, in the distance's units; 0: automatic, the median over nodes of
+    the distance to their ``neighbors``-th nearest node. Longer edges are not trusted:
+    learned distances are accurate only at short range."""
+    neighbors: int = 50
+    """With ``cutoff`` 0: the typical node keeps edges to about this many nodes."""
+    waypoint_min: float = 0.25
+    """The next waypoint is the first node on the route farther from the current state than
+    this fraction of the cutoff (nearer ones count as reached)."""
     replan_every: int = 5
     """Steps between replans (a new goal also replans); 1 replans at every step."""
 
     def __post_init__(self):
         if isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes < 2:
             raise ValueError(f"planner nodes must be an integer >= 2, got {self.nodes!r}")
-        if not (np.isfinite(self.cutoff) and self.cutoff > 0):
-            raise ValueError(f"planner cutoff must be a finite number > 0, got {self.cutoff}")
-        if not (0 <= self.waypoint_min < self.cutoff):
+        if not (np.isfinite(self.cutoff) and self.cutoff >= 0):
             raise ValueError(
-                f"planner waypoint_min must be in [0, cutoff={self.cutoff}), got "
+                f"planner cutoff must be a finite number >= 0 (0: automatic), got {self.cutoff}"
+            )
+        if not 1 <= self.neighbors < self.nodes:
+            raise ValueError(
+                f"planner neighbors must be in 1..nodes-1 ({self.nodes - 1}), got {self.neighbors}"
+            )
+        if not 0 <= self.waypoint_min < 1:
+            raise ValueError(
+                f"planner waypoint_min is a fraction of the cutoff in [0, 1), got "
                 f"{self.waypoint_min}"
             )
         if self.replan_every < 1:
@@ -91,6 +100,15 @@ def farthest_point_sample(points: np.ndarray, n: int, seed: int = 0) -> np.ndarr
         chosen[k] = int(np.argmax(nearest))
         nearest = np.minimum(nearest, np.sum((points - points[chosen[k]]) ** 2, axis=1))
     return chosen
+
+
+def auto_cutoff(w: np.ndarray, neighbors: int) -> float:
+    """The median over nodes of the distance to their ``neighbors``-th nearest other node
+    (``w[i, j]``: from node i to node j): a radius that keeps the graph's degree near
+    ``neighbors`` whatever the distance's units."""
+    off = np.where(np.eye(len(w), dtype=bool), np.inf, w)
+    k = min(neighbors, len(w) - 1) - 1
+    return float(np.median(np.partition(off, k, axis=1)[:, k]))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -133,9 +151,11 @@ class WaypointGraph:
         distance: Distance,
         cutoff: float,
         block: int = 256,
+        neighbors: int = 50,
     ) -> WaypointGraph:
         """The graph of ``states`` (goal projections ``goals``) with edges ``distance`` <=
-        ``cutoff``; distances are evaluated ``block`` source rows at a time."""
+        ``cutoff`` (0: :func:`auto_cutoff` with ``neighbors``); distances are evaluated
+        ``block`` source rows at a time."""
         states, goals = np.asarray(states), np.asarray(goals)
         if len(states) != len(goals) or len(states) < 1:
             raise ValueError(
@@ -148,6 +168,8 @@ class WaypointGraph:
         w = np.empty((n, n), np.float64)
         for lo in range(0, n, block):
             w[lo : lo + block] = distance.between(_rows(s_code, lo, lo + block), g_code)
+        if cutoff <= 0:
+            cutoff = auto_cutoff(w, neighbors)
         return cls.from_distances(states, goals, w, cutoff, s_code, g_code)
 
     @classmethod
@@ -303,7 +325,7 @@ class WaypointPlanner(ChunkPolicy):
         d_state = dist.between(s_code, g.goal_code)  # [B, n]: state -> node
         d_goal = dist.between(g.state_code, goal_code).T  # [B, n]: node -> goal
         d_direct = np.diagonal(dist.between(s_code, goal_code))
-        node, _ = g.waypoints(d_state, d_goal, d_direct, self.config.waypoint_min)
+        node, _ = g.waypoints(d_state, d_goal, d_direct, self.config.waypoint_min * g.cutoff)
         way = np.where(node[:, None] >= 0, g.goals[np.maximum(node, 0)], goal)
         return way.astype(np.float32), node
 

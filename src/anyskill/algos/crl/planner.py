@@ -14,11 +14,14 @@ matmul: ``phi`` is evaluated K times per state and ``psi`` once per goal, so a 2
 graph is 2,000 x K encoder passes and one [2,000 K, d] x [d, 2,000] product — the actor's
 action would need an actor and a critic pass per *pair* (4 million for 2,000 nodes).
 
-Units. ``d_raw`` has no unit, and its zero is not reached (a state is not at distance 0 of
-itself). It is calibrated on the replay buffer: along stored trajectories, the median of
-``d_raw(s_t, g(s_{t+k}))`` for each k = 0..horizon gives a monotone curve, and distances
-are read off it in env steps (linear extrapolation past the horizon). Edge lengths then add
-up to steps, and the planner's cutoff is in steps.
+Units. ``d_raw`` has no unit, and its zero is not reached: a state is not at distance 0 of
+its own position. The planner's distance is ``max(d_raw - floor, 0)`` with ``floor`` the
+median of ``d_raw(s, g(s))`` over replay-buffer states, and the cutoff is found from the
+graph itself (``PlannerConfig.cutoff = 0``: the typical node keeps ~``neighbors`` edges).
+Calibrating into env steps along stored trajectories does not work here (measured on the
+hardest maze: the median ``d_raw(s_t, g(s_{t+k}))`` only grows from 1.9 to 2.8 over k = 0..60
+while node pairs span 1.3 to 16, because many stored trajectories stall against walls and a
+future state of the same trajectory is a contrastive positive, close by construction).
 """
 
 from __future__ import annotations
@@ -43,12 +46,9 @@ from anyskill.policies.planning import (
     farthest_point_sample,
 )
 
-#: steps of the calibration curve (distances past it are extrapolated)
-CALIBRATION_HORIZON = 60
-
 
 class CRLDistance:
-    """The critic's distance in calibrated env steps (see the module doc). States encode to
+    """The critic's distance above its floor (see the module doc). States encode to
     ``phi(s, a_k)`` ``[M, K, d]``, goals to ``psi(g)`` ``[N, d]``."""
 
     def __init__(self, trainer: CRLTrainer, params: CRLParams, actions_per_axis: int = 3):
@@ -75,7 +75,7 @@ class CRLDistance:
 
         self._phi = jax.jit(phi_grid)
         self._psi = jax.jit(lambda g: critic.apply(variables, g, method=Critic.psi))
-        self.curve: np.ndarray | None = None  # raw distance at k = 0..horizon steps
+        self.floor: float | None = None  # median raw distance of a state to itself
 
     # ---- raw distances --------------------------------------------------------------
     def encode_states(self, states: np.ndarray) -> np.ndarray:
@@ -92,61 +92,22 @@ class CRLDistance:
         sq = (flat**2).sum(-1)[:, None] + (psi**2).sum(-1)[None, :] - 2.0 * flat @ psi.T
         return np.sqrt(np.maximum(sq.reshape(m, k, -1).min(axis=1), 0.0))
 
-    # ---- calibrated ----------------------------------------------------------------
+    # ---- the planner's distance ----------------------------------------------------
     def between(self, phi: np.ndarray, psi: np.ndarray) -> np.ndarray:
-        return self.to_steps(self.raw_between(phi, psi))
-
-    def to_steps(self, raw: np.ndarray) -> np.ndarray:
-        """Raw distances read off the calibration curve, in env steps."""
-        if self.curve is None:
+        if self.floor is None:
             raise RuntimeError("CRLDistance is not calibrated: call calibrate(buffer) first")
-        c = self.curve
-        h = len(c) - 1
-        steps = np.interp(raw, c, np.arange(h + 1, dtype=np.float64))
-        half = h // 2
-        slope = max((c[h] - c[half]) / (h - half), 1e-6)
-        return np.where(raw > c[h], h + (raw - c[h]) / slope, steps)
+        return np.maximum(self.raw_between(phi, psi) - self.floor, 0.0)
 
-    def calibrate(
-        self,
-        buffer: ReplayBuffer,
-        horizon: int = CALIBRATION_HORIZON,
-        samples: int = 2048,
-        seed: int = 0,
-    ) -> np.ndarray:
-        """Fit the curve raw distance <- steps on ``samples`` stored trajectories (module
-        doc); returns the curve ``[horizon + 1]``."""
-        obs, t = _ordered(buffer)  # [L, E, ...] oldest first
-        length, num_envs = t.shape
-        if length <= horizon:
-            raise ValueError(
-                f"the replay buffer holds {length} steps per env, fewer than the calibration "
-                f"horizon + 1 ({horizon + 1}); train longer"
-            )
-        rng = np.random.default_rng(seed)
-        c = rng.integers(0, length - horizon, samples)
-        e = rng.integers(0, num_envs, samples)
-        k = np.arange(horizon + 1)
-        rows = c[:, None] + k[None, :]  # [S, K+1]
-        same_episode = t[rows, e[:, None]] == t[c, e][:, None] + k[None, :]
-        phi = self.encode_states(obs[c, e])  # [S, A, d]
-        goals = obs[rows, e[:, None]][..., self.goal_indices]  # [S, K+1, goal_dim]
-        psi = self.encode_goals(goals.reshape(-1, goals.shape[-1])).reshape(samples, len(k), -1)
-        raw = np.sqrt(((phi[:, :, None, :] - psi[:, None, :, :]) ** 2).sum(-1)).min(axis=1)
-        med = np.array(
-            [
-                np.median(raw[same_episode[:, i], i]) if same_episode[:, i].any() else np.nan
-                for i in k
-            ]
-        )
-        if np.isnan(med).any():
-            raise ValueError(
-                "the replay buffer has no trajectory segments long enough to calibrate"
-            )
-        # monotone and strictly increasing, so that np.interp can read it backwards
-        curve = np.maximum.accumulate(med) + 1e-6 * k
-        self.curve = curve
-        return curve
+    def calibrate(self, buffer: ReplayBuffer, samples: int = 4096, seed: int = 0) -> float:
+        """Set ``floor``, the median raw distance of a stored state to its own position."""
+        obs, _ = _ordered(buffer)
+        flat = obs.reshape(-1, obs.shape[-1])
+        rows = flat[np.random.default_rng(seed).integers(0, len(flat), samples)]
+        phi = self.encode_states(rows)
+        psi = self.encode_goals(rows[:, self.goal_indices])
+        own = np.sqrt(((phi - psi[:, None]) ** 2).sum(-1)).min(axis=1)
+        self.floor = float(np.median(own))
+        return self.floor
 
 
 def _ordered(buffer: ReplayBuffer) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +148,7 @@ def build_planner(run_dir: Path, config: PlannerConfig, seed: int = 0, loaded=No
     distance.calibrate(state.buffer, seed=seed)
     states = node_states(state.buffer, config.nodes, trainer.env.goal_indices, seed)
     goals = states[:, list(trainer.env.goal_indices)]
-    graph = WaypointGraph.build(states, goals, distance, config.cutoff)
+    graph = WaypointGraph.build(states, goals, distance, config.cutoff, neighbors=config.neighbors)
     build = time.perf_counter() - t0
     planner = WaypointPlanner(CRLPolicy(run_dir), graph, distance, config)
     return BuiltPlanner(planner, distance, build)
