@@ -31,6 +31,7 @@ import tyro
 
 from anyskill.algos.crl.config import PRESETS, CRLConfig, get_preset
 from anyskill.names import unknown_name
+from anyskill.policies.planning import PlannerConfig
 
 USAGE = """usage: anyskill COMMAND ...
 
@@ -260,6 +261,11 @@ class TrainCRL:
     """After training, write rollouts.gif of evaluation episodes into the run dir."""
     progress: bool = True
     """Show a progress bar (otherwise one log line per epoch)."""
+    plan: bool = False
+    """After training, also evaluate with the planner (waypoints over a graph of the replay
+    buffer weighted by the critic; see --planner.*) and report both."""
+    planner: PlannerConfig = PlannerConfig()
+    """Planner settings (with --plan)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +284,12 @@ class Eval:
     """Episodes drawn side by side in the video."""
     seed: int = 12345
     """Seed for the evaluation goals."""
+    plan: bool = False
+    """Search before acting: the actor follows waypoints of shortest paths over a graph of
+    the run's replay buffer weighted by its critic's distance (issue 28). Reports the flat
+    actor and the planner on the same goals; the video shows the planner."""
+    planner: PlannerConfig = PlannerConfig()
+    """Planner settings (with --plan)."""
 
     def __post_init__(self):
         # no episodes would make every rate NaN
@@ -651,6 +663,13 @@ def cmd_train_crl(rest: list[str], prog: str = "anyskill train crl") -> int:
     if parsed.video:
         result = crl_run.eval_run(run_dir, num_episodes=64, video=run_dir / "rollouts.gif")
         summary["video"] = result["video"]
+    if parsed.plan:
+        from anyskill.algos.crl.planner import eval_planned
+
+        planned = eval_planned(run_dir, parsed.planner, episodes=config.num_eval_envs)
+        summary["plan"] = {
+            k: planned[k] for k in ("success_any", "flat_success_any", "time_at_goal")
+        }
     summary["curves"] = str(run_dir / crl_run.CURVES_FILE)
     from anyskill.rundir import dumps  # never NaN in JSON output
 
@@ -788,10 +807,21 @@ def cmd_eval(args: list[str]) -> int:
     result = crl_run.eval_run(
         parsed.run_dir,
         parsed.episodes,
-        video=video,
+        video=None if parsed.plan else video,
         video_episodes=parsed.video_episodes,
         seed=parsed.seed,
     )
+    if parsed.plan:
+        from anyskill.algos.crl.planner import eval_planned
+
+        result["plan"] = eval_planned(
+            parsed.run_dir,
+            parsed.planner,
+            parsed.episodes,
+            seed=parsed.seed,
+            video=video,
+            video_episodes=parsed.video_episodes,
+        )
     from anyskill.rundir import dumps  # never NaN in JSON output
 
     print(dumps(result, indent=2))

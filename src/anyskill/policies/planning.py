@@ -19,7 +19,6 @@ import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from scipy.sparse import csgraph, csr_matrix
 
 from anyskill.policies.base import GOAL, STATE, Batch, ChunkPolicy, Policy
 
@@ -183,6 +182,8 @@ class WaypointGraph:
         goal_code: Any = None,
     ) -> WaypointGraph:
         """The graph of a given ``[n, n]`` matrix ``w[i, j] = d(s_i, g_j)``."""
+        from scipy.sparse import csgraph, csr_matrix  # here: the CLI imports this module
+
         w = np.array(w, np.float64)
         n = len(w)
         if w.shape != (n, n):

@@ -14,14 +14,15 @@ matmul: ``phi`` is evaluated K times per state and ``psi`` once per goal, so a 2
 graph is 2,000 x K encoder passes and one [2,000 K, d] x [d, 2,000] product — the actor's
 action would need an actor and a critic pass per *pair* (4 million for 2,000 nodes).
 
-Units. ``d_raw`` has no unit, and its zero is not reached: a state is not at distance 0 of
-its own position. The planner's distance is ``max(d_raw - floor, 0)`` with ``floor`` the
-median of ``d_raw(s, g(s))`` over replay-buffer states, and the cutoff is found from the
+Units. ``d_raw`` is used as it is, in the critic's units, and the cutoff is found from the
 graph itself (``PlannerConfig.cutoff = 0``: the typical node keeps ~``neighbors`` edges).
-Calibrating into env steps along stored trajectories does not work here (measured on the
-hardest maze: the median ``d_raw(s_t, g(s_{t+k}))`` only grows from 1.9 to 2.8 over k = 0..60
-while node pairs span 1.3 to 16, because many stored trajectories stall against walls and a
-future state of the same trajectory is a contrastive positive, close by construction).
+Its zero is not reached (a stored state's median distance to its own position is ~1.9 on the
+hardest maze, against 1.3 to 16 between node pairs), so each hop costs at least that much: a
+per-hop penalty that favours fewer, longer hops within the cutoff. Subtracting that floor
+makes many short edges cost 0 (measured: it did), and calibrating into env steps along
+stored trajectories does not work (the median ``d_raw(s_t, g(s_{t+k}))`` grows only from
+1.9 to 2.8 over k = 0..60: many stored trajectories stall against walls, and a future state
+of the same trajectory is a contrastive positive, close by construction).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from anyskill.policies.planning import (
 
 
 class CRLDistance:
-    """The critic's distance above its floor (see the module doc). States encode to
+    """The critic's distance (see the module doc). States encode to
     ``phi(s, a_k)`` ``[M, K, d]``, goals to ``psi(g)`` ``[N, d]``."""
 
     def __init__(self, trainer: CRLTrainer, params: CRLParams, actions_per_axis: int = 3):
@@ -75,7 +76,6 @@ class CRLDistance:
 
         self._phi = jax.jit(phi_grid)
         self._psi = jax.jit(lambda g: critic.apply(variables, g, method=Critic.psi))
-        self.floor: float | None = None  # median raw distance of a state to itself
 
     # ---- raw distances --------------------------------------------------------------
     def encode_states(self, states: np.ndarray) -> np.ndarray:
@@ -92,22 +92,8 @@ class CRLDistance:
         sq = (flat**2).sum(-1)[:, None] + (psi**2).sum(-1)[None, :] - 2.0 * flat @ psi.T
         return np.sqrt(np.maximum(sq.reshape(m, k, -1).min(axis=1), 0.0))
 
-    # ---- the planner's distance ----------------------------------------------------
     def between(self, phi: np.ndarray, psi: np.ndarray) -> np.ndarray:
-        if self.floor is None:
-            raise RuntimeError("CRLDistance is not calibrated: call calibrate(buffer) first")
-        return np.maximum(self.raw_between(phi, psi) - self.floor, 0.0)
-
-    def calibrate(self, buffer: ReplayBuffer, samples: int = 4096, seed: int = 0) -> float:
-        """Set ``floor``, the median raw distance of a stored state to its own position."""
-        obs, _ = _ordered(buffer)
-        flat = obs.reshape(-1, obs.shape[-1])
-        rows = flat[np.random.default_rng(seed).integers(0, len(flat), samples)]
-        phi = self.encode_states(rows)
-        psi = self.encode_goals(rows[:, self.goal_indices])
-        own = np.sqrt(((phi - psi[:, None]) ** 2).sum(-1)).min(axis=1)
-        self.floor = float(np.median(own))
-        return self.floor
+        return self.raw_between(phi, psi)
 
 
 def _ordered(buffer: ReplayBuffer) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +120,7 @@ class BuiltPlanner:
     planner: WaypointPlanner
     distance: CRLDistance
     build_seconds: float
-    """Calibration, node choice, graph distances and all-pairs shortest paths."""
+    """Node choice, graph distances and all-pairs shortest paths."""
 
 
 def build_planner(run_dir: Path, config: PlannerConfig, seed: int = 0, loaded=None) -> BuiltPlanner:
@@ -145,7 +131,6 @@ def build_planner(run_dir: Path, config: PlannerConfig, seed: int = 0, loaded=No
     trainer, state, _ = loaded if loaded is not None else load_trained(Path(run_dir))
     t0 = time.perf_counter()
     distance = CRLDistance(trainer, state.params)
-    distance.calibrate(state.buffer, seed=seed)
     states = node_states(state.buffer, config.nodes, trainer.env.goal_indices, seed)
     goals = states[:, list(trainer.env.goal_indices)]
     graph = WaypointGraph.build(states, goals, distance, config.cutoff, neighbors=config.neighbors)
@@ -193,15 +178,19 @@ def eval_planned(
     built = build_planner(Path(run_dir), config)
     planner = built.planner
     env = planner.inner.trainer.eval_env
+    flat, _ = evaluate(env, planner.inner, episodes, seed)  # the same starts and goals
     t0 = time.perf_counter()
     metrics, ep = evaluate(env, planner, episodes, seed)
     g = planner.graph
     out = {
         **metrics,
+        "flat_success_any": flat["success_any"],
+        "flat_time_at_goal": flat["time_at_goal"],
         "episodes": episodes,
         "planner": dataclasses.asdict(config),
         "graph_nodes": g.num_nodes,
         "graph_edges": g.num_edges,
+        "graph_cutoff": round(g.cutoff, 4),
         "graph_build_s": round(built.build_seconds, 3),
         "eval_s": round(time.perf_counter() - t0, 3),
     }
