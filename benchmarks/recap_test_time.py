@@ -26,15 +26,19 @@ from anyskill.flywheel.loop import saved_config
 from anyskill.flywheel.phases import evaluation_episodes, outcome_metrics
 
 
-def variants(ctx: RunContext, betas, best_of) -> list[tuple[str, object]]:
-    """``(label, policy)`` of every variant evaluated on a run."""
+def variants(ctx: RunContext, betas, best_of, methods=None) -> list[tuple[str, object]]:
+    """``(label, policy)`` of every variant evaluated on a run (``methods``: only these of
+    start, recap, filtered, bc, awr; None: all the run has)."""
     c, d = ctx.cfg, ctx.deployment
     vp = ctx.value()[0]
-    out = [("start", d.policy(ctx.start_params, recap=False))]
-    recap = ctx.policy_params("recap")
-    out += [(f"recap β={b:g}", d.policy(recap, recap=True, beta=b)) for b in betas]
+    want = set(methods or ("start", "recap", "filtered", "bc", "awr"))
+    out = [("start", d.policy(ctx.start_params, recap=False))] if "start" in want else []
+    if "recap" in want:
+        recap = ctx.policy_params("recap")
+        out += [(f"recap β={b:g}", d.policy(recap, recap=True, beta=b)) for b in betas]
     names = ["filtered", "bc"] if c.baselines else []
     names += ["awr"] if c.awr_beta is not None else []
+    names = [n for n in names if n in want]
     for name in names:
         params = ctx.policy_params(name)
         out.append((name, d.policy(params, recap=False)))
@@ -45,13 +49,13 @@ def variants(ctx: RunContext, betas, best_of) -> list[tuple[str, object]]:
     return out
 
 
-def evaluate_run(run: Path, betas, best_of, episodes: int | None) -> dict:
+def evaluate_run(run: Path, betas, best_of, episodes: int | None, methods=None) -> dict:
     ctx = RunContext.open(dataclasses.replace(saved_config(run), progress=False))
     c = ctx.cfg
     n = episodes or c.eval_episodes
     key, purpose = evaluation_episodes(c, c.rounds)
     rows = {}
-    for label, policy in variants(ctx, betas, best_of):
+    for label, policy in variants(ctx, betas, best_of, methods):
         t0 = time.perf_counter()
         ep = ctx.deployment.evaluate(policy, key, n, purpose)
         m = outcome_metrics(ep.success, ep.length, ctx.env.control_hz)
@@ -87,8 +91,17 @@ def main() -> None:
     ap.add_argument("--best-of", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--episodes", type=int, default=None, help="default: the run's own")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/recap-test-time.md"))
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=("start", "recap", "filtered", "bc", "awr"),
+        default=None,
+        help="evaluate only these methods' policies (default: every one the run trained)",
+    )
     args = ap.parse_args()
-    results = [evaluate_run(r, args.betas, args.best_of, args.episodes) for r in args.runs]
+    results = [
+        evaluate_run(r, args.betas, args.best_of, args.episodes, args.methods) for r in args.runs
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     text = (
