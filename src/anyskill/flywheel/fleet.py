@@ -181,10 +181,22 @@ class DeployWorker:
     (relative path → bytes), so the worker needs no shared filesystem."""
 
     def __init__(self, cfg_json: dict, start_files: dict, worker: int, server, timeout: float):
-        from anyskill.algos.recap.policy import indicator_model
         from anyskill.algos.recap.value import ValueFunction
-        from anyskill.algos.vla.policy import VLAPolicy
         from anyskill.flywheel.deployment import Deployment, RunEnv
+
+        base, model, params = self._start(cfg_json, start_files, worker, server, timeout, 0)
+        env = RunEnv.open(self.cfg, model.cfg.image_size)
+        self.deployment = Deployment(self.cfg, env, base, ValueFunction(model.cfg, self.cfg.value))
+        self.template = self.params = params
+        self.version = 0
+        self.batches = 0
+
+    def _start(self, cfg_json, start_files, worker, server, timeout, seed_extra: int):
+        """The run's config and starting policy, unpacked from what the driver sent into a
+        directory of this worker: ``(base policy, model, params)`` (the model with the
+        run's indicator input, if any)."""
+        from anyskill.algos.recap.policy import indicator_model
+        from anyskill.algos.vla.policy import VLAPolicy
 
         self.cfg = rundir.config_from_json(FlywheelConfig, cfg_json, "the driver's config")
         self.worker, self.server, self.timeout = worker, server, timeout
@@ -193,14 +205,10 @@ class DeployWorker:
         for rel, data in start_files.items():
             (start / rel).parent.mkdir(parents=True, exist_ok=True)
             (start / rel).write_bytes(data)
-        policy = VLAPolicy(start, seed=self.cfg.seed + 1000 * (worker + 1))
+        policy = VLAPolicy(start, seed=self.cfg.seed + 1000 * (worker + 1) + seed_extra)
         model, params = indicator_model(policy.model, policy.params, self.cfg.indicator)
         base = policy.with_weights(params, model) if model is not policy.model else policy
-        env = RunEnv.open(self.cfg, model.cfg.image_size)
-        self.deployment = Deployment(self.cfg, env, base, ValueFunction(model.cfg, self.cfg.value))
-        self.template = self.params = params
-        self.version = 0
-        self.batches = 0
+        return base, model, params
 
     def pull(self) -> str | None:
         """Take the newest version from the parameter server; None, or what went wrong.
@@ -325,22 +333,15 @@ class RobotWorker(DeployWorker):
         timeout: float,
         features: dict,
     ):
-        from anyskill.algos.recap.policy import indicator_model
-        from anyskill.algos.vla.policy import VLAPolicy
         from anyskill.flywheel.deployment import method_policy
         from anyskill.policies.wrappers import HotSwap
         from anyskill.serve.server import ServerConfig, ServerThread
 
-        self.cfg = c = rundir.config_from_json(FlywheelConfig, cfg_json, "the driver's config")
-        self.worker, self.server, self.timeout = worker, server, timeout
-        self._dir = tempfile.TemporaryDirectory(prefix=f"anyskill-robot{worker}-")
-        start = Path(self._dir.name) / "start"
-        for rel, data in start_files.items():
-            (start / rel).parent.mkdir(parents=True, exist_ok=True)
-            (start / rel).write_bytes(data)
-        policy = VLAPolicy(start, seed=c.seed + 1000 * (worker + 1) + os.getpid())
-        model, params = indicator_model(policy.model, policy.params, c.indicator)
-        self.base = policy.with_weights(params, model) if model is not policy.model else policy
+        # a restarted robot worker samples with other keys than the one before it
+        self.base, _, params = self._start(
+            cfg_json, start_files, worker, server, timeout, os.getpid()
+        )
+        c = self.cfg
         self.template = self.params = params
         self.version = 0
         self.batches = 0
