@@ -75,10 +75,15 @@ def test_settings_added_later_load_from_older_run_files_with_their_default(tmp_p
     full = rundir.config_to_json(FlywheelConfig())
     old = {k: v for k, v in full.items() if k not in ("deploy", "robots")}
     old["model"] = {k: v for k, v in old["model"].items() if k != "cameras"}
+    # a run of the fleet before robot workers: its fleet settings lack theirs
+    old["fleet"] = {
+        k: v for k, v in old["fleet"].items() if k not in ("robot_wait_s", "sim_robots")
+    }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(old))
     cfg = rundir.load_config(FlywheelConfig, path)
     assert cfg.deploy == "sim" and cfg.model.cameras == ()
+    assert cfg.fleet.robot_wait_s == 30.0 and not cfg.fleet.sim_robots
     del old["rounds"]
     path.write_text(json.dumps(old))
     with pytest.raises(rundir.RunError, match="field 'rounds' is missing"):

@@ -64,10 +64,10 @@ class FleetConfig:
     """Seconds between status lines (per-worker episodes/s, policy-version lag)."""
     local_cpus: int | None = None
     """`--cluster local`: CPUs the local Ray offers (None: the machine's)."""
-    robot_wait_s: float = 30.0
+    robot_wait_s: float = dataclasses.field(default=30.0, metadata={ADDED_LATER: "robot workers"})
     """--deploy robots: how long a robot worker waits for its robot's next episode before it
     hands over what it has (possibly nothing) and checks for a newer policy version."""
-    sim_robots: bool = False
+    sim_robots: bool = dataclasses.field(default=False, metadata={ADDED_LATER: "robot workers"})
     """--deploy robots: each robot worker also starts a simulated robot of --env (the real
     robot-side runtime, `anyskill run-robot --upload`, over loopback) that drives its served
     policy — the robot path end to end without robots. Off: real robots connect themselves."""
