@@ -89,17 +89,29 @@ def test_waypoints_route_through_the_graph_or_go_to_a_near_goal():
     w[0, 1] = w[1, 2] = w[2, 3] = 4.0
     g = _graph(w, cutoff=5.0)
     # row 0: the state is next to node 0 (already reached), the goal next to node 3, far
-    # directly: the waypoint is node 1, the first one farther than waypoint_min
-    # row 1: the goal is within the cutoff and no route is shorter: the goal itself
+    # directly: the waypoint is node 1, the first one not reached
+    # row 1: the goal is within the cutoff and the route agrees: the goal itself
     # row 2: the state has no node within the cutoff: the nearest one starts the route
-    d_state = np.array([[0.5, 4.5, 8.5, 12.5], [0.5, 4.5, 8.5, 12.5], [7.0, 9.0, 20.0, 30.0]])
-    d_goal = np.array([[12.5, 8.5, 4.5, 0.5], [3.0, 9.0, 9.0, 9.0], [12.5, 8.5, 4.5, 0.5]])
-    direct = np.array([50.0, 2.0, 50.0])
-    node, cost = g.waypoints(d_state, d_goal, direct, waypoint_min=1.0)
-    assert node.tolist() == [1, -1, 0]
+    # row 3: the goal looks near directly (2.0) but the route says it is far: a wormhole,
+    # so the route is followed
+    d_state = np.array(
+        [
+            [0.5, 4.5, 8.5, 12.5],
+            [0.5, 4.5, 8.5, 12.5],
+            [7.0, 9.0, 20.0, 30.0],
+            [0.5, 4.5, 8.5, 12.5],
+        ]
+    )
+    d_goal = np.array(
+        [[12.5, 8.5, 4.5, 0.5], [3.0, 9.0, 9.0, 9.0], [12.5, 8.5, 4.5, 0.5], [12.5, 8.5, 4.5, 0.5]]
+    )
+    direct = np.array([50.0, 2.0, 50.0, 2.0])
+    node, cost = g.waypoints(d_state, d_goal, direct, waypoint_min=0.1)
+    assert node.tolist() == [1, -1, 0, 1]
     assert cost[0] == pytest.approx(0.5 + 12.0 + 0.5) and cost[1] == 2.0
-    node, _ = g.waypoints(d_state[:1], d_goal[:1], direct[:1], waypoint_min=6.0)
-    assert node.tolist() == [2]  # nodes 0 and 1 count as reached
+    # reached: nearer than 0.5 + 0.9 * (5 - 0.5) = 4.55, so nodes 0 and 1 are passed
+    node, _ = g.waypoints(d_state[:1], d_goal[:1], direct[:1], waypoint_min=0.9)
+    assert node.tolist() == [2]
 
 
 def test_farthest_point_sampling_covers_both_clusters():

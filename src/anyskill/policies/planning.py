@@ -59,8 +59,9 @@ class PlannerConfig:
     neighbors: int = 50
     """With ``cutoff`` 0: the typical node keeps edges to about this many nodes."""
     waypoint_min: float = 0.25
-    """The next waypoint is the first node on the route farther from the current state than
-    this fraction of the cutoff (nearer ones count as reached)."""
+    """Nodes on the route nearer to the current state than this fraction of the way from
+    the nearest node's distance to the cutoff count as reached; the next waypoint is the
+    first node after them."""
     replan_every: int = 5
     """Steps between replans (a new goal also replans); 1 replans at every step."""
 
@@ -236,10 +237,16 @@ class WaypointGraph:
         ``d_state[b, i]``: distance from row ``b``'s state to node ``i``; ``d_goal[b, j]``:
         from node ``j`` to row ``b``'s goal; ``d_direct[b]``: from the state to the goal. The
         planned route is state -> i -> ... -> j -> goal with both end hops within the cutoff
-        (the nearest node when none is), minimising the sum; the goal is the waypoint when
-        it is within the cutoff and no route is shorter, or when there is no route. Along
-        the route, the waypoint is the first node farther than ``waypoint_min`` from the
-        state."""
+        (the nearest node when none is), minimising the sum.
+
+        The goal is the waypoint when there is no route, or when it is within the cutoff and
+        the route confirms it is near (the route is at most one cutoff longer): a learned
+        distance can call a far goal near (a "wormhole"), and a single direct hop is the
+        easiest place for one to hide, whereas the route is made of short, trusted edges.
+
+        Along the route, nodes the state has reached are skipped: those nearer than
+        ``d_min + waypoint_min * (cutoff - d_min)``, with ``d_min`` the distance to the
+        nearest node (a learned distance need not reach 0 at the state itself)."""
         b = len(d_state)
         node = np.full(b, -1, np.int64)
         cost = np.asarray(d_direct, np.float64).copy()
@@ -254,15 +261,15 @@ class WaypointGraph:
             total = ds[first][:, None] + self.dist[np.ix_(first, last)] + dg[last][None, :]
             k = int(np.argmin(total))
             best = float(total.flat[k])
-            direct_ok = d_direct[r] <= self.cutoff and d_direct[r] <= best
-            if direct_ok or not np.isfinite(best):
-                cost[r] = d_direct[r] if direct_ok else np.inf
-                continue
+            direct = d_direct[r] <= self.cutoff and best <= d_direct[r] + self.cutoff
+            if direct or not np.isfinite(best):
+                continue  # the goal itself
             i, j = int(first[k // len(last)]), int(last[k % len(last)])
-            # walk the route until a node is not yet reached
-            while ds[i] < waypoint_min and i != j:
+            d_min = float(ds.min())
+            reached = d_min + waypoint_min * max(self.cutoff - d_min, 0.0)
+            while ds[i] < reached and i != j:  # walk the route to the first node not reached
                 i = int(self.succ[i, j])
-            node[r] = -1 if (i == j and ds[j] < waypoint_min) else i
+            node[r] = -1 if (i == j and ds[j] < reached) else i
             cost[r] = best
         return node, cost
 
@@ -326,7 +333,7 @@ class WaypointPlanner(ChunkPolicy):
         d_state = dist.between(s_code, g.goal_code)  # [B, n]: state -> node
         d_goal = dist.between(g.state_code, goal_code).T  # [B, n]: node -> goal
         d_direct = np.diagonal(dist.between(s_code, goal_code))
-        node, _ = g.waypoints(d_state, d_goal, d_direct, self.config.waypoint_min * g.cutoff)
+        node, _ = g.waypoints(d_state, d_goal, d_direct, self.config.waypoint_min)
         way = np.where(node[:, None] >= 0, g.goals[np.maximum(node, 0)], goal)
         return way.astype(np.float32), node
 

@@ -78,22 +78,30 @@ class CRLDistance:
         self._psi = jax.jit(lambda g: critic.apply(variables, g, method=Critic.psi))
 
     # ---- raw distances --------------------------------------------------------------
-    def encode_states(self, states: np.ndarray) -> np.ndarray:
-        return np.asarray(self._phi(jnp.asarray(states, jnp.float32)), np.float32)
+    # encodings stay device arrays: the graph's are reused at every decision
+    def encode_states(self, states: np.ndarray) -> jax.Array:
+        return self._phi(jnp.asarray(states, jnp.float32))
 
-    def encode_goals(self, goals: np.ndarray) -> np.ndarray:
-        return np.asarray(self._psi(jnp.asarray(goals, jnp.float32)), np.float32)
+    def encode_goals(self, goals: np.ndarray) -> jax.Array:
+        return self._psi(jnp.asarray(goals, jnp.float32))
 
     @staticmethod
-    def raw_between(phi: np.ndarray, psi: np.ndarray) -> np.ndarray:
+    def raw_between(phi: jax.Array, psi: jax.Array) -> np.ndarray:
         """``[M, N]``: min over the K actions of ``||phi[m, k] - psi[n]||``."""
-        m, k, d = phi.shape
-        flat = phi.reshape(m * k, d)
-        sq = (flat**2).sum(-1)[:, None] + (psi**2).sum(-1)[None, :] - 2.0 * flat @ psi.T
-        return np.sqrt(np.maximum(sq.reshape(m, k, -1).min(axis=1), 0.0))
+        return np.asarray(_raw_between(jnp.asarray(phi), jnp.asarray(psi)), np.float64)
 
-    def between(self, phi: np.ndarray, psi: np.ndarray) -> np.ndarray:
+    def between(self, phi: jax.Array, psi: jax.Array) -> np.ndarray:
         return self.raw_between(phi, psi)
+
+
+@jax.jit
+def _raw_between(phi: jax.Array, psi: jax.Array) -> jax.Array:
+    # jitted rather than numpy: numpy's threaded BLAS costs ~10 ms per small product on a
+    # loaded 2-core machine (measured: 16 ms per decision vs 4 ms single-threaded)
+    m, k, d = phi.shape
+    flat = phi.reshape(m * k, d)
+    sq = (flat**2).sum(-1)[:, None] + (psi**2).sum(-1)[None, :] - 2.0 * flat @ psi.T
+    return jnp.sqrt(jnp.maximum(sq.reshape(m, k, -1).min(axis=1), 0.0))
 
 
 def _ordered(buffer: ReplayBuffer) -> tuple[np.ndarray, np.ndarray]:
