@@ -706,6 +706,15 @@ class EvalPolicy:
     video_episodes: int = 4
     """Episodes in the video."""
     seed: int = 123
+    subtasks: Literal["predicted", "oracle", "none"] | None = None
+    """Where a hierarchical policy's (``--model.subtasks``) subtask comes from at every chunk:
+    predicted (its subtask head, with hysteresis; the default for such a run), oracle (from
+    the observed scene: the current object until it is in its zone, then the lowest slot
+    not in its zone) or none (the instruction itself). A flat run takes only none. Subtask
+    accuracy (agreement with the oracle at chunk boundaries) is reported per family."""
+    subtask_margin: float = 0.2
+    """Hysteresis: switch subtask only when the new one's probability exceeds the current
+    one's by this much."""
 
     def __post_init__(self):
         # no episodes would make every rate NaN
@@ -741,7 +750,12 @@ def cmd_eval_policy(args: list[str]) -> int:
     from anyskill.rollout import HostBatchEnv, JaxBatchEnv, check_inputs, rollout
     from anyskill.rundir import dumps  # never NaN in JSON output
 
-    policy = VLAPolicy(parsed.run_dir, num_steps=parsed.num_steps)  # loads; compiles nothing
+    policy = VLAPolicy(  # loads; compiles nothing
+        parsed.run_dir,
+        num_steps=parsed.num_steps,
+        subtasks=parsed.subtasks,
+        subtask_margin=parsed.subtask_margin,
+    )
     m = policy.cfg.model
     name = parsed.env
     if name is None:

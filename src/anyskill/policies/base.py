@@ -42,6 +42,13 @@ ACTION_PREFIX = "realtime/action_prefix"
 ACTION_DELAY = "realtime/delay"
 PREFIX_LENGTH = "realtime/prefix_length"
 
+#: The subtask a hierarchical policy works on (issue 27), as text: a served hierarchical
+#: policy's reply carries it beside ``actions``; a client may send back the last one it got
+#: (optional request field, str) so the policy's hysteresis continues from it.
+SUBTASK = "subtask"
+#: longest subtask text a request may carry
+MAX_SUBTASK_CHARS = 512
+
 #: values of the :data:`INDICATOR` field (and of a VLA's ``Obs.indicator``): no indicator
 #: (the unconditioned policy), "advantage: positive", "advantage: negative"
 INDICATOR_NONE, INDICATOR_POSITIVE, INDICATOR_NEGATIVE = 0, 1, 2
@@ -175,6 +182,17 @@ class PolicySpec:
             out[s.name] = _as_array(s, value)
         if self.realtime and (ACTION_PREFIX in obs or ACTION_DELAY in obs):
             out.update(self._validate_prefix(obs))
+        if SUBTASK in obs:
+            sub = obs[SUBTASK]
+            if isinstance(sub, bytes):
+                sub = sub.decode("utf-8", errors="replace")
+            if not isinstance(sub, str) or len(sub) > MAX_SUBTASK_CHARS:
+                raise ObservationError(
+                    SUBTASK,
+                    f"expected the subtask text of the last reply (a string of at most "
+                    f"{MAX_SUBTASK_CHARS} characters), got {type(sub).__name__}",
+                )
+            out[SUBTASK] = sub
         return out
 
     def _validate_prefix(self, obs: dict[str, Any]) -> dict[str, Any]:

@@ -212,6 +212,8 @@ def rollout(
         num_envs=num_envs,
     )
     parts = []
+    # optional protocol method: each row of the next act() call starts a new episode
+    start_episodes = getattr(policy, "start_episodes", None)
     for w in range(skip // parallel, waves):
         idx = np.arange(w * parallel, min((w + 1) * parallel, num_envs))
         if all_plans is None:  # host env without a horizon: plan keys drawn as needed
@@ -221,6 +223,8 @@ def rollout(
             base = None
             plans = all_plans[:, idx] if per_episode else all_plans[w * n_plans : (w + 1) * n_plans]
         carry = benv.reset(idx, reset_keys[idx])
+        if callable(start_episodes):  # a policy with per-episode state (a hierarchical VLA)
+            start_episodes(len(idx))
         if person is not None:
             ep = run.with_person(carry, idx, plans, base, watched[idx], person)
         else:

@@ -3,8 +3,10 @@
 Protocol (see ``docs/serving.md``): on connect the server sends one binary frame, the
 policy's metadata; then every binary frame from the client is one observation dict and gets
 exactly one reply, in order: a binary frame ``{"actions": [H, A] float32, "server_timing":
-{...}, "batch_size": n}`` or, when the request is bad, a text frame naming the field (the
-connection stays open). ``GET /healthz`` answers 200 ``OK`` (503 while shutting down).
+{...}, "batch_size": n}`` (plus ``"subtask": str`` from a hierarchical policy, one with
+``infer_subtasks``; openpi clients ignore it, and may send it back as the optional request
+field ``subtask`` to continue the policy's hysteresis) or, when the request is bad, a text
+frame naming the field (the connection stays open). ``GET /healthz`` answers 200 ``OK`` (503 while shutting down).
 
 Inside, every connection's handler decodes and validates its request on the event loop (cheap:
 the decoder stops after ``max_items`` msgpack objects, so no frame can stall the loop) and
@@ -304,7 +306,7 @@ class PolicyServer:
                 self.stats.requests += 1
                 try:
                     with self._holding(len(frame)):
-                        actions, timing, batch = await self._answer(frame)
+                        actions, timing, batch, subtask = await self._answer(frame)
                 except RequestError as e:
                     self.stats.errors += 1
                     await ws.send(wire.error_text(e.kind, e.field, e.message))
@@ -317,6 +319,8 @@ class PolicyServer:
                 if prev_total_ms is not None:
                     timing["prev_total_ms"] = prev_total_ms
                 reply = {"actions": actions, "server_timing": timing, "batch_size": batch}
+                if subtask is not None:  # a hierarchical policy's current subtask (issue 27)
+                    reply["subtask"] = subtask
                 await ws.send(wire.pack(reply))
                 self.stats.replies += 1
                 prev_total_ms = (time.perf_counter() - start) * 1e3
@@ -428,7 +432,9 @@ class PolicyServer:
         except ObservationError as e:
             raise RequestError("invalid_observation", e.field, str(e)) from None
 
-    async def _answer(self, frame: bytes | str) -> tuple[np.ndarray, dict[str, float], int]:
+    async def _answer(
+        self, frame: bytes | str
+    ) -> tuple[np.ndarray, dict[str, float], int, str | None]:
         cfg = self.config
         obs = self.parse_request(frame)
         if self._draining:
@@ -480,14 +486,18 @@ class PolicyServer:
                     "infer_ms": (done - start) * 1e3,
                     "queue_ms": (start - p.enqueued) * 1e3,
                 }
-                p.future.set_result((row, timing, len(items)))
+                actions, subtask = row
+                p.future.set_result((actions, timing, len(items), subtask))
 
-    async def _infer_rows(self, batch: list[dict[str, Any]]) -> list[np.ndarray | RequestError]:
-        """Each row's ``[H, A]`` chunk, or the error that row's reply carries. A row with
+    async def _infer_rows(
+        self, batch: list[dict[str, Any]]
+    ) -> list[tuple[np.ndarray, str | None] | RequestError]:
+        """Each row's ``([H, A] chunk, subtask text or None)``, or the error that row's reply
+        carries. A row with
         non-finite actions fails alone; a batch whose forward pass raises is retried row by
         row, so one observation the policy cannot handle never fails the others."""
         try:
-            actions = await self._infer(batch)
+            actions, subtasks = await self._infer(batch)
         except Exception as e:
             if len(batch) > 1:
                 log.warning("policy.infer failed on a batch of %d; retrying row by row", len(batch))
@@ -499,23 +509,34 @@ class PolicyServer:
         finite = np.isfinite(actions).all(axis=(1, 2))
         if not finite.all():
             log.error("policy.infer returned NaN or infinite actions for %d rows", (~finite).sum())
+        subtasks = subtasks or [None] * len(actions)
         return [
-            row if ok else RequestError("policy_failed", "<policy>", "non-finite actions")
-            for row, ok in zip(actions, finite, strict=True)
+            (row, sub) if ok else RequestError("policy_failed", "<policy>", "non-finite actions")
+            for row, sub, ok in zip(actions, subtasks, finite, strict=True)
         ]
 
-    async def _infer(self, batch: list[dict[str, Any]]) -> np.ndarray:
-        """One forward pass on the worker thread, checked for shape."""
+    async def _infer(self, batch: list[dict[str, Any]]) -> tuple[np.ndarray, list | None]:
+        """One forward pass on the worker thread, checked for shape; with the subtask text
+        per row when the policy offers ``infer_subtasks`` (a hierarchical policy: ``(chunks,
+        texts or None)``), else None."""
         spec = self.policy.spec
+        hierarchical = callable(getattr(self.policy, "infer_subtasks", None))
         out = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.policy.infer, batch
+            self._executor, self.policy.infer_subtasks if hierarchical else self.policy.infer, batch
         )
+        subtasks = None
+        if hierarchical:
+            out, subtasks = out
+            if subtasks is not None:
+                subtasks = [None if t is None else str(t) for t in subtasks]
+                if len(subtasks) != len(batch):
+                    raise ValueError(f"{len(subtasks)} subtasks for a batch of {len(batch)}")
         with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf rows
             actions = np.asarray(out, np.float32)
         want = (len(batch), spec.action_horizon, spec.action_dim)
         if actions.shape != want:
             raise ValueError(f"infer returned shape {actions.shape}, expected {want}")
-        return actions
+        return actions, subtasks
 
 
 class ServerThread:

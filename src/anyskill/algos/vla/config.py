@@ -63,7 +63,29 @@ class ModelConfig:
     tokens) and left out of the loss, so at inference the actions a robot has already
     committed to are an input and the model continues them. 0: off (inference-time
     guided inpainting still works on any flow model)."""
+    subtasks: bool = dataclasses.field(default=False, metadata={ADDED_LATER: "issue 27"})
+    """VLA: π0.5-style high-level inference. A subtask head on its own small trunk
+    (knowledge insulation: the flow loss never reaches it, its loss never reaches the action
+    expert) predicts the next subtask as a structured choice — "the task as instructed" or
+    "the subtask about object slot k" (a pointer over the object entity tokens) — trained with
+    cross-entropy on the dataset's subtask labels (``meta/anyskill/subtasks.parquet``;
+    refused without them). The action expert reads the subtask's text as its prompt
+    (teacher-forced in training, predicted at inference; see
+    :mod:`anyskill.algos.vla.subtasks`). Off: the flat model, bit for bit."""
+    subtask_width: int = dataclasses.field(default=64, metadata={ADDED_LATER: "issue 27"})
+    """Width of the subtask head's trunk (with ``subtasks``)."""
+    subtask_depth: int = dataclasses.field(default=2, metadata={ADDED_LATER: "issue 27"})
+    """Transformer blocks of the subtask head's trunk (with ``subtasks``)."""
+    subtask_weight: float = dataclasses.field(default=1.0, metadata={ADDED_LATER: "issue 27"})
+    """Weight of the subtask cross-entropy beside the flow loss (the two train disjoint
+    parameters, so it only matters through the shared optimizer's clipping)."""
     # Filled from the data (the LeRobot features it declares), not by hand:
+    subtask_slots: tuple[int, ...] = dataclasses.field(
+        default=(), metadata={ADDED_LATER: "issue 27"}
+    )
+    """With ``subtasks``: indices into ``state_tokens`` of the entities a subtask can be
+    about (the tabletop's object slots); subtask class ``1 + i`` is slot ``i``'s subtask,
+    class 0 the task as instructed."""
     state_dim: int = 0
     """Features of ``observation.state`` (any robot's proprioception, any size)."""
     action_dim: int = 0
@@ -105,6 +127,24 @@ class ModelConfig:
             raise ValueError(
                 f"max_delay must be in 0..horizon-1 ({self.horizon - 1}), got {self.max_delay}"
             )
+        if self.subtasks and self.arch != "vla":
+            raise ValueError(
+                f"subtasks=True needs arch 'vla', got {self.arch!r}: the subtask head points "
+                "at the VLA's entity tokens"
+            )
+        if self.subtasks and (self.subtask_width < 1 or self.subtask_depth < 1):
+            raise ValueError(
+                f"subtask_width and subtask_depth must be >= 1, got {self.subtask_width} and "
+                f"{self.subtask_depth}"
+            )
+        if not self.subtask_weight >= 0:
+            raise ValueError(f"subtask_weight must be >= 0, got {self.subtask_weight}")
+        for i in self.subtask_slots:
+            if not 0 <= i < len(self.state_tokens):
+                raise ValueError(
+                    f"subtask_slots names state token {i}, but there are "
+                    f"{len(self.state_tokens)} state tokens"
+                )
         if self.indicator_modulation and not self.indicator:
             raise ValueError("indicator_modulation=True needs indicator=True")
         if self.cameras:
@@ -124,6 +164,11 @@ class ModelConfig:
             raise ValueError(
                 f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}"
             )
+
+    @property
+    def num_subtask_classes(self) -> int:
+        """Classes of the subtask head: the task as instructed, then one per subtask slot."""
+        return 1 + len(self.subtask_slots)
 
 
 @dataclasses.dataclass(frozen=True)

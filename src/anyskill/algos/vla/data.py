@@ -149,7 +149,33 @@ def model_for_dataset(model: ModelConfig, ds: Dataset, env=None) -> ModelConfig:
             layout = StateLayout(env.state_tokens(), env.state_token_words())
         if layout is not None:
             m = dataclasses.replace(m, state_tokens=layout.tokens, state_token_words=layout.words)
+    if m.subtasks and not m.subtask_slots:
+        m = dataclasses.replace(m, subtask_slots=_subtask_slots(ds, m))
     return m
+
+
+def _subtask_slots(ds: Dataset, m: ModelConfig) -> tuple[int, ...]:
+    """The object entity tokens a subtask head points at; refuses a dataset without
+    subtask labels or without the tabletop's entity layout (``subtasks=True``)."""
+    from anyskill.algos.vla.subtasks import tabletop_slots
+    from anyskill.data.subtasks import path_of
+
+    if not path_of(ds).is_file():
+        raise SchemaMismatchError(
+            path_of(ds),
+            "missing: --model.subtasks trains a subtask head on per-frame subtask labels",
+            f"label the dataset with `anyskill data annotate-subtasks {ds.root}` (tabletop "
+            "recordings), or train the flat model (leave out --model.subtasks)",
+        )
+    if not m.state_tokens:
+        raise ValueError(
+            f"{ds.root}: --model.subtasks needs entity tokens (the head points at object "
+            "tokens); the dataset declares no entity layout or --model.no-entity-tokens was given"
+        )
+    try:
+        return tabletop_slots(m.state_tokens, m.state_dim)
+    except ValueError as e:
+        raise SchemaMismatchError(ds.root / INFO_PATH, f"features[{STATE_KEY!r}]: {e}") from None
 
 
 def check_features(ds: Dataset, model: ModelConfig) -> None:
@@ -360,13 +386,55 @@ class TrainingData:
             ),
         )
         keys = model.cameras or None  # a model built by hand reads every camera
-        return cls(
+        out = cls(
             ds,
             sampler,
             tokens,
             decode_cameras(ds, model.image_size, progress, keys),
             normalizer or Normalizer.from_dataset(ds),
         )
+        if model.subtasks:
+            out.set_subtasks(model)
+        return out
+
+    def set_subtasks(self, model: ModelConfig) -> None:
+        """Per-frame subtask classes and the action expert's prompts from the dataset's
+        sidecar (:func:`anyskill.algos.vla.subtasks.frame_labels`); batches then carry
+        ``subtask`` and ``subtask_tokens``."""
+        from anyskill.algos.vla.subtasks import TASK_CLASS, frame_labels
+        from anyskill.data.subtasks import path_of, read_subtasks
+        from anyskill.envs.tabletop.tasks import FAMILY, parse_instruction
+
+        ds = self.ds
+        ann = read_subtasks(ds)
+        if ann is None:
+            raise SchemaMismatchError(
+                path_of(ds), "missing", f"run `anyskill data annotate-subtasks {ds.root}`"
+            )
+        ti = np.asarray(ds.columns["task_index"]).reshape(-1)
+        tasks = list(ds.tasks)
+        family = np.full(len(tasks) + 1, -1, np.int64)
+        for i, text in enumerate(tasks):
+            content = parse_instruction(text)
+            family[i] = -1 if content is None else content[FAMILY]
+        frame_family = family[np.where(ti >= 0, ti, len(tasks))]
+        bad = (ann.index >= 0) & (frame_family < 0)
+        if bad.any():
+            f = int(np.argmax(bad))
+            raise SchemaMismatchError(
+                ds.root / "meta" / "tasks.parquet",
+                f"frame {f}'s task {tasks[ti[f]] if ti[f] >= 0 else ''!r} is no tabletop "
+                "instruction, but the frame has a subtask label",
+                "subtask classes need the tabletop task behind each labelled frame",
+            )
+        state = np.asarray(ds.columns[STATE_KEY], np.float32).reshape(ds.num_frames, -1)
+        self.subtask_class = frame_labels(state, ann.index, ann.rows, frame_family)
+        L = self.task_tokens.shape[1]
+        try:
+            self._subtask_tokens, _ = tokenize(list(ann.texts) or [""], L)
+        except TokenizeError as e:
+            raise SchemaMismatchError(path_of(ds), f"subtask text: {e}") from None
+        self._subtask_text = np.where(self.subtask_class > TASK_CLASS, ann.index, -1)
 
     def __post_init__(self):
         # numpy copies of the normalizer: batches are normalized on the host in one pass,
@@ -374,6 +442,7 @@ class TrainingData:
         n = self.normalizer
         self._np = {k: np.asarray(getattr(n, k)) for k in n.__dataclass_fields__}
         self.indicator: np.ndarray | None = None
+        self.subtask_class: np.ndarray | None = None
         self._rng = np.random.default_rng(self.sampler.config.seed + 1)
         self.last_index = np.zeros(0, np.int64)
 
@@ -435,10 +504,18 @@ class TrainingData:
                     keep, np.where(pos, INDICATOR_POSITIVE, INDICATOR_NEGATIVE), INDICATOR_NONE
                 ).astype(np.int32)
         n = self._np
+        sub = {}
+        if self.subtask_class is not None:
+            # teacher forcing: the action expert reads the labelled subtask's text (the
+            # instruction where the subtask is the task itself or the frame is unlabelled)
+            text = self._subtask_text[idx]
+            low = np.where((text >= 0)[:, None], self._subtask_tokens[np.maximum(text, 0)], tokens)
+            sub = {"subtask": self.subtask_class[idx], "subtask_tokens": low}
         return Batch(
             obs=self._obs(b.state[:, -1], idx, tokens).replace(indicator=ind),
             actions=((b.action - n["action_mean"]) / n["action_std"]).astype(np.float32),
             action_mask=b.action_mask,
+            **sub,
         )
 
     def chunk_at(self, idx: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from anyskill.algos.vla.config import ModelConfig
 from anyskill.algos.vla.data import model_inputs, policy_inputs
 from anyskill.algos.vla.model import Obs
 from anyskill.envs.tabletop.env import Tabletop
-from anyskill.policies.base import Batch, ChunkPolicy, PolicySpec
+from anyskill.policies.base import PROMPT, STATE, Batch, ChunkPolicy, PolicySpec
 from anyskill.rollout import JaxBatchEnv, rollout
 
 #: ``chunk_fn(params, key, obs) -> [B, H, A]`` actions in env units; ``obs.state`` is the raw
@@ -48,8 +48,12 @@ class ChunkFnPolicy(ChunkPolicy):
         execute_horizon: int | None = None,
         control_hz: float = 10.0,
         name: str | None = None,
+        selector=None,
     ):
+        """``selector``: a :class:`~anyskill.algos.vla.subtasks.SubtaskSelector` (a model
+        with a subtask head): each chunk's prompt becomes the selected subtask's text."""
         self.params, self.m, self.prompt_suffix = params, m, prompt_suffix
+        self.selector = selector
         self.spec = PolicySpec(
             policy_inputs(m, len(prompt_suffix.split())),
             action_dim=m.action_dim,
@@ -65,14 +69,25 @@ class ChunkFnPolicy(ChunkPolicy):
         new.__dict__.update(self.__dict__)
         new.__dict__.pop("_infer_calls", None)
         new.params = params
+        if self.selector is not None:
+            new.selector = self.selector.copy()
         return new
+
+    def start_episodes(self, n: int | None = None) -> None:
+        if self.selector is not None:
+            self.selector.start_episodes(n)
 
     def to_obs(self, obs: Batch) -> Obs:
         """The model's inputs (:func:`~anyskill.algos.vla.data.model_inputs`)."""
         return model_inputs(self.m, obs, self.prompt_suffix)
 
     def act(self, obs: Batch, key) -> np.ndarray:
-        return np.asarray(self._fn(self.params, key, self.to_obs(obs)), np.float32)
+        model_obs = self.to_obs(obs)
+        if self.selector is not None:
+            model_obs, _, _ = self.selector.lower(
+                self.params, obs[STATE], obs[PROMPT], model_obs, suffix=self.prompt_suffix
+            )
+        return np.asarray(self._fn(self.params, key, model_obs), np.float32)
 
 
 def rollout_video(
@@ -126,14 +141,22 @@ class Evaluator:
         n = self.episodes_per_family * len(self.env.families)
         out = {}
         r = self.replan_every and min(self.replan_every, policy.spec.action_horizon)
+        selector = getattr(policy, "selector", None)
+        every = r or policy.spec.execute_horizon or policy.spec.action_horizon
         for i, (split, benv) in enumerate(self._envs.items()):
+            if selector is not None:
+                selector.log.clear()
             ep = rollout(benv, policy, jax.random.fold_in(key, i), num_envs=n, replan_every=r)
             family = np.asarray(ep.family)
+            acc = None if selector is None else selector.accuracy(ep.length, every)
             rates = []
             for f in self.env.families:
                 sel = family == f
                 if sel.any():
                     out[f"{split}/{f}"] = float(ep.success[sel].mean())
                     rates.append(out[f"{split}/{f}"])
+                    if acc is not None and np.isfinite(acc[sel]).any():
+                        # share of chunk boundaries whose subtask was the oracle's
+                        out[f"subtask_acc.{split}.{f}"] = float(np.nanmean(acc[sel]))
             out[f"{split}/mean"] = float(np.mean(rates)) if rates else float("nan")
         return out

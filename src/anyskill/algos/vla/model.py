@@ -66,6 +66,11 @@ class Batch:
     actions: jax.Array
     action_mask: jax.Array
     weight: jax.Array | None = None
+    subtask: jax.Array | None = None
+    """[B] int32 subtask class label (models with ``subtasks``; -1: unlabelled, no loss)."""
+    subtask_tokens: jax.Array | None = None
+    """[B, L] int32 the action expert's prompt: the labelled subtask's text (teacher
+    forcing), the instruction where unlabelled or the subtask is the task itself."""
 
 
 #: grounded words of an instruction that get their own mention-order embedding
@@ -178,6 +183,22 @@ def prefix_euler(velocity, x1, prefix, delay, num_steps: int):
 # ---- the π0-style transformer ---------------------------------------------------------------
 
 
+def subtask_trunk_config(c: ModelConfig) -> ModelConfig:
+    """The subtask head's trunk: the same prefix (cameras, instruction, grounded entity
+    tokens) at ``subtask_width`` x ``subtask_depth``; its action stream is never built."""
+    return dataclasses.replace(
+        c,
+        width=c.subtask_width,
+        depth=c.subtask_depth,
+        action_width=8,
+        subtasks=False,
+        subtask_slots=(),
+        indicator=False,
+        indicator_modulation=False,
+        max_delay=0,
+    )
+
+
 class VLA(nn.Module):
     cfg: ModelConfig
 
@@ -228,6 +249,14 @@ class VLA(nn.Module):
             self.indicator_mod = self.param(
                 "indicator_mod", nn.initializers.zeros, (c.depth, 3, 6, c.action_width)
             )
+        if c.subtasks:
+            # Knowledge insulation (π0.5, Driess et al. 2025): the subtask head has its own
+            # small trunk (the same grounded prefix code, its own weights) and the action
+            # expert is conditioned on the subtask's *text* (a discrete choice), so no
+            # gradient crosses between the flow loss and the subtask head.
+            self.subtask_trunk = VLA(subtask_trunk_config(c), name="subtask_trunk")
+            self.subtask_task = nn.Dense(1, name="subtask_task")
+            self.subtask_slot = nn.Dense(1, name="subtask_slot")
 
     def embed_prefix(self, obs: Obs):
         b = obs.state.shape[0]
@@ -325,9 +354,25 @@ class VLA(nn.Module):
     def __call__(self, obs: Obs, x_t, t):
         return self.velocity_joint(obs, x_t, t)
 
+    def subtask_logits(self, obs: Obs) -> jax.Array:
+        """``[B, 1 + len(subtask_slots)]`` logits of the next subtask: class 0 "the task as
+        instructed" (from the trunk's pooled features), class ``1 + i`` the subtask about the
+        entity ``subtask_slots[i]`` (a pointer: one score per entity token)."""
+        c = self.cfg
+        _, mask, h = self.subtask_trunk.encode(obs)  # [B, P, w]
+        m = mask[..., None].astype(h.dtype)
+        pooled = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+        first_state = h.shape[1] - len(c.state_tokens)  # state tokens close the prefix
+        slots = h[:, [first_state + i for i in c.subtask_slots]]  # [B, S, w]
+        return jnp.concatenate(
+            [self.subtask_task(pooled), self.subtask_slot(slots)[..., 0]], axis=-1
+        )
+
     def init_all(self, obs: Obs, x_t, t):
         """Touches every parameter (``encode``'s prefix_norm is not on the training path)."""
         self.encode(obs)
+        if self.cfg.subtasks:
+            self.subtask_logits(obs)
         return self.velocity_joint(obs, x_t, t)
 
 
@@ -366,6 +411,19 @@ class MLPPolicyNet(nn.Module):
 
 
 # ---- one interface --------------------------------------------------------------------------
+
+
+def subtask_cross_entropy(logits: jax.Array, label: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy ``-log softmax(logits)[label]`` over the rows with ``label >= 0``
+    (``[B, K]``, ``[B]``) and the accuracy of the argmax there; both 0 when no row is
+    labelled (an unlabelled batch contributes no gradient)."""
+    valid = label >= 0
+    logp = jax.nn.log_softmax(logits, -1)
+    nll = -jnp.take_along_axis(logp, jnp.maximum(label, 0)[:, None], -1)[:, 0]
+    m = valid.astype(logits.dtype)
+    n = jnp.maximum(m.sum(), 1.0)
+    hit = (jnp.argmax(logits, -1) == label).astype(logits.dtype)
+    return jnp.sum(nll * m) / n, jnp.sum(hit * m) / n
 
 
 def _masked_mse(pred, target, mask, weight=None):
@@ -433,9 +491,37 @@ class PolicyModel:
         else:
             tx = t[:, None, None]
         x_t = tx * noise + (1 - tx) * batch.actions
-        v = self.net.apply(params, batch.obs, x_t, t)
-        loss = _masked_mse(v, noise - batch.actions, mask, batch.weight)
-        return loss, {"loss": loss}
+        if not self.cfg.subtasks:
+            v = self.net.apply(params, batch.obs, x_t, t)
+            loss = _masked_mse(v, noise - batch.actions, mask, batch.weight)
+            return loss, {"loss": loss}
+        # π0.5: the action expert reads the subtask's text (teacher-forced label), the
+        # subtask head reads the instruction; disjoint parameters (knowledge insulation)
+        flow = self.flow_loss(params, batch, x_t, t, noise, mask)
+        ce, acc = self.subtask_loss(params, batch)
+        loss = flow + self.cfg.subtask_weight * ce
+        return loss, {"loss": loss, "flow_loss": flow, "subtask_loss": ce, "subtask_acc": acc}
+
+    def flow_loss(self, params, batch: Batch, x_t, t, noise, mask) -> jax.Array:
+        """Flow matching with the action expert prompted by ``batch.subtask_tokens``."""
+        if batch.subtask_tokens is None:
+            raise ValueError(
+                "a model with subtasks=True trains on batches with subtask labels "
+                "(Batch.subtask and Batch.subtask_tokens; TrainingData builds them)"
+            )
+        low = batch.obs.replace(tokens=batch.subtask_tokens, text_mask=batch.subtask_tokens != 0)
+        v = self.net.apply(params, low, x_t, t)
+        return _masked_mse(v, noise - batch.actions, mask, batch.weight)
+
+    def subtask_loss(self, params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        """Cross-entropy of the subtask head on the labelled frames (``subtask >= 0``; the
+        others are masked out) and its accuracy there; 0 and 0 without labelled frames."""
+        logits = self.net.apply(params, batch.obs, method=VLA.subtask_logits)
+        return subtask_cross_entropy(logits, batch.subtask)
+
+    def subtask_probs(self, params, obs: Obs) -> jax.Array:
+        """``[B, num_subtask_classes]`` probabilities of the next subtask (normalized obs)."""
+        return jax.nn.softmax(self.net.apply(params, obs, method=VLA.subtask_logits), -1)
 
     def sample(self, params, key, obs: Obs, num_steps: int | None = None, cached: bool = True):
         """Action chunks ``[B, H, A]`` (normalized). ``cached``: the prefix's keys/values are

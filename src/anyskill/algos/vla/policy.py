@@ -22,10 +22,14 @@ from anyskill.policies.base import (
     INDICATOR_NONE,
     INDICATOR_POSITIVE,
     PREFIX_LENGTH,
+    PROMPT,
+    STATE,
+    SUBTASK,
     Batch,
     ChunkPolicy,
     ObservationError,
     PolicySpec,
+    stack_batch,
 )
 from anyskill.policies.registry import read_config_json, register_loader
 
@@ -44,13 +48,21 @@ class VLAPolicy(ChunkPolicy):
         seed: int = 0,
         realtime_guidance: float = MAX_GUIDANCE,
         realtime_mask: str = "hard",
+        subtasks: str | None = None,
+        subtask_margin: float = 0.2,
     ):
         """``realtime_guidance``, ``realtime_mask``: how a committed plan is inpainted (real-
         time chunking, guided models). ``hard`` (default): only the actions that execute
         before the chunk arrives are guided; ``soft``: decaying weights over the whole
         overlap with the plan too (Black et al.'s mask) — smoother joins, but it holds the
         policy to its older plans: on push with a 2-step execute horizon it cut success
-        from 0.91 to 0.48 at a 1-step delay (BENCHMARKS.md, "Real-time chunking")."""
+        from 0.91 to 0.48 at a 1-step delay (BENCHMARKS.md, "Real-time chunking").
+
+        ``subtasks`` (a model trained with ``--model.subtasks``): where each chunk's subtask
+        comes from — ``predicted`` (the subtask head, the default for such a model),
+        ``oracle`` (from the observed scene) or ``none`` (the instruction itself); a flat
+        model takes only ``none``. ``subtask_margin``: the hysteresis margin (see
+        :mod:`anyskill.algos.vla.subtasks`)."""
         if realtime_mask not in ("soft", "hard"):
             raise ValueError(f"realtime_mask must be 'soft' or 'hard', got {realtime_mask!r}")
         if not realtime_guidance >= 0:
@@ -77,6 +89,48 @@ class VLAPolicy(ChunkPolicy):
         )
         self._fn = jax.jit(chunk_fn_for(model, normalizer, num_steps))
         self.infer_seed = seed
+        self.selector = None
+        mode = subtasks or ("predicted" if m.subtasks else "none")
+        if m.subtasks or mode != "none":
+            from anyskill.algos.vla.subtasks import SubtaskSelector
+
+            self.selector = SubtaskSelector(model, normalizer, mode, subtask_margin)
+            self.spec = dataclasses.replace(self.spec, name=f"anyskill-{m.arch}-{mode}-subtasks")
+
+    # ---- high-level inference (issue 27) --------------------------------------------------
+
+    def start_episodes(self, n: int | None = None) -> None:
+        """New episodes in every row (the rollout calls this at each wave's start): the
+        hierarchical policy forgets each row's current subtask."""
+        if self.selector is not None:
+            self.selector.start_episodes(n)
+
+    def _lowered(self, obs: Batch, current=None):
+        """``(model inputs, subtask texts or None)``: with a subtask head, the prompt is
+        each row's subtask's text."""
+        model_obs = self.model_obs(obs)
+        if self.selector is None:
+            return model_obs, None
+        low, _, texts = self.selector.lower(
+            self.params, obs[STATE], obs[PROMPT], model_obs, current
+        )
+        return low, texts
+
+    def infer_subtasks(self, batch: list[dict]) -> tuple[np.ndarray, list[str] | None]:
+        """The server's entry for a hierarchical policy: ``(chunks [B, H, A], subtask text
+        per row)`` (None for a flat model). A row may carry the :data:`SUBTASK` its client
+        was last sent; its hysteresis then starts from it (no per-client state here)."""
+        if self.selector is None:
+            return self.infer(batch), None
+        n = len(batch)
+        rows = list(batch)
+        if self.pad_batches and n:
+            rows += [rows[-1]] * ((1 << (n - 1).bit_length()) - n)
+        obs = stack_batch(self.spec, rows)
+        echoed = [r.get(SUBTASK, "") for r in rows]
+        current = self.selector.classes_of(obs[STATE], obs[PROMPT], echoed)
+        chunks, texts = self._act(obs, self._next_key(), current)
+        return np.asarray(chunks, np.float32)[:n], list(texts)[:n]
 
     def to_obs(self, obs: Batch) -> Obs:
         """Model inputs of a :data:`Batch` (:func:`~anyskill.algos.vla.data.model_inputs`):
@@ -89,17 +143,21 @@ class VLAPolicy(ChunkPolicy):
         once; the server's ``infer`` pads to powers of two). With real-time chunking fields
         (:data:`~anyskill.policies.base.ACTION_PREFIX`, from a robot runtime), the chunks
         continue each row's committed actions (:meth:`PolicyModel.sample_realtime`)."""
+        return self._act(obs, key)[0]
+
+    def _act(self, obs: Batch, key, current=None) -> tuple[np.ndarray, list[str] | None]:
+        model_obs, texts = self._lowered(obs, current)
         if ACTION_PREFIX in obs and self.spec.realtime:
             out = self._realtime(
                 self.params,
                 key,
-                self.model_obs(obs),
+                model_obs,
                 jnp.asarray(obs[ACTION_PREFIX], jnp.float32),
                 jnp.asarray(obs[PREFIX_LENGTH], jnp.int32),
                 jnp.asarray(obs[ACTION_DELAY], jnp.int32),
             )
-            return np.asarray(out, np.float32)
-        return np.asarray(self._fn(self.params, key, self.model_obs(obs)), np.float32)
+            return np.asarray(out, np.float32), texts
+        return np.asarray(self._fn(self.params, key, model_obs), np.float32), texts
 
     @functools.cached_property
     def _realtime(self):
@@ -189,6 +247,8 @@ class VLAPolicy(ChunkPolicy):
         ):  # per-policy key counter and compiled functions
             new.__dict__.pop(k, None)
         new.params = params
+        if self.selector is not None:
+            new.selector = self.selector.copy()
         if model is not None:
             new.model = model
             new.cfg = dataclasses.replace(self.cfg, model=model.cfg)
@@ -211,5 +271,12 @@ register_loader(
     "policy run (anyskill train policy: vla, mlp-bc, mlp-flow)",
     is_policy_run,
     VLAPolicy,
-    options=("num_steps", "seed", "realtime_guidance", "realtime_mask"),
+    options=(
+        "num_steps",
+        "seed",
+        "realtime_guidance",
+        "realtime_mask",
+        "subtasks",
+        "subtask_margin",
+    ),
 )

@@ -228,7 +228,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if env is not None and cfg.eval_episodes > 0:
         evaluator = Evaluator(env, cfg.eval_split, cfg.eval_episodes, cfg.replan_every)
         # the policy being trained; each evaluation swaps in the current EMA weights
-        eval_policy = ChunkFnPolicy(chunk_fn_for(model, data.normalizer), params, m)
+        selector = None
+        if m.subtasks:  # evaluated hierarchically: predicted subtasks, default hysteresis
+            from anyskill.algos.vla.subtasks import SubtaskSelector
+
+            selector = SubtaskSelector(model, data.normalizer, "predicted")
+        eval_policy = ChunkFnPolicy(
+            chunk_fn_for(model, data.normalizer), params, m, selector=selector
+        )
 
     def evaluate(step: int) -> dict:
         if evaluator is None:
@@ -258,6 +265,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         return {"step": start}
     bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, unit="step")
     losses = []
+    sub_metrics: dict[str, list] = {}  # the subtask head's loss and accuracy (subtasks=True)
     last = {}
     step = start
     # Training time (time_budget_min) runs from the end of this session's first step (which
@@ -266,6 +274,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     updates = train_steps(train_step, ts, data.batch, cfg.steps, start=start, progress=bar.update)
     for step, ts, metrics in updates:  # noqa: B007 (evaluate() and save() read ts)
         losses.append(metrics["loss"])
+        for k in ("flow_loss", "subtask_loss", "subtask_acc"):
+            if k in metrics:
+                sub_metrics.setdefault(k, []).append(metrics[k])
         at_eval = cfg.eval_every and step % cfg.eval_every == 0
         if t_mark is None or at_eval or step == cfg.steps:
             jax.block_until_ready(metrics["loss"])  # dispatched steps are finished steps
@@ -293,8 +304,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     cfg.batch_size * counted / max(trained - session_start, 1e-9), 1
                 ),
                 "eval_seconds": round(eval_s, 1),
+                **{
+                    f"train_{k}": float(np.mean(np.asarray(jnp.stack(v))))
+                    for k, v in sub_metrics.items()
+                },
                 **last,
             }
+            sub_metrics = {}
             save(row)
             t_mark = time.perf_counter()
             bar.set_postfix(
