@@ -715,6 +715,10 @@ class EvalPolicy:
     subtask_margin: float = 0.2
     """Hysteresis: switch subtask only when the new one's probability exceeds the current
     one's by this much."""
+    num_objects: int | None = None
+    """Object slots of a tabletop env (default: the env's own). More than the run's data had
+    (sort with more objects than any training episode): the VLA reads the extra slots with
+    its object-token weights."""
 
     def __post_init__(self):
         # no episodes would make every rate NaN
@@ -771,9 +775,17 @@ def cmd_eval_policy(args: list[str]) -> int:
         steps = parsed.max_steps or ADAPTER_ENVS[name].max_steps
         benv = HostBatchEnv(env, seed=parsed.seed, max_steps=steps)
     else:
-        env = make_env(
-            name, **({"image_size": m.image_size} if name.startswith("tabletop") else {})
-        )
+        tabletop = name.startswith("tabletop")
+        overrides = {"image_size": m.image_size} if tabletop else {}
+        if parsed.num_objects is not None:
+            if not tabletop:
+                raise ValueError(f"--num-objects sets a tabletop's object slots; {name} has none")
+            overrides["num_objects"] = parsed.num_objects
+        env = make_env(name, **overrides)
+        if parsed.num_objects is not None:
+            from anyskill.algos.vla.policy import with_object_slots
+
+            policy = with_object_slots(policy, env)
         benv = JaxBatchEnv(env, parsed.max_steps)
     benv.name = name
     # a policy reading a field the env does not offer: one error naming it, nothing compiled

@@ -238,9 +238,9 @@ def test_render_and_oracle():
     # one-subtask families: the task as instructed
     push_prompt = T.instruction(get("push").row(colour=0, shape=0, zone=1, phrasing=2))
     assert S.oracle([push_prompt], state, None).tolist() == [0]
-    assert S.valid_classes(table([[0, 0.3], [0.3, 0], [0, 0]], colour=(0, 1, -1))[None]).tolist() == [
-        [True, True, True, False]
-    ]
+    assert S.valid_classes(
+        table([[0, 0.3], [0.3, 0], [0, 0]], colour=(0, 1, -1))[None]
+    ).tolist() == [[True, True, True, False]]
 
 
 # ---- a served hierarchical policy --------------------------------------------------------
@@ -272,12 +272,13 @@ def sort_run(tmp_path_factory):
 
 
 def test_a_served_hierarchical_policy_returns_its_subtask(sort_run):
+    from websockets.sync.client import connect
+
     from anyskill.algos.vla.policy import VLAPolicy
     from anyskill.policies.base import PROMPT, STATE, SUBTASK
     from anyskill.serve import wire
     from anyskill.serve.runtime import _PLAIN
     from anyskill.serve.server import ServerConfig, ServerThread
-    from websockets.sync.client import connect
 
     policy = VLAPolicy(sort_run)
     assert policy.selector is not None and policy.selector.mode == "predicted"

@@ -101,16 +101,30 @@ def rollout_video(
     size: int = 128,
 ) -> dict:
     """Write a video of ``episodes`` closed-loop episodes of ``policy`` side by side, each
-    captioned with its instruction (green once fulfilled); returns ``{path, instructions,
-    success}``."""
+    captioned with its instruction (green once fulfilled) or, for a hierarchical policy
+    (one with a subtask ``selector``) while a subtask other than the task itself is active,
+    "now: <subtask>"; returns ``{path,
+    instructions, success}``."""
     from anyskill.envs.render import save_video, tile_frames
     from anyskill.envs.video import caption_frame
 
+    selector = getattr(policy, "selector", None)
+    if selector is not None:
+        selector.texts.clear()
     ep = rollout(env, policy, key, num_envs=episodes, replan_every=replan_every, record_images=size)
+    every = replan_every or policy.spec.execute_horizon or policy.spec.action_horizon
+    subtask = selector.texts if selector is not None else []
+
+    def caption(i: int, t: int) -> str:
+        c = t // every
+        if c < len(subtask) and subtask[c][i] != ep.task[i]:
+            return f"now: {subtask[c][i]}"  # three caption lines hold one sentence
+        return ep.task[i]
+
     clips = []
     for i in range(episodes):
         n, text = int(ep.length[i]), ep.task[i]
-        clip = [caption_frame(ep.images[i, t], text, False, size // 6) for t in range(n)]
+        clip = [caption_frame(ep.images[i, t], caption(i, t), False, size // 6) for t in range(n)]
         # hold the last frame a second, captioned with the outcome
         clip += [caption_frame(ep.images[i, n - 1], text, bool(ep.success[i]), size // 6)] * 10
         clips.append(np.stack(clip))

@@ -280,3 +280,74 @@ register_loader(
         "subtask_margin",
     ),
 )
+
+
+def with_object_slots(policy: VLAPolicy, env) -> VLAPolicy:
+    """``policy`` (a VLA trained on tabletop data with entity tokens) reading ``env``'s wider
+    tabletop observation (more object slots than its data had: sort with more objects than
+    any training episode). The model's entity tokens are per kind (one projection for every
+    object slot), so the extra slots are read by the same weights; each gets the position
+    embedding of the last trained object slot, and the normaliser the last slot's
+    statistics. The subtask head's pointer gets one class per slot."""
+    from anyskill.algos.vla.subtasks import tabletop_slots
+    from anyskill.envs.tabletop.subtasks import _SLOT, num_objects_of
+
+    m = policy.cfg.model
+    have = num_objects_of(m.state_dim) if m.state_dim > 12 else 0
+    want = env.num_objects
+    if not m.state_tokens or have == 0:
+        raise ValueError(
+            f"{policy.spec.name}: only a VLA with tabletop entity tokens can read more object "
+            "slots than it was trained on"
+        )
+    if want == have:
+        return policy
+    if want < have:
+        raise ValueError(f"the run reads {have} object slots; the env has {want} (fewer)")
+    tokens, words = env.state_tokens(), env.state_token_words()
+    # rows of the entity tokens: pusher, objects 0..have-1, zones; new objects copy the last
+    obj_rows = [j for j, (_, _, k) in enumerate(m.state_tokens) if k == 1]
+    order = (
+        list(range(obj_rows[0]))
+        + obj_rows
+        + [obj_rows[-1]] * (want - have)
+        + list(range(obj_rows[-1] + 1, len(m.state_tokens)))
+    )
+
+    def widen(tree):
+        tree = dict(tree)
+        for k, v in tree.items():
+            if k == "entity_pos":
+                tree[k] = jnp.asarray(v)[jnp.asarray(order)]
+            elif isinstance(v, dict):
+                tree[k] = widen(v)
+        return tree
+
+    n = policy.normalizer
+    last = slice(4 + _SLOT * (have - 1), 4 + _SLOT * have)
+
+    def stat(x):
+        x = np.asarray(x)
+        head, objs, zones = x[:4], x[4 : 4 + _SLOT * have], x[4 + _SLOT * have :]
+        return jnp.asarray(np.concatenate([head, objs] + [x[last]] * (want - have) + [zones]))
+
+    normalizer = dataclasses.replace(n, state_mean=stat(n.state_mean), state_std=stat(n.state_std))
+    wider = dataclasses.replace(
+        m,
+        state_dim=env.obs_dim,
+        state_tokens=tokens,
+        state_token_words=words,
+        subtask_slots=tabletop_slots(tokens, env.obs_dim) if m.subtasks else (),
+    )
+    model = PolicyModel(wider)
+    new = policy.with_weights(widen(policy.params), model)
+    new.normalizer = normalizer
+    new.cfg = dataclasses.replace(policy.cfg, model=wider)
+    new.spec = dataclasses.replace(policy.spec, inputs=policy_inputs(wider))
+    new._fn = jax.jit(chunk_fn_for(model, normalizer, policy.num_steps))
+    if policy.selector is not None:
+        from anyskill.algos.vla.subtasks import SubtaskSelector
+
+        sel = policy.selector
+        new.selector = SubtaskSelector(model, normalizer, sel.mode, sel.margin)
+    return new

@@ -226,6 +226,7 @@ class SubtaskSelector:
         self._probs = jax.jit(probs)
         self.start_episodes()
         self.log: list[tuple[np.ndarray, np.ndarray]] = []
+        self.texts: list[list[str]] = []  # per call, each row's subtask text (video captions)
 
     def start_episodes(self, n: int | None = None) -> None:
         """New episodes start in every row: no current subtask."""
@@ -235,7 +236,7 @@ class SubtaskSelector:
     def copy(self) -> SubtaskSelector:
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        new.log = []
+        new.log, new.texts = [], []
         new.start_episodes()
         return new
 
@@ -256,10 +257,12 @@ class SubtaskSelector:
             classes = orc
         else:
             classes = np.zeros(n, np.int32)
+        texts = render(list(prompts), state, classes)
         if not explicit:
             self.current, self._oracle = classes, orc
             self.log.append((classes.copy(), orc.copy()))
-        return classes, render(list(prompts), state, classes)
+            self.texts.append(texts)
+        return classes, texts
 
     def lower(self, params, state, prompts, obs, current=None, suffix: str = ""):
         """``(obs with the subtask texts as tokens, classes, texts)``."""
