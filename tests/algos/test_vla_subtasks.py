@@ -310,3 +310,48 @@ def test_a_served_hierarchical_policy_returns_its_subtask(sort_run):
     assert VLAPolicy(sort_run, subtasks="oracle").selector.mode == "oracle"
     with pytest.raises(ValueError, match="subtask mode"):
         VLAPolicy(sort_run, subtasks="sometimes")
+
+
+# ---- end to end: two-object sort ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_hierarchical_policy_beats_the_flat_one_on_two_object_sort(tmp_path, monkeypatch):
+    """Same demonstrations, model size, steps and seed; the flat model prompted with "sort
+    ..." against the hierarchical one (predicted subtasks). Numbers: BENCHMARKS.md
+    "High-level inference in the VLA"."""
+    import functools
+
+    from anyskill import envs
+    from anyskill.algos.vla.config import TrainConfig
+    from anyskill.algos.vla.policy import VLAPolicy
+    from anyskill.algos.vla.train import train
+    from anyskill.data.record import record_expert
+    from anyskill.envs.tabletop import Tabletop
+    from anyskill.rollout import JaxBatchEnv, rollout
+
+    name = "tabletop-sort2"
+    make = functools.partial(Tabletop, families=("sort",), num_objects=2, name=name)
+    monkeypatch.setitem(envs.REGISTRY, name, make)
+    record_expert(tmp_path / "d", name, episodes=300, images=False, noise=0.3, seed=1, batch=100)
+    small = ModelConfig(width=64, depth=2, head_dim=16, action_width=48, max_text_len=12)
+    success = {}
+    for arm, model in (("flat", small), ("hier", dataclasses.replace(small, subtasks=True))):
+        cfg = TrainConfig(
+            data=(tmp_path / "d",),
+            model=model,
+            run_dir=tmp_path / arm,
+            steps=1500,
+            lr=1e-3,
+            replan_every=2,
+            eval_every=0,
+            eval_episodes=0,
+            progress=False,
+        )
+        train(cfg, log=lambda *_: None)
+        policy = VLAPolicy(tmp_path / arm)
+        env = JaxBatchEnv(make())
+        ep = rollout(env, policy, jax.random.key(7), num_envs=64, replan_every=2)
+        success[arm] = float(ep.success.mean())
+    print(success)
+    assert success["hier"] > success["flat"] + 0.1, success

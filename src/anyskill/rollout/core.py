@@ -118,6 +118,8 @@ def rollout(
         :class:`~anyskill.rollout.envs.BatchEnv` (reuse one to reuse its compiled programs).
       policy: a :class:`~anyskill.policies.base.Policy`; it sees only the fields its spec
         declares, and a field the env does not offer is refused before anything compiles.
+        A policy with per-episode state (a hierarchical VLA's current subtask per row) may
+        offer ``start_episodes(n)``: called before each wave's first ``act``.
       key: a PRNG key, or :class:`EpisodeKeys` (see the module doc).
       num_envs: episodes to run (one per env).
       replan_every: actions of each chunk executed before the policy is asked again
