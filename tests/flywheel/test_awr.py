@@ -198,6 +198,15 @@ def test_a_round_trains_evaluates_and_reports_awr_beside_the_others(tmp_path, mo
     report = (root / "report.md").read_text()
     assert "## What the labels carry" in report and f"| 1 | {d['auc_state_chunk']:.3f} |" in report
     assert "RECAP (" in report and "AWR (" in report and "| demonstrations |" in report
+    # --awr-data successes: the diagnostic weighs only the frames AWR can sample
+    ctx = RunContext.open(
+        dataclasses.replace(awr, resume=True, diagnose=True, awr_data="successes")
+    )
+    phases.advantage(ctx, st)
+    d2 = json.loads((root / "diagnosis-r1.json").read_text())
+    assert d2["awr_data"] == "successes" and d2["sources"]["failure"]["weight"] == 0.0
+    if src["failure"]["frames"] > 0:
+        assert src["failure"]["weight"] > 0  # with all data, failed episodes carry weight
 
 
 def test_awr_on_successes_trains_on_filtered_bcs_data_with_its_weights(tmp_path, monkeypatch):

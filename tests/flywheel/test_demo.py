@@ -26,7 +26,7 @@ def test_the_demo_runs_its_loop_and_explains_it(tmp_path, capsys):
     assert main(["demo", "--run-dir", str(run), *small]) == 0
     cfg = json.loads((run / "config.json").read_text())
     for k, v in DEMO_SETTINGS.items():
-        assert cfg[k] == (16 if k == "eval_episodes" else v), k  # a flag still overrides
+        assert cfg[k] == (16 if k in ("eval_episodes", "demos") else v), k  # flags override
 
     rows = json.loads((run / "results.json").read_text())["rows"]
     got = {(r["round"], r["method"]) for r in rows}

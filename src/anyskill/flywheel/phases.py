@@ -304,8 +304,17 @@ def diagnose_labels(ctx: RunContext, rnd: int, data, adv: R.Advantages) -> None:
     weights = None
     if c.awr_beta is not None:
         weights = R.awr_weights(adv.advantages, c.awr_beta, c.awr_max_weight)
+        if c.awr_data == "successes":  # AWR never samples the other episodes' frames
+            ep = data.ds.episodes
+            kept = np.zeros(n, bool)
+            for s, t, ok in zip(ep.start, ep.stop, ep.success, strict=True):
+                kept[min(s, n) : min(t, n)] = ok == 1
+            weights = np.where(kept, weights, 0.0)
     sources = D.label_sources(adv.indicator, D.frame_sources(data.ds, n), weights)
-    rundir.write_json(ctx.paths.diagnosis(rnd), {"round": rnd, **p.to_json(), "sources": sources})
+    rundir.write_json(
+        ctx.paths.diagnosis(rnd),
+        {"round": rnd, **p.to_json(), "sources": sources, "awr_data": c.awr_data},
+    )
 
 
 # ---- 5. policy ---------------------------------------------------------------------------------

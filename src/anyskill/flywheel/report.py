@@ -240,7 +240,13 @@ def diagnosis_section(paths: RunPaths, rows: list[dict], rnd: int) -> list[str]:
         if has_w:
             lines += [
                 "",
-                f"AWR's weights have an effective sample size of "
+                (
+                    "AWR trains on demonstrations and successful episodes only "
+                    "(--awr-data successes); "
+                    if last.get("awr_data") == "successes"
+                    else ""
+                )
+                + f"AWR's weights have an effective sample size of "
                 f"{src['effective_sample_fraction']:.0%} of the frames, "
                 f"{src['demonstration']['weight'] + src['success']['weight']:.0%} of the weight "
                 "on demonstrations and successful episodes: its loss rests on their frames with "
