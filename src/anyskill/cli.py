@@ -2,6 +2,7 @@
 
     anyskill train crl [--preset NAME] [--env ENV] [--depth D] [--run-dir DIR] [--resume] ...
     anyskill eval RUN_DIR [--episodes N] [--video PATH]
+    anyskill distill crl TEACHER_RUN --run-dir STUDENT [--student.critic-depth D] ...
     anyskill train policy --data PATH [--model.arch vla|mlp-bc|mlp-flow] [--run-dir DIR] ...
     anyskill eval policy RUN_DIR [--env NAME] [--episodes N] [--split train heldout] [--video PATH]
     anyskill render --env ENV [--policy expert|random|zero|RUN_DIR] [--out PATH]
@@ -38,6 +39,7 @@ USAGE = """usage: anyskill COMMAND ...
 commands:
   train crl   train goal-conditioned contrastive RL (self-supervised, no reward)
   eval        evaluate a run's latest checkpoint and write a rollout video
+  distill crl distil a trained CRL run into a shallower/narrower student run
   train policy  train the π0-style VLA (or an MLP baseline) from an episode store
   train recap   RECAP's deployment flywheel (the same as `anyskill flywheel`)
   eval policy   closed-loop success of a trained policy on any env (per task family)
@@ -854,6 +856,25 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_distill(args: list[str]) -> int:
+    """``anyskill distill crl TEACHER --run-dir STUDENT``: deep teacher -> shallow student."""
+    if not args or args[0] in ("-h", "--help"):
+        print(
+            "usage: anyskill distill crl TEACHER_RUN --run-dir STUDENT [--help] [flags]\n\n"
+            "  crl   distil a trained CRL run into a shallower/narrower student run"
+        )
+        return 0
+    if args[0] != "crl":
+        raise unknown_name("distill subcommand", args[0], {"crl": None})
+    from anyskill.algos.crl.distill import DistillCRL, distill_run
+    from anyskill.rundir import dumps  # never NaN in JSON output
+
+    parsed = parse_cli(DistillCRL, args[1:], prog="anyskill distill crl")
+    summary = distill_run(parsed.teacher, parsed.run_dir, parsed.config, progress=parsed.progress)
+    print(dumps({k: v for k, v in summary.items() if k != "distill"}, indent=2))
+    return 0
+
+
 def cmd_render(args: list[str]) -> int:
     parsed = parse_cli(Render, args, prog="anyskill render")
     import jax
@@ -1287,6 +1308,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "eval": cmd_eval,
+    "distill": cmd_distill,
     "render": cmd_render,
     "envs": cmd_envs,
     "presets": cmd_presets,
