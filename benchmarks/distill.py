@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from common import write_report
 
+from anyskill import checkpoint
 from anyskill.algos.crl import run as crl_run
 from anyskill.algos.crl.config import get_preset
 from anyskill.algos.crl.distill import DISTILL_FILE, DistillConfig, StudentConfig, distill_run
@@ -72,7 +73,11 @@ def main(argv=None) -> int:
         s_dir = args.root / (
             f"student-d{args.student_depth}w{args.student_width}-of-d{args.teacher_depth}-s{seed}"
         )
-        if not (t_dir / crl_run.CHECKPOINT_FILE).is_file():
+        if (t_dir / crl_run.CHECKPOINT_FILE).is_file():
+            epoch = checkpoint.load_meta(t_dir / crl_run.CHECKPOINT_FILE)["epoch"]
+            if epoch + 1 < crl_run.load_config(t_dir).num_epochs:
+                sys.exit(f"{t_dir} has trained {epoch + 1} epochs, not all: finish it first")
+        else:
             cfg = dataclasses.replace(
                 get_preset("pointmaze-u"),
                 seed=seed,
