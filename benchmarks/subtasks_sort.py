@@ -89,8 +89,8 @@ def _present(ds, idx) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--flat", type=Path, required=True)
-    ap.add_argument("--hier", type=Path, required=True)
+    ap.add_argument("--flat", type=Path)
+    ap.add_argument("--hier", type=Path)
     ap.add_argument("--episodes", type=int, default=64)
     ap.add_argument("--objects", type=int, nargs="+", default=[3, 4])
     ap.add_argument("--splits", nargs="+", default=["train", "heldout"])
@@ -98,6 +98,9 @@ def main() -> None:
     ap.add_argument("--margin", type=float, default=0.2)
     ap.add_argument("--demos", type=Path, default=None, help="fresh labelled demonstrations")
     ap.add_argument("--seed", type=int, default=123)
+    ap.add_argument(
+        "--arms", nargs="+", default=["flat", "predicted", "oracle"], help="which arms to run"
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/subtasks_sort.md"))
     args = ap.parse_args()
 
@@ -105,9 +108,13 @@ def main() -> None:
     from anyskill.algos.vla.policy import VLAPolicy, with_object_slots
 
     arms = [
-        ("flat", args.flat, "none"),
-        ("predicted subtasks", args.hier, "predicted"),
-        ("oracle subtasks", args.hier, "oracle"),
+        (name, run, mode)
+        for name, run, mode in [
+            ("flat", args.flat, "none"),
+            ("predicted subtasks", args.hier, "predicted"),
+            ("oracle subtasks", args.hier, "oracle"),
+        ]
+        if name.split()[0] in args.arms
     ]
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "cells": []}
     rows = []
@@ -131,7 +138,7 @@ def main() -> None:
                 rows.append(
                     f"| {name} | {n_obj} | {split} | {r['success']:.2f} | {per_count} | {acc} |"
                 )
-    if args.demos is not None:
+    if args.demos is not None and args.hier is not None:
         results["offline"] = offline_accuracy(args.hier, args.demos)
         print(json.dumps(results["offline"]), flush=True)
     table = [
