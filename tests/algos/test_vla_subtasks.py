@@ -319,7 +319,10 @@ def test_a_served_hierarchical_policy_returns_its_subtask(sort_run):
 def test_the_hierarchical_policy_beats_the_flat_one_on_two_object_sort(tmp_path, monkeypatch):
     """Same demonstrations, model size, steps and seed; the flat model prompted with "sort
     ..." against the hierarchical one (predicted subtasks). Numbers: BENCHMARKS.md
-    "High-level inference in the VLA"."""
+    "High-level inference in the VLA" (2-object episodes there: 0.09 flat, 0.67
+    hierarchical at this budget). A smaller budget (width 64, depth 2, 1,500 steps, 300
+    demonstrations) gave 0.00 for both; this budget (~30 CPU-minutes) is not yet run as a
+    test."""
     import functools
 
     from anyskill import envs
@@ -333,15 +336,15 @@ def test_the_hierarchical_policy_beats_the_flat_one_on_two_object_sort(tmp_path,
     name = "tabletop-sort2"
     make = functools.partial(Tabletop, families=("sort",), num_objects=2, name=name)
     monkeypatch.setitem(envs.REGISTRY, name, make)
-    record_expert(tmp_path / "d", name, episodes=300, images=False, noise=0.3, seed=1, batch=100)
-    small = ModelConfig(width=64, depth=2, head_dim=16, action_width=48, max_text_len=12)
+    record_expert(tmp_path / "d", name, episodes=600, images=False, noise=0.3, seed=1, batch=100)
+    small = ModelConfig()  # the default VLA, as in the benchmark
     success = {}
     for arm, model in (("flat", small), ("hier", dataclasses.replace(small, subtasks=True))):
         cfg = TrainConfig(
             data=(tmp_path / "d",),
             model=model,
             run_dir=tmp_path / arm,
-            steps=1500,
+            steps=4000,
             lr=1e-3,
             replan_every=2,
             eval_every=0,
