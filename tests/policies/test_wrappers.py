@@ -246,5 +246,10 @@ def test_hot_swap_serves_the_new_weights_from_the_next_call_and_keeps_the_spec()
     assert live.version == 3
     np.testing.assert_array_equal(live.act(_rows(1.0), key)[0, :, 0], [51.0, 52.0, 53.0])
     np.testing.assert_array_equal(live.infer([row])[0, :, 0], [55.0, 56.0, 57.0])
+    # what the server calls: a plain inner policy has no subtasks, a hierarchical one does
+    chunks, subtasks = live.infer_subtasks([row])
+    assert subtasks is None and chunks[0, 0, 0] == 55.0
+    new.infer_subtasks = lambda batch: (new.infer(batch), ["push the red block"] * len(batch))
+    assert live.infer_subtasks([row])[1] == ["push the red block"]
     with pytest.raises(TypeError, match="HotSwap wraps a Policy"):
         HotSwap(object())

@@ -298,6 +298,13 @@ class HotSwap:
         with self._lock:
             return self._inner.infer(batch)
 
+    def infer_subtasks(self, batch: list[dict[str, Any]]) -> tuple[np.ndarray, list | None]:
+        """The server's entry: a hierarchical inner policy's chunks and subtask texts; any
+        other's chunks and None."""
+        with self._lock:
+            hier = getattr(self._inner, "infer_subtasks", None)
+            return hier(batch) if callable(hier) else (self._inner.infer(batch), None)
+
     def warmup(self, max_batch: int) -> None:
         with self._lock:
             warm = getattr(self._inner, "warmup", None)
