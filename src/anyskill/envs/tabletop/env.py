@@ -79,6 +79,29 @@ class TabletopPhysics:
     faults: jax.Array
 
 
+def make_bodies(pos, angle, vel, shapes, present) -> Bodies:
+    """The pusher (body 0) and ``n`` object slots as rigid bodies: positions ``[n+1, 2]``,
+    angles ``[n+1]``, velocities ``[n+1, 2]``; each slot's geometry from its shape index
+    (``shapes`` ``[n]``, -1 for an empty slot), ``present`` ``[n]`` whether it is on the
+    table. Masses are the env's; the pusher is a disc of ``PUSHER_RADIUS``."""
+    n = shapes.shape[0]
+    geom = jnp.asarray(SHAPE_GEOMETRY, jnp.float32)[jnp.maximum(shapes, 0)]
+    half = jnp.concatenate([jnp.zeros((1, 2)), geom[:, :2]]).astype(jnp.float32)
+    radius = jnp.concatenate([jnp.array([PUSHER_RADIUS]), geom[:, 2]]).astype(jnp.float32)
+    mass = jnp.ones(n + 1, jnp.float32).at[0].set(PUSHER_MASS)
+    return Bodies(
+        pos=pos,
+        angle=angle,
+        vel=vel,
+        angvel=jnp.zeros(n + 1, jnp.float32),
+        half=half,
+        radius=radius,
+        inv_mass=1.0 / mass,
+        inv_inertia=1.0 / box_inertia(mass, half, radius),
+        active=jnp.concatenate([jnp.array([True]), present]),
+    )
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Tabletop(Env):
     """Top-down tabletop pushing with language instructions (see module docstring)."""
@@ -224,21 +247,7 @@ class Tabletop(Env):
         grid = SPAWN_SPACING * jnp.stack([cells // 3 - 1, cells % 3 - 1], -1).astype(jnp.float32)
         pos = grid + jax.random.uniform(k_jit, (n + 1, 2), minval=-1.0, maxval=1.0) * SPAWN_JITTER
         angle = jax.random.uniform(k_ang, (n + 1,), minval=-np.pi, maxval=np.pi).at[0].set(0.0)
-        geom = jnp.asarray(SHAPE_GEOMETRY, jnp.float32)[jnp.maximum(shapes, 0)]
-        half = jnp.concatenate([jnp.zeros((1, 2)), geom[:, :2]]).astype(jnp.float32)
-        radius = jnp.concatenate([jnp.array([PUSHER_RADIUS]), geom[:, 2]]).astype(jnp.float32)
-        mass = jnp.ones(n + 1, jnp.float32).at[0].set(PUSHER_MASS)
-        bodies = Bodies(
-            pos=pos,
-            angle=angle,
-            vel=jnp.zeros((n + 1, 2), jnp.float32),
-            angvel=jnp.zeros(n + 1, jnp.float32),
-            half=half,
-            radius=radius,
-            inv_mass=1.0 / mass,
-            inv_inertia=1.0 / box_inertia(mass, half, radius),
-            active=jnp.concatenate([jnp.array([True]), present]),
-        )
+        bodies = make_bodies(pos, angle, jnp.zeros((n + 1, 2), jnp.float32), shapes, present)
         physics = TabletopPhysics(
             bodies=bodies,
             colour=colours,

@@ -40,10 +40,8 @@ import numpy as np
 
 from anyskill.envs.tabletop import families as F
 from anyskill.envs.tabletop import tasks as T
-from anyskill.envs.tabletop.env import PUSHER_MASS, Tabletop, TabletopPhysics
+from anyskill.envs.tabletop.env import Tabletop, TabletopPhysics, make_bodies
 from anyskill.envs.tabletop.families.base import Subtask
-from anyskill.envs.tabletop.physics import Bodies, box_inertia
-from anyskill.envs.tabletop.scene import PUSHER_RADIUS, SHAPE_GEOMETRY
 
 #: label of a frame where no subtask is active (every predicate holds)
 NO_SUBTASK = -1
@@ -129,20 +127,12 @@ def physics_from_obs(obs: jax.Array, task: jax.Array, targets: jax.Array) -> Tab
     present = slots[:, 6] > 0.5
     colour = jnp.where(present, jnp.argmax(slots[:, 7:11], -1), -1).astype(jnp.int32)
     shape = jnp.where(present, jnp.argmax(slots[:, 11:14], -1), -1).astype(jnp.int32)
-    geom = jnp.asarray(SHAPE_GEOMETRY, jnp.float32)[jnp.maximum(shape, 0)]
-    half = jnp.concatenate([jnp.zeros((1, 2)), geom[:, :2]]).astype(jnp.float32)
-    radius = jnp.concatenate([jnp.array([PUSHER_RADIUS]), geom[:, 2]]).astype(jnp.float32)
-    mass = jnp.ones(n + 1, jnp.float32).at[0].set(PUSHER_MASS)
-    bodies = Bodies(
-        pos=jnp.concatenate([obs[None, 0:2], slots[:, 0:2]]),
-        angle=jnp.concatenate([jnp.zeros(1), jnp.arctan2(slots[:, 3], slots[:, 2])]),
-        vel=jnp.concatenate([obs[None, 2:4], slots[:, 4:6]]),
-        angvel=jnp.zeros(n + 1, jnp.float32),
-        half=half,
-        radius=radius,
-        inv_mass=1.0 / mass,
-        inv_inertia=1.0 / box_inertia(mass, half, radius),
-        active=jnp.concatenate([jnp.array([True]), present]),
+    bodies = make_bodies(
+        jnp.concatenate([obs[None, 0:2], slots[:, 0:2]]),
+        jnp.concatenate([jnp.zeros(1), jnp.arctan2(slots[:, 3], slots[:, 2])]),
+        jnp.concatenate([obs[None, 2:4], slots[:, 4:6]]),
+        shape,
+        present,
     )
     return TabletopPhysics(
         bodies=bodies,
